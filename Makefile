@@ -1,0 +1,53 @@
+# streamapp: `make run` brings the system up, `make test` runs the whole suite.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+KAFKA  := tools/kafka/kafka.sh
+export STREAMAPP_DATA_DIR ?= $(CURDIR)/data
+
+.PHONY: run test venv lint kafka-fetch kafka-up kafka-down topics producer consumer kafka-topics worker clean
+
+$(BIN)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/.installed
+
+## run: venv, local broker (unless STREAMAPP_BROKER names another), topics, worker on :8080
+run: venv
+	@if [ -z "$$STREAMAPP_BROKER" ]; then $(KAFKA) up && $(KAFKA) topics; fi
+	$(BIN)/streamapp worker -l info
+
+## worker: just the worker (broker and topics already up)
+worker: venv
+	$(BIN)/streamapp worker -l info
+
+## test: venv, lint, the whole pytest suite against a real broker; stops what it started
+test: venv
+	tools/run-tests.sh
+
+lint: venv
+	$(BIN)/ruff check streamapp tests
+	$(BIN)/mypy
+
+kafka-fetch:
+	$(KAFKA) fetch
+kafka-up:
+	$(KAFKA) up
+kafka-down:
+	$(KAFKA) down
+topics:
+	$(KAFKA) topics
+producer:
+	@test -n "$(TOPIC)" || { echo "usage: make producer TOPIC=social-media-posts" >&2; exit 2; }
+	$(KAFKA) producer $(TOPIC)
+consumer:
+	@test -n "$(TOPIC)" || { echo "usage: make consumer TOPIC=streamapp-dead-letters" >&2; exit 2; }
+	$(KAFKA) consumer $(TOPIC)
+kafka-topics:
+	$(KAFKA) kafka-topics $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,3 @@
+from streamapp.runtime.cli import main
+
+main()

@@ -1,0 +1,80 @@
+"""Settings, read from the environment in one place (``Settings.from_env``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+DEFAULT_SUBSCRIPTIONS = (
+    ("social-media-posts", "UserFeed/ProcessPost"),
+    ("package-location-updates", "PackageTracker/UpdateLocation"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    app_id: str = "streamapp"
+    broker: str = "kafka://localhost:9092"
+    web_host: str = "127.0.0.1"
+    web_port: int = 8080
+    data_dir: Path = Path("data")
+    partitions: int = 8
+    # topic -> "Service/handler"
+    subscriptions: tuple[tuple[str, str], ...] = DEFAULT_SUBSCRIPTIONS
+    max_running: int = 1000          # invocations executing at once per worker
+    max_pending: int = 10_000        # queued invocations before the sources pause
+    moderation_poll_interval: float = 5.0
+    downstream_url: str | None = None  # None: in-process stubs print the seed's lines
+    max_body_bytes: int = 1_048_576
+    operator_token: str | None = dataclasses.field(default=None, repr=False)
+    # extra services, "module:attribute" (a Service or a list of them)
+    extra_services: tuple[str, ...] = ()
+
+    @property
+    def dead_letter_topic(self) -> str:
+        return "streamapp-dead-letters"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        defaults = cls()
+
+        def num(name: str, default: float, kind: type = int) -> float:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                return kind(raw)  # type: ignore[no-any-return]
+            except ValueError:
+                raise SystemExit(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+
+        subs = defaults.subscriptions
+        if env.get("STREAMAPP_SUBSCRIPTIONS"):
+            subs = tuple(_parse_subscription(s) for s in env["STREAMAPP_SUBSCRIPTIONS"].split(","))
+        return cls(
+            app_id=env.get("STREAMAPP_APP_ID", defaults.app_id),
+            broker=env.get("STREAMAPP_BROKER", defaults.broker),
+            web_host=env.get("STREAMAPP_WEB_HOST", defaults.web_host),
+            web_port=int(num("STREAMAPP_WEB_PORT", defaults.web_port)),
+            data_dir=Path(env.get("STREAMAPP_DATA_DIR", str(defaults.data_dir))),
+            partitions=int(num("STREAMAPP_PARTITIONS", defaults.partitions)),
+            subscriptions=subs,
+            max_running=int(num("STREAMAPP_MAX_RUNNING", defaults.max_running)),
+            max_pending=int(num("STREAMAPP_MAX_PENDING", defaults.max_pending)),
+            moderation_poll_interval=num(
+                "STREAMAPP_MODERATION_POLL_INTERVAL", defaults.moderation_poll_interval, float
+            ),
+            downstream_url=env.get("STREAMAPP_DOWNSTREAM_URL") or None,
+            max_body_bytes=int(num("STREAMAPP_MAX_BODY_BYTES", defaults.max_body_bytes)),
+            operator_token=env.get("STREAMAPP_OPERATOR_TOKEN") or None,
+            extra_services=tuple(s.strip() for s in env.get("STREAMAPP_SERVICES", "").split(",") if s.strip()),
+        )
+
+
+def _parse_subscription(text: str) -> tuple[str, str]:
+    topic, sep, target = text.strip().partition("=")
+    if not sep or "/" not in target:
+        raise SystemExit(f"STREAMAPP_SUBSCRIPTIONS entry {text!r} must look like topic=Service/handler")
+    return topic.strip(), target.strip()

@@ -1,0 +1,137 @@
+"""JSON payloads in and out of handlers.
+
+Handler inputs are declared with dataclasses of plain JSON types (str, int,
+float, bool, None, list[...], dict[str, ...], nested dataclasses, ``X | None``).
+``decode`` checks a parsed JSON value against such a type and raises
+``InvalidInputError`` naming the offending field; ``to_json`` turns results
+back into JSON-ready values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from typing import Any, Union
+
+from streamapp.durable.errors import InvalidInputError
+
+MAX_DEPTH = 64
+
+
+def loads(raw: bytes | str | None) -> Any:
+    """Parse a JSON document; raise InvalidInputError with the reason."""
+    if raw is None or raw == b"" or raw == "":
+        raise InvalidInputError("empty value: expected a JSON document")
+    try:
+        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"value is not valid UTF-8: {exc.reason} at byte {exc.start}") from exc
+    try:
+        value = json.loads(text)
+    except RecursionError as exc:
+        raise InvalidInputError("JSON nested too deeply") from exc
+    except ValueError as exc:
+        raise InvalidInputError(f"value is not valid JSON: {exc}") from exc
+    if _depth(value) > MAX_DEPTH:
+        raise InvalidInputError(f"JSON nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def _depth(value: Any) -> int:
+    depth, level = 0, [value]
+    while level:
+        depth += 1
+        if depth > MAX_DEPTH:
+            return depth
+        nxt: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                nxt.extend(item.values())
+            elif isinstance(item, list):
+                nxt.extend(item)
+        level = nxt
+    return depth - 1
+
+
+def decode(value: Any, tp: Any, path: str = "value") -> Any:
+    """Check ``value`` (parsed JSON) against ``tp`` and build it."""
+    if tp is Any or (tp is None and value is None):
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return decode(value, option, path)
+            except InvalidInputError as exc:
+                errors.append(str(exc))
+        raise InvalidInputError(errors[0] if len(errors) == 1 else f"{path}: no type matches ({'; '.join(errors)})")
+    if tp is type(None):
+        if value is not None:
+            raise InvalidInputError(f"{path}: expected null, got {_kind(value)}")
+        return None
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _decode_dataclass(value, tp, path)
+    if origin is list:
+        if not isinstance(value, list):
+            raise InvalidInputError(f"{path}: expected a list, got {_kind(value)}")
+        (item_tp,) = typing.get_args(tp) or (Any,)
+        return [decode(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InvalidInputError(f"{path}: expected an object, got {_kind(value)}")
+        _, val_tp = typing.get_args(tp) or (str, Any)
+        return {k: decode(v, val_tp, f"{path}.{k}") for k, v in value.items()}
+    if tp in (list, dict):
+        return decode(value, tp[Any] if tp is list else dict[str, Any], path)
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise InvalidInputError(f"{path}: expected a number, got {_kind(value)}")
+    if tp in (str, int, bool):
+        if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+            return value
+        raise InvalidInputError(f"{path}: expected {_NAMES[tp]}, got {_kind(value)}")
+    raise TypeError(f"unsupported type in handler signature: {tp!r}")
+
+
+_NAMES = {str: "a string", int: "an integer", bool: "a boolean"}
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _decode_dataclass(value: Any, tp: type, path: str) -> Any:
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"{path}: expected an object, got {_kind(value)}")
+    hints = typing.get_type_hints(tp)
+    kwargs: dict[str, Any] = {}
+    for field in dataclasses.fields(tp):
+        if field.name in value:
+            kwargs[field.name] = decode(value[field.name], hints[field.name], f"{path}.{field.name}")
+        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
+            raise InvalidInputError(f"{path}: missing field '{field.name}'")
+    return tp(**kwargs)
+
+
+def to_json(value: Any) -> Any:
+    """Turn a handler result into JSON-ready data (dataclasses become objects)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: to_json(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, (list, tuple)):
+        return [to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(f"result of type {type(value).__name__} is not JSON-serialisable")
+
+
+def dumps(value: Any) -> bytes:
+    return json.dumps(to_json(value), separators=(",", ":")).encode()

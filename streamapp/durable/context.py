@@ -1,0 +1,177 @@
+"""What a handler may do: the context objects passed as its first argument.
+
+``SharedContext`` (read-only handlers) reads the key's committed state.
+``ObjectContext`` (exclusive handlers) adds durable steps, timers, sends and
+state changes. Every durable action is an entry in the invocation's journal;
+on re-execution the journal answers instead of the outside world.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol, TypeVar
+
+from streamapp.durable import mute
+from streamapp.durable.errors import NonDeterminismError, Suspended, TerminalError
+
+T = TypeVar("T")
+_DELETED = object()
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+
+class JournalSink(Protocol):
+    """Where an invocation's journal entries and outgoing sends go (the runtime)."""
+
+    async def append(self, entry: dict[str, Any]) -> None:
+        """Make ``entry`` durable; return only once it is."""
+
+    async def send(self, target: dict[str, Any]) -> None:
+        """Durably enqueue a new invocation (``target`` has id, service, key, handler, payload, not_before)."""
+
+
+class SharedContext:
+    """Read-only view of one key: its committed state."""
+
+    def __init__(self, service: str, key: str, state: Mapping[str, Any]) -> None:
+        self.service = service
+        self.key = key
+        self._state = state
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._state.get(name, default)
+
+    def state_keys(self) -> list[str]:
+        return sorted(self._state)
+
+
+class ObjectContext(SharedContext):
+    """Exclusive access to one key for one invocation."""
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        key: str,
+        invocation_id: str,
+        state: Mapping[str, Any],
+        journal: list[dict[str, Any]],
+        sink: JournalSink,
+        clock: Clock,
+    ) -> None:
+        super().__init__(service, key, state)
+        self.invocation_id = invocation_id
+        self._journal = journal
+        self._sink = sink
+        self._clock = clock
+        self._index = 0
+        self._changes: dict[str, Any] = {}
+        mute.replaying.set(bool(journal))
+
+    # -- state ---------------------------------------------------------
+    def get(self, name: str, default: Any = None) -> Any:
+        if name in self._changes:
+            value = self._changes[name]
+            return default if value is _DELETED else json.loads(value)
+        return super().get(name, default)
+
+    def set(self, name: str, value: Any) -> None:
+        # Stored as JSON text so later mutation of ``value`` cannot leak in.
+        self._changes[name] = json.dumps(value, separators=(",", ":"))
+
+    def clear(self, name: str) -> None:
+        self._changes[name] = _DELETED
+
+    def clear_all(self) -> None:
+        for name in set(self._state) | set(self._changes):
+            self._changes[name] = _DELETED
+
+    def state_changes(self) -> dict[str, Any]:
+        """Changes to apply when the invocation completes: name -> value, or None to delete."""
+        return {k: None if v is _DELETED else json.loads(v) for k, v in self._changes.items()}
+
+    def state_keys(self) -> list[str]:
+        names = set(self._state) | set(self._changes)
+        return sorted(n for n in names if self._changes.get(n) is not _DELETED)
+
+    # -- journal -------------------------------------------------------
+    @property
+    def step_index(self) -> int:
+        """Index of the step being executed (or the next one)."""
+        return self._index
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable key of the current step: pass it to downstream systems."""
+        return f"{self.invocation_id}:{self._index}"
+
+    def _replayed(self, kind: str, name: str) -> dict[str, Any] | None:
+        """The journal entry for the next step, or None when running live."""
+        index = self._index
+        if index >= len(self._journal):
+            mute.replaying.set(False)
+            return None
+        entry = self._journal[index]
+        if entry["t"] != kind or entry["name"] != name:
+            raise NonDeterminismError(index, f"{entry['t']} '{entry['name']}'", f"{kind} '{name}'")
+        return entry
+
+    def _advance(self) -> None:
+        self._index += 1
+        mute.replaying.set(self._index < len(self._journal))
+
+    async def run(self, name: str, fn: Callable[..., T | Awaitable[T]], *args: Any) -> T:
+        """Run ``fn(*args)`` once; its JSON result is journaled and replayed."""
+        entry = self._replayed("run", name)
+        if entry is None:
+            try:
+                result = fn(*args)
+                if inspect.isawaitable(result):
+                    result = await result
+                value = json.loads(json.dumps(result))
+            except TerminalError as exc:
+                entry = {"t": "run", "name": name, "failure": str(exc)}
+            else:
+                entry = {"t": "run", "name": name, "value": value}
+            await self._sink.append(entry)
+            self._journal.append(entry)
+        self._advance()
+        if "failure" in entry:
+            raise TerminalError(entry["failure"])
+        return entry["value"]  # type: ignore[no-any-return]
+
+    async def sleep(self, seconds: float) -> None:
+        """Durable sleep: the invocation is parked until the timer fires."""
+        entry = self._replayed("sleep", "sleep")
+        if entry is None:
+            entry = {"t": "sleep", "name": "sleep", "wake_at": self._clock.now() + max(0.0, seconds)}
+            await self._sink.append(entry)
+            self._journal.append(entry)
+        if not entry.get("fired") and entry["wake_at"] > self._clock.now():
+            raise Suspended(entry["wake_at"])
+        self._advance()
+
+    async def send(
+        self, service: str, key: str, handler: str, payload: Any = None, *, delay: float = 0.0
+    ) -> str:
+        """Enqueue an invocation of another handler (exactly once); returns its id."""
+        name = f"send {service}/{handler}"
+        entry = self._replayed("send", name)
+        if entry is None:
+            digest = hashlib.sha256(f"{self.invocation_id}:{self._index}".encode()).hexdigest()
+            target_id = f"inv_{digest[:26]}"
+            not_before = self._clock.now() + delay if delay > 0 else None
+            await self._sink.send({
+                "id": target_id, "service": service, "key": key, "handler": handler,
+                "payload": payload, "not_before": not_before,
+            })
+            entry = {"t": "send", "name": name, "id": target_id}
+            await self._sink.append(entry)
+            self._journal.append(entry)
+        self._advance()
+        return entry["id"]  # type: ignore[no-any-return]

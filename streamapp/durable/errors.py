@@ -1,0 +1,72 @@
+"""Errors raised by durable handlers and the engine that runs them.
+
+    StreamAppError                  root of everything streamapp raises
+    ├── TerminalError               fails the invocation, never retried
+    │   ├── NonDeterminismError     replay asked for a different step than journaled
+    │   ├── InvalidInputError       payload does not match the handler's input type
+    │   └── KilledError             an operator killed the invocation
+    └── RetryableError              retried after ``retry_after`` seconds (or by policy)
+
+    Suspended (BaseException)       internal: the invocation waits for a durable
+                                    timer; must not be caught by ``except Exception``
+
+Any other exception a handler raises is treated like ``RetryableError``.
+"""
+
+from __future__ import annotations
+
+
+class StreamAppError(Exception):
+    """Root of streamapp's errors."""
+
+    retriable: bool = False
+
+
+class TerminalError(StreamAppError):
+    """Fails the invocation at once; it is dead-lettered, never retried."""
+
+    retriable = False
+
+
+class NonDeterminismError(TerminalError):
+    """A re-executed handler asked for a step that differs from its journal."""
+
+    def __init__(self, index: int, journaled: str, requested: str) -> None:
+        super().__init__(
+            f"non-deterministic replay at step {index}: journal has {journaled}, "
+            f"handler asked for {requested}"
+        )
+        self.index = index
+        self.journaled = journaled
+        self.requested = requested
+
+
+class InvalidInputError(TerminalError):
+    """The payload cannot be decoded into the handler's input type."""
+
+
+class KilledError(TerminalError):
+    """An operator killed the invocation; it runs no more steps."""
+
+
+class RetryableError(StreamAppError):
+    """A transient failure; retried after ``retry_after`` seconds when given."""
+
+    retriable = True
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Suspended(BaseException):
+    """Unwinds a handler that waits for a durable timer.
+
+    Derives from BaseException so a handler's ``except Exception`` cannot
+    swallow it. The engine catches it and parks the invocation until
+    ``wake_at`` (seconds since the epoch).
+    """
+
+    def __init__(self, wake_at: float) -> None:
+        super().__init__(wake_at)
+        self.wake_at = wake_at

@@ -1,0 +1,101 @@
+"""Run one attempt of an invocation and decide what happens next.
+
+The executor knows nothing of Kafka: it takes the invocation's journal and
+the key's committed state, runs the handler (fast-forwarding through
+journaled steps), and returns an outcome for the runtime to make durable:
+
+    Completed(result, state_changes)   apply state, record result, next in inbox
+    Suspended(wake_at)                 park until the durable timer fires
+    Retry(error, wake_at)              back off durably, run again from the journal
+    Failed(error)                      terminal: dead-letter (or pause, by policy)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from streamapp.durable import codec, mute
+from streamapp.durable.context import Clock, JournalSink, ObjectContext
+from streamapp.durable.errors import RetryableError, Suspended, TerminalError
+from streamapp.durable.service import Handler
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Completed:
+    result: Any
+    state_changes: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Parked:
+    wake_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Retry:
+    error: str
+    wake_at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Failed:
+    error: str
+    exhausted: bool = False  # True when retries ran out (policy may pause instead)
+
+
+Outcome = Completed | Parked | Retry | Failed
+
+
+def describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def execute(
+    handler: Handler,
+    *,
+    invocation_id: str,
+    key: str,
+    payload: Any,
+    attempt: int,
+    journal: list[dict[str, Any]],
+    state: Mapping[str, Any],
+    sink: JournalSink,
+    clock: Clock,
+) -> Outcome:
+    """Run attempt number ``attempt`` (1-based) of one invocation."""
+    ctx = ObjectContext(
+        service=handler.service,
+        key=key,
+        invocation_id=invocation_id,
+        state=state,
+        journal=journal,
+        sink=sink,
+        clock=clock,
+    )
+    try:
+        arg = handler.decode_input(payload)
+        if handler.input_type is None:
+            result = await handler.fn(ctx)
+        else:
+            result = await handler.fn(ctx, arg)
+        return Completed(codec.to_json(result), ctx.state_changes())
+    except Suspended as suspended:
+        return Parked(suspended.wake_at)
+    except TerminalError as exc:
+        return Failed(describe(exc))
+    except Exception as exc:  # the one place a handler failure becomes a retry
+        policy = handler.retry
+        if attempt >= policy.max_attempts:
+            return Failed(f"{describe(exc)} (after {attempt} attempts)", exhausted=True)
+        delay = policy.backoff(attempt)
+        if isinstance(exc, RetryableError) and exc.retry_after is not None:
+            delay = exc.retry_after
+        return Retry(describe(exc), clock.now() + delay)
+    finally:
+        mute.replaying.set(False)

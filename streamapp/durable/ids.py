@@ -1,0 +1,27 @@
+"""Invocation ids: ``inv_`` + 26 base32 characters.
+
+Ids of Kafka-fed invocations are derived from the source coordinates, so a
+redelivered record maps to the same id and is not run twice.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+
+
+def _encode(data: bytes) -> str:
+    return "inv_" + base64.b32encode(hashlib.sha256(data).digest()).decode().lower()[:26]
+
+
+def for_record(app_id: str, topic: str, partition: int, offset: int) -> str:
+    return _encode(f"kafka:{app_id}:{topic}:{partition}:{offset}".encode())
+
+
+def for_idempotency_key(app_id: str, method: str, key: str, idempotency_key: str) -> str:
+    return _encode(f"http:{app_id}:{method}:{key}:{idempotency_key}".encode())
+
+
+def random_id() -> str:
+    return _encode(uuid.uuid4().bytes)

@@ -1,0 +1,1 @@
+"""Faust wiring: app, agents, tables, timers, web views and CLI."""

@@ -1,0 +1,147 @@
+"""Runs invocations: one asyncio task per running attempt, bounded per worker.
+
+An actor task executes one attempt (``durable.executor``) and turns its
+outcome into commands on the internal topic. It never writes a table: the
+invocations agent applies what it sends. Each journal entry is sent and
+acknowledged by the broker (acks=all) before the handler goes on, so a
+journaled step survives any crash after that point.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from streamapp.durable import executor
+from streamapp.durable.service import Registry
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[int, str, dict[str, Any]], Awaitable[None]]
+DeadLetter = Callable[[dict[str, Any], str], Awaitable[None]]
+
+
+class WallClock:
+    def now(self) -> float:
+        return time.time()
+
+
+class _Sink:
+    """Journal sink of one attempt: entries become ``entry`` commands."""
+
+    def __init__(self, pool: ActorPool, p: int, epoch: str, rec: dict[str, Any], journal: list[Any]) -> None:
+        self.pool, self.p, self.epoch, self.rec, self.journal = pool, p, epoch, rec, journal
+
+    async def append(self, entry: dict[str, Any]) -> None:
+        okey = f"{self.rec['service']}/{self.rec['key']}"
+        await self.pool.send(self.p, okey, {
+            "op": "entry", "id": self.rec["id"], "epoch": self.epoch, "index": len(self.journal), "entry": entry,
+        })
+
+    async def send(self, target: dict[str, Any]) -> None:
+        await self.pool.invoke(target, parent=self.rec["id"])
+
+
+class ActorPool:
+    def __init__(
+        self,
+        registry: Registry,
+        send: Send,
+        invoke: Callable[..., Awaitable[None]],
+        dead_letter: DeadLetter,
+        max_running: int,
+    ) -> None:
+        self.registry = registry
+        self.send = send
+        self.invoke = invoke
+        self.dead_letter = dead_letter
+        self.max_running = max_running
+        self.clock = WallClock()
+        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.ready: deque[tuple[int, str, dict[str, Any], dict[str, Any]]] = deque()
+
+    def waiting(self) -> int:
+        return len(self.ready)
+
+    def running(self) -> int:
+        return len(self.tasks)
+
+    def start(self, p: int, epoch: str | None, rec: dict[str, Any], state: dict[str, Any]) -> None:
+        assert epoch is not None
+        if len(self.tasks) >= self.max_running:
+            self.ready.append((p, epoch, rec, state))
+            return
+        task = asyncio.get_running_loop().create_task(self._run(p, epoch, rec, state))
+        self.tasks[rec["id"]] = task
+        task.add_done_callback(lambda _t, inv_id=rec["id"]: self._done(inv_id, _t))
+
+    def _done(self, inv_id: str, task: asyncio.Task[None]) -> None:
+        if self.tasks.get(inv_id) is task:
+            del self.tasks[inv_id]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("Actor task crashed invocationID=%s", inv_id, exc_info=task.exception())
+        while self.ready and len(self.tasks) < self.max_running:
+            self.start(*self.ready.popleft())
+
+    def cancel(self, inv_id: str) -> None:
+        task = self.tasks.pop(inv_id, None)
+        if task is not None:
+            task.cancel()
+        self.ready = deque(r for r in self.ready if r[2]["id"] != inv_id)
+
+    def cancel_all(self) -> None:
+        self.ready.clear()
+        tasks = list(self.tasks.values())
+        self.tasks.clear()
+        for task in tasks:
+            task.cancel()
+
+    async def _run(self, p: int, epoch: str, rec: dict[str, Any], state: dict[str, Any]) -> None:
+        method = f"{rec['service']}/{rec['handler']}"
+        okey = f"{rec['service']}/{rec['key']}"
+        inv_id = rec["id"]
+        attempt = rec["attempt"] + 1
+        base = {"id": inv_id, "epoch": epoch, "attempt": attempt}
+        handler = self.registry.lookup(rec["service"], rec["handler"])
+        if handler is None or handler.kind != "exclusive":
+            error = f"unknown handler {method}" if handler is None else f"{method} is a shared handler"
+            log.error("Invocation failed method=%s invocationID=%s error=%s", method, inv_id, error)
+            await self.dead_letter(rec, error)
+            await self.send(p, okey, {**base, "op": "fail", "error": error})
+            return
+        journal = list(rec["journal"])
+        if not journal and attempt == 1:
+            log.info("Handling invocation method=%s invocationID=%s", method, inv_id)
+        else:
+            log.debug("Resuming invocation method=%s invocationID=%s attempt=%d replaying=%d",
+                      method, inv_id, attempt, len(journal))
+        outcome = await executor.execute(
+            handler, invocation_id=inv_id, key=rec["key"], payload=rec["payload"], attempt=attempt,
+            journal=journal, state=state, sink=_Sink(self, p, epoch, rec, journal), clock=self.clock,
+        )
+        if isinstance(outcome, executor.Completed):
+            await self.send(p, okey, {**base, "op": "complete", "result": outcome.result,
+                                      "state": outcome.state_changes})
+            log.info("Invocation completed successfully method=%s invocationID=%s", method, inv_id)
+        elif isinstance(outcome, executor.Parked):
+            await self.send(p, okey, {**base, "op": "suspend", "wake_at": outcome.wake_at})
+        elif isinstance(outcome, executor.Retry):
+            log.warning(
+                "Invocation attempt failed, retrying method=%s invocationID=%s attempt=%d retryIn=%.3fs error=%s",
+                method, inv_id, attempt, outcome.wake_at - self.clock.now(), outcome.error,
+            )
+            await self.send(p, okey, {**base, "op": "retry", "wake_at": outcome.wake_at, "error": outcome.error})
+        else:
+            assert isinstance(outcome, executor.Failed)
+            pause = outcome.exhausted and handler.retry.on_exhausted == "pause"
+            if pause:
+                log.error("Invocation paused after exhausting retries method=%s invocationID=%s error=%s",
+                          method, inv_id, outcome.error)
+            else:
+                log.error("Invocation failed method=%s invocationID=%s error=%s", method, inv_id, outcome.error)
+                await self.dead_letter(rec, outcome.error)
+            await self.send(p, okey, {**base, "op": "fail", "error": outcome.error, "pause": pause})

@@ -1,0 +1,219 @@
+"""Builds the Faust app: topics, tables, agents, rebalance hooks, web views.
+
+Data flow:
+
+    source topics ──sources agent──▶ {app}-invocations ──invocations agent──▶ tables
+    (key = entity id)  (validate,     (key = Service/key,   (apply in log order,
+                        repartition)   N partitions)          dispatch actors)
+                                          ▲
+             actors (journal entries, outcomes), scheduler (fire), HTTP, operators
+
+Commit order for a source record (at-least-once):
+  1. the record is decoded and validated (or dead-lettered, with its reason);
+  2. its ``invoke`` command is produced to the internal topic and the broker
+     acknowledges it (acks=all): the invocation is now durable in the inbox;
+  3. the agent's loop moves on, which acks the event to Faust;
+  4. Faust's commit (every ``broker_commit_interval``) flushes the producer,
+     then commits the highest offset below which every record is acked.
+     The sources agent runs with concurrency 1, so acks arrive in offset
+     order and the committed offset never passes an undurable record.
+
+Commit order for an internal command: the agent applies it to the tables
+(changelog records are buffered), acks it; Faust's commit flushes the
+changelog records, then commits the command's offset. A crash before that
+replays the command; applying is idempotent (ids, statuses, journal indexes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from typing import Any
+
+import faust
+from faust.sensors import Sensor
+from faust.types import TP
+
+from streamapp.config import Settings
+from streamapp.durable import mute
+from streamapp.durable.service import Registry
+from streamapp.runtime import commands
+from streamapp.runtime.actors import ActorPool
+from streamapp.runtime.engine import Engine
+from streamapp.runtime.scheduler import Scheduler
+from streamapp.runtime.sources import Ingest
+from streamapp.runtime.store import Tables
+
+log = logging.getLogger(__name__)
+
+
+class StreamApp(faust.App):
+    """faust.App that lets the runtime add raw aiohttp routes."""
+
+    runtime: Runtime
+
+    def on_webserver_init(self, web: Any) -> None:
+        # Faust calls this more than once for the same aiohttp app.
+        if getattr(web.web_app, "_streamapp_routes", False):
+            return
+        from streamapp.runtime import web as web_views
+
+        web_views.install(web.web_app, self.runtime)
+        web.web_app._streamapp_routes = True
+
+
+class _RebalanceSensor(Sensor):
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__()
+        self.runtime = runtime
+
+    def on_rebalance_end(self, app: Any, state: dict[str, Any]) -> None:
+        self.runtime.activation = asyncio.ensure_future(self.runtime.activate_assigned())
+
+
+class Runtime:
+    def __init__(self, settings: Settings, registry: Registry) -> None:
+        self.settings = settings
+        self.registry = registry
+        host = settings.web_host if settings.web_host not in ("0.0.0.0", "::") else "127.0.0.1"
+        self.app = StreamApp(
+            settings.app_id,
+            broker=settings.broker,
+            store="rocksdb://",
+            datadir=str(settings.data_dir),
+            web_bind=settings.web_host,
+            web_host=host,
+            web_port=settings.web_port,
+            topic_partitions=settings.partitions,
+            topic_replication_factor=1,
+            table_standby_replicas=0,
+            consumer_auto_offset_reset="earliest",
+            autodiscover=False,
+            processing_guarantee="at_least_once",
+            producer_max_request_size=8 * 1024 * 1024,
+            consumer_max_fetch_size=8 * 1024 * 1024,
+            worker_redirect_stdouts=False,
+        )
+        self.app.runtime = self
+        self.internal = self.app.topic(
+            f"{settings.app_id}-invocations", partitions=settings.partitions, internal=True,
+            key_serializer="raw", value_serializer="raw",
+        )
+        self.dead_letters = self.app.topic(settings.dead_letter_topic, key_serializer="raw", value_serializer="raw")
+        self.tables = Tables(self.app, settings.partitions)
+        self.scheduler = Scheduler(self.fire)
+        self.actors = ActorPool(registry, self.send, self.invoke, self.dead_letter_invocation, settings.max_running)
+        self.engine = Engine(self.tables, registry, self.actors, self.scheduler)
+        self.ingest = Ingest(self)
+        self.sources_paused = False
+        self.activation: asyncio.Future[None] | None = None
+        self._wire()
+
+    # -- producing -----------------------------------------------------------
+    async def send(self, p: int, okey: str, cmd: dict[str, Any]) -> None:
+        """Produce a command to partition ``p`` and wait for the broker's ack."""
+        fut = await self.app.producer.send(
+            self.internal.get_topic_name(), okey.encode(), commands.encode(cmd), p, None, None
+        )
+        await fut
+
+    async def invoke(self, target: dict[str, Any], parent: str | None = None, source: Any = None) -> None:
+        okey = commands.object_key(target["service"], target["key"])
+        p = commands.partition_for(okey, self.settings.partitions)
+        origin = source or ({"parent": parent} if parent else None)
+        await self.send(p, okey, {"op": "invoke", **target, "source": origin})
+
+    async def fire(self, p: int, epoch: str, inv_id: str) -> None:
+        await self.send(p, f"timer/{inv_id}", {"op": "fire", "id": inv_id, "epoch": epoch})
+
+    async def dead_letter(self, key: bytes | None, value: bytes | None, headers: dict[str, str]) -> None:
+        fut = await self.app.producer.send(
+            self.dead_letters.get_topic_name(), key, value, None, None,
+            [(k, v.encode("utf-8", "replace")) for k, v in headers.items()],
+        )
+        await fut
+
+    async def dead_letter_invocation(self, rec: dict[str, Any], error: str) -> None:
+        source = rec.get("source") or {}
+        headers = {
+            "streamapp.error": error,
+            "streamapp.service": rec["service"],
+            "streamapp.handler": rec["handler"],
+            "streamapp.invocation": rec["id"],
+        }
+        for name in ("topic", "partition", "offset"):
+            if name in source:
+                headers[f"streamapp.source.{name}"] = str(source[name])
+        value = commands.encode(rec["payload"]) if "raw" not in source else source["raw"].encode()
+        await self.dead_letter(rec["key"].encode(), value, headers)
+
+    # -- rebalance -------------------------------------------------------------
+    async def activate_assigned(self) -> None:
+        """Ask to drive every internal partition this worker was assigned."""
+        topic = self.internal.get_topic_name()
+        assigned = sorted(tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic)
+        for p in assigned:
+            token = f"{uuid.uuid4().hex[:12]}"
+            self.engine.expect_activation(p, token)
+            await self.send(p, f"activate/{p}", {"op": "activate", "epoch": token, "at": time.time()})
+        log.info("Requested activation of partitions=%s", assigned)
+
+    def ready(self) -> bool:
+        if self.app.rebalancing:
+            return False
+        topic = self.internal.get_topic_name()
+        assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
+        return assigned <= self.engine.live_partitions()
+
+    def _wire(self) -> None:
+        app = self.app
+        self.app.sensors.add(_RebalanceSensor(self))
+
+        @app.on_partitions_revoked.connect
+        async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+            self.engine.revoke_all()
+
+        @app.agent(self.internal, name="invocations")
+        async def invocations(stream: Any) -> None:
+            async for event in stream.events():
+                msg = event.message
+                try:
+                    cmd = commands.decode(event.value)
+                except ValueError:
+                    log.error("Skipping undecodable command partition=%s offset=%s", msg.partition, msg.offset)
+                    continue
+                self.engine.apply(msg.partition, msg.offset, cmd)
+
+        source_topics = [topic for topic, _ in self.settings.subscriptions]
+        sources = app.topic(*source_topics, key_serializer="raw", value_serializer="raw")
+
+        @app.agent(sources, name="sources")
+        async def sources_agent(stream: Any) -> None:
+            async for events in stream.take_events(500, within=0.005):
+                await self.ingest.batch(events)
+
+        @app.task
+        async def scheduler() -> None:
+            mute.install()  # after the worker configured logging
+            await self.scheduler.run()
+
+        @app.timer(0.25)
+        async def flow_control() -> None:
+            self.flow_control()
+
+    def flow_control(self) -> None:
+        """Pause the source partitions while too much work is queued."""
+        pending = self.engine.pending_count()
+        source_topics = {topic for topic, _ in self.settings.subscriptions}
+        tps = {tp for tp in self.app.consumer.assignment() if tp.topic in source_topics}
+        if pending > self.settings.max_pending:
+            if not self.sources_paused:
+                log.info("Pausing sources pending=%d bound=%d", pending, self.settings.max_pending)
+            self.sources_paused = True
+            self.app.consumer.pause_partitions(tps)  # re-asserted: Faust resumes all after a rebalance
+        elif self.sources_paused and pending <= self.settings.max_pending // 2:
+            log.info("Resuming sources pending=%d", pending)
+            self.sources_paused = False
+            self.app.consumer.resume_partitions(tps)

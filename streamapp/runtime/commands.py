@@ -1,0 +1,47 @@
+"""Commands on the internal invocations topic, and how they are keyed.
+
+Every change to an invocation is a command record on
+``{app_id}-invocations``, keyed by ``Service/key`` and partitioned like
+Kafka's default partitioner (murmur2), so one key's commands are one log.
+The invocations agent applies them to the tables in log order (one writer
+per partition).
+
+    op        from            meaning
+    invoke    sources, HTTP,  a new invocation (deduplicated by id)
+              ctx.send
+    activate  the owner       this worker now drives the partition (epoch)
+    entry     actor           journal entry ``index`` of the running attempt
+    suspend   actor           parked on a durable timer until ``wake_at``
+    retry     actor           attempt failed; run again at ``wake_at``
+    complete  actor           result + state changes; the key moves on
+    fail      actor           terminal failure (dead-lettered, or paused)
+    fire      scheduler       a timer is due
+    resume    operator        run a paused invocation again
+    kill      operator        fail an invocation; it runs no more steps
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiokafka.partitioner import murmur2
+
+
+def object_key(service: str, key: str) -> str:
+    return f"{service}/{key}"
+
+
+def partition_for(object_key_: str, partitions: int) -> int:
+    return (murmur2(object_key_.encode()) & 0x7FFFFFFF) % partitions
+
+
+def encode(cmd: dict[str, Any]) -> bytes:
+    return json.dumps(cmd, separators=(",", ":")).encode()
+
+
+def decode(raw: bytes) -> dict[str, Any]:
+    value = json.loads(raw)
+    if not isinstance(value, dict) or "op" not in value:
+        raise ValueError("not a command")
+    return value

@@ -1,0 +1,335 @@
+"""The invocation state machine: applies commands to the tables, in log order.
+
+One writer per partition: only the invocations agent calls ``apply``, inside
+its stream iteration, so every table write goes to the partition of the
+command being applied and reaches the changelog before Faust commits the
+command's offset (at-least-once: Faust flushes the producer, then commits).
+
+Per partition the engine keeps, in memory, a key-serial actor map: for each
+key the invocation in flight (running, sleeping, retrying or paused) and the
+queue behind it. It is rebuilt from the ``active`` table when this worker's
+``activate`` command for the partition is applied; everything the log holds
+before that command has been applied by then, so no journaled step is lost.
+
+Fencing: actor and scheduler commands carry the epoch (activation token) they
+were issued under; a command from an older epoch (a worker that lost the
+partition) is ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from streamapp.durable.service import Registry
+from streamapp.runtime.store import Tables
+
+if TYPE_CHECKING:
+    from streamapp.runtime.actors import ActorPool
+    from streamapp.runtime.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+IN_FLIGHT = ("running", "sleeping", "retrying", "paused")
+FINISHED = ("completed", "failed")
+
+
+@dataclass
+class PartitionState:
+    epoch: str | None = None
+    live: bool = False
+    inflight: dict[str, str] = field(default_factory=dict)  # object key -> invocation id
+    queues: dict[str, deque[str]] = field(default_factory=dict)  # object key -> queued ids
+
+    def queued(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+
+class Engine:
+    def __init__(self, tables: Tables, registry: Registry, actors: ActorPool, scheduler: Scheduler) -> None:
+        self.tables = tables
+        self.registry = registry
+        self.actors = actors
+        self.scheduler = scheduler
+        self.partitions: dict[int, PartitionState] = {}
+        self.my_tokens: dict[int, str] = {}  # activations this worker asked for
+        self.waiters: dict[str, list[Any]] = {}  # invocation id -> futures awaiting completion
+
+    # -- partition lifecycle ---------------------------------------------
+    def part(self, p: int) -> PartitionState:
+        return self.partitions.setdefault(p, PartitionState())
+
+    def expect_activation(self, p: int, token: str) -> None:
+        self.my_tokens[p] = token
+
+    def revoke_all(self) -> None:
+        """Stop every actor and forget in-memory state (before a handover)."""
+        self.actors.cancel_all()
+        self.scheduler.clear()
+        self.partitions.clear()
+        self.my_tokens.clear()
+
+    def live_partitions(self) -> set[int]:
+        return {p for p, st in self.partitions.items() if st.live}
+
+    def pending_count(self) -> int:
+        return sum(st.queued() for st in self.partitions.values()) + self.actors.waiting()
+
+    # -- apply -------------------------------------------------------------
+    def apply(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
+        op = cmd.get("op")
+        handler = getattr(self, f"_on_{op}", None)
+        if handler is None:
+            log.warning("Ignoring unknown command op=%s partition=%s offset=%s", op, p, offset)
+            return
+        if op in ("entry", "suspend", "retry", "complete", "fail", "fire"):
+            st = self.part(p)
+            if st.epoch is None:
+                meta = self.tables.meta.get(f"p{p}")
+                st.epoch = meta["epoch"] if meta else None
+            if cmd.get("epoch") != st.epoch:
+                log.debug("Ignoring stale command op=%s id=%s epoch=%s", op, cmd.get("id"), cmd.get("epoch"))
+                return
+        handler(p, offset, cmd)
+
+    def _record(self, inv_id: str) -> dict[str, Any] | None:
+        rec = self.tables.invocations.get(inv_id)
+        return dict(rec) if rec is not None else None
+
+    def _save(self, rec: dict[str, Any]) -> None:
+        rec["updated"] = time.time()
+        self.tables.invocations[rec["id"]] = rec
+
+    def _on_activate(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
+        st = self.part(p)
+        st.epoch = cmd["epoch"]
+        self.tables.meta[f"p{p}"] = {"epoch": cmd["epoch"]}
+        if self.my_tokens.get(p) != cmd["epoch"]:
+            st.live = False  # another worker's (or an earlier life's) activation
+            return
+        st.live = True
+        st.inflight.clear()
+        st.queues.clear()
+        entries = sorted(Tables.partition_items(self.tables.active, p), key=lambda kv: kv[1]["seq"])
+        resumed = 0
+        for inv_id, info in entries:
+            rec = self._record(inv_id)
+            if rec is None or rec["status"] in FINISHED:
+                self._drop_active(inv_id)
+                continue
+            okey = info["key"]
+            status = rec["status"]
+            if status in IN_FLIGHT:
+                st.inflight[okey] = inv_id
+                if status == "running":
+                    self.actors.start(p, st.epoch, rec, self._state(okey))
+                    resumed += 1
+                elif status in ("sleeping", "retrying"):
+                    self.scheduler.add(p, st.epoch, inv_id, rec["wake_at"])
+            elif status == "scheduled":
+                self.scheduler.add(p, st.epoch, inv_id, rec["not_before"])
+            else:
+                st.queues.setdefault(okey, deque()).append(inv_id)
+        for okey in list(st.queues):
+            if okey not in st.inflight:
+                self._dispatch_next(p, okey)
+        log.info(
+            "Partition activated partition=%s unfinished=%d resumed=%d sleeping=%d",
+            p, len(entries), resumed, self.scheduler.count(p),
+        )
+
+    def _on_invoke(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
+        inv_id = cmd["id"]
+        if self.tables.invocations.get(inv_id) is not None:
+            log.info("Duplicate invocation ignored invocationID=%s", inv_id)
+            return
+        okey = f"{cmd['service']}/{cmd['key']}"
+        now = time.time()
+        delayed = cmd.get("not_before") is not None and cmd["not_before"] > now
+        rec = {
+            "id": inv_id, "service": cmd["service"], "handler": cmd["handler"], "key": cmd["key"],
+            "payload": cmd.get("payload"), "status": "scheduled" if delayed else "pending",
+            "attempt": 0, "journal": [], "seq": offset, "p": p, "created": now,
+            "not_before": cmd.get("not_before"), "wake_at": None, "result": None, "error": None,
+            "source": cmd.get("source"),
+        }
+        self._save(rec)
+        self.tables.active[inv_id] = {"key": okey, "seq": offset, "p": p}
+        st = self.part(p)
+        if delayed:
+            self.tables.timers[inv_id] = {"wake_at": cmd["not_before"], "p": p}
+            if st.live:
+                self.scheduler.add(p, st.epoch, inv_id, cmd["not_before"])
+            return
+        if st.live:
+            st.queues.setdefault(okey, deque()).append(inv_id)
+            if okey not in st.inflight:
+                self._dispatch_next(p, okey)
+
+    def _running(self, cmd: dict[str, Any]) -> dict[str, Any] | None:
+        rec = self._record(cmd["id"])
+        if rec is None or rec["status"] != "running":
+            return None
+        return rec
+
+    def _on_entry(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
+        rec = self._running(cmd)
+        if rec is None or len(rec["journal"]) != cmd["index"]:
+            return
+        rec["journal"] = [*rec["journal"], cmd["entry"]]
+        self._save(rec)
+
+    def _park(self, p: int, rec: dict[str, Any], status: str, wake_at: float) -> None:
+        rec["status"] = status
+        rec["wake_at"] = wake_at
+        self._save(rec)
+        self.tables.timers[rec["id"]] = {"wake_at": wake_at, "p": p}
+        st = self.part(p)
+        if st.live:
+            self.scheduler.add(p, st.epoch, rec["id"], wake_at)
+
+    def _on_suspend(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
+        rec = self._running(cmd)
+        if rec is not None:
+            self._park(p, rec, "sleeping", cmd["wake_at"])
+
+    def _on_retry(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
+        rec = self._running(cmd)
+        if rec is not None:
+            rec["attempt"] = cmd["attempt"]
+            rec["error"] = cmd["error"]
+            self._park(p, rec, "retrying", cmd["wake_at"])
+
+    def _on_complete(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
+        rec = self._running(cmd)
+        if rec is None:
+            return
+        okey = f"{rec['service']}/{rec['key']}"
+        changes = cmd.get("state") or {}
+        if changes:
+            state = dict(self.tables.state.get(okey) or {})
+            for name, value in changes.items():
+                if value is None:
+                    state.pop(name, None)
+                else:
+                    state[name] = value
+            if state:
+                self.tables.state[okey] = state
+            elif self.tables.state.get(okey) is not None:
+                del self.tables.state[okey]
+        rec["status"] = "completed"
+        rec["result"] = cmd.get("result")
+        rec["attempt"] = cmd.get("attempt", rec["attempt"])
+        self._finish(p, rec)
+
+    def _on_fail(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
+        rec = self._running(cmd)
+        if rec is None:
+            return
+        rec["error"] = cmd["error"]
+        rec["attempt"] = cmd.get("attempt", rec["attempt"])
+        if cmd.get("pause"):
+            rec["status"] = "paused"
+            self._save(rec)
+            return
+        rec["status"] = "failed"
+        self._finish(p, rec)
+
+    def _on_fire(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
+        rec = self._record(cmd["id"])
+        if rec is None:
+            return
+        st = self.part(p)
+        if rec["status"] in ("sleeping", "retrying"):
+            self._drop_timer(rec["id"])
+            journal = rec["journal"]
+            if rec["status"] == "sleeping" and journal and journal[-1]["t"] == "sleep":
+                rec["journal"] = [*journal[:-1], {**journal[-1], "fired": True}]
+            rec["status"] = "running"
+            rec["wake_at"] = None
+            self._save(rec)
+            if st.live:
+                self.actors.start(p, st.epoch, rec, self._state(f"{rec['service']}/{rec['key']}"))
+        elif rec["status"] == "scheduled":
+            self._drop_timer(rec["id"])
+            rec["status"] = "pending"
+            self._save(rec)
+            okey = f"{rec['service']}/{rec['key']}"
+            if st.live:
+                st.queues.setdefault(okey, deque()).append(rec["id"])
+                if okey not in st.inflight:
+                    self._dispatch_next(p, okey)
+
+    def _on_resume(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
+        rec = self._record(cmd["id"])
+        if rec is None or rec["status"] != "paused":
+            return
+        rec["status"] = "running"
+        rec["attempt"] = 0
+        rec["error"] = None
+        self._save(rec)
+        st = self.part(p)
+        if st.live:
+            self.actors.start(p, st.epoch, rec, self._state(f"{rec['service']}/{rec['key']}"))
+
+    def _on_kill(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
+        rec = self._record(cmd["id"])
+        if rec is None or rec["status"] in FINISHED:
+            return
+        self.actors.cancel(rec["id"])
+        self._drop_timer(rec["id"])
+        okey = f"{rec['service']}/{rec['key']}"
+        queue = self.part(p).queues.get(okey)
+        if queue and rec["id"] in queue:
+            queue.remove(rec["id"])
+        rec["status"] = "failed"
+        rec["error"] = "KilledError: killed by an operator"
+        self._finish(p, rec)
+
+    # -- helpers -----------------------------------------------------------
+    def _state(self, okey: str) -> dict[str, Any]:
+        return dict(self.tables.state.get(okey) or {})
+
+    def _drop_active(self, inv_id: str) -> None:
+        if self.tables.active.get(inv_id) is not None:
+            del self.tables.active[inv_id]
+
+    def _drop_timer(self, inv_id: str) -> None:
+        if self.tables.timers.get(inv_id) is not None:
+            del self.tables.timers[inv_id]
+
+    def _finish(self, p: int, rec: dict[str, Any]) -> None:
+        rec["wake_at"] = None
+        self._save(rec)
+        self._drop_active(rec["id"])
+        self._drop_timer(rec["id"])
+        for fut in self.waiters.pop(rec["id"], []):
+            if not fut.done():
+                fut.set_result(rec)
+        st = self.part(p)
+        okey = f"{rec['service']}/{rec['key']}"
+        if st.inflight.get(okey) == rec["id"]:
+            del st.inflight[okey]
+            self._dispatch_next(p, okey)
+
+    def _dispatch_next(self, p: int, okey: str) -> None:
+        """Start the next queued invocation of ``okey``, if any."""
+        st = self.part(p)
+        if not st.live:
+            return
+        queue = st.queues.get(okey)
+        while queue:
+            inv_id = queue.popleft()
+            rec = self._record(inv_id)
+            if rec is None or rec["status"] != "pending":
+                continue
+            st.inflight[okey] = inv_id
+            rec["status"] = "running"
+            self._save(rec)
+            self.actors.start(p, st.epoch, rec, self._state(okey))
+            break
+        if queue is not None and not queue:
+            del st.queues[okey]

@@ -1,0 +1,11 @@
+"""Entry point: settings from the environment, the services, the Faust app."""
+
+from __future__ import annotations
+
+from streamapp.config import Settings
+from streamapp.runtime.app import Runtime
+from streamapp.services import registry
+
+settings = Settings.from_env()
+runtime = Runtime(settings, registry(settings))
+app = runtime.app

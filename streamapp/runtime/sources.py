@@ -1,0 +1,73 @@
+"""Turns source records into invocations, or dead letters with a reason.
+
+A record becomes an ``invoke`` command on the internal topic, keyed by
+``Service/key`` (repartitioning). Its invocation id comes from the source
+coordinates, so a redelivered record is recognised. Records that cannot be
+routed or decoded go to the dead-letter topic instead; the batch goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from streamapp.durable import codec, ids
+from streamapp.durable.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from streamapp.runtime.app import Runtime
+
+log = logging.getLogger(__name__)
+
+MAX_KEY_BYTES = 1024
+
+
+class Ingest:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.routes = dict(runtime.settings.subscriptions)
+
+    async def batch(self, events: list[Any]) -> None:
+        """Make every record of the batch durable (as an invocation or a dead letter)."""
+        await asyncio.gather(*(self.one(event.message) for event in events))
+
+    async def one(self, msg: Any) -> None:
+        coords = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset}
+        target = self.routes.get(msg.topic, "")
+        service, _, handler_name = target.partition("/")
+        try:
+            key, payload = self.decode(msg, service, handler_name)
+        except InvalidInputError as exc:
+            log.warning(
+                "Dead-lettering record topic=%s partition=%s offset=%s reason=%s",
+                msg.topic, msg.partition, msg.offset, exc,
+            )
+            headers = {
+                "streamapp.error": f"{type(exc).__name__}: {exc}",
+                "streamapp.service": service,
+                "streamapp.handler": handler_name,
+                **{f"streamapp.source.{k}": str(v) for k, v in coords.items()},
+            }
+            await self.runtime.dead_letter(msg.key, msg.value, headers)
+            return
+        inv_id = ids.for_record(self.runtime.settings.app_id, msg.topic, msg.partition, msg.offset)
+        target_cmd = {"id": inv_id, "service": service, "key": key, "handler": handler_name,
+                      "payload": payload, "not_before": None}
+        await self.runtime.invoke(target_cmd, source=coords)
+
+    def decode(self, msg: Any, service: str, handler_name: str) -> tuple[str, Any]:
+        handler = self.runtime.registry.lookup(service, handler_name)
+        if handler is None:
+            raise InvalidInputError(f"no handler {service}/{handler_name} for topic {msg.topic}")
+        if msg.key is None:
+            raise InvalidInputError("record has no key: the key selects the object")
+        if len(msg.key) > MAX_KEY_BYTES:
+            raise InvalidInputError(f"key longer than {MAX_KEY_BYTES} bytes")
+        try:
+            key = msg.key.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInputError("key is not valid UTF-8") from exc
+        payload = codec.loads(msg.value) if handler.input_type is not None or msg.value else None
+        handler.decode_input(payload)
+        return key, payload

@@ -1,0 +1,295 @@
+"""Test harness: real broker, worker subprocesses, producers, readers, waits.
+
+Everything here talks to the real Apache Kafka broker named by
+``STREAMAPP_TEST_BROKER`` (``make test`` sets it) or the local one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parent.parent
+KAFKA_SH = ROOT / "tools" / "kafka" / "kafka.sh"
+T = TypeVar("T")
+
+
+def broker_url() -> str:
+    return os.environ.get("STREAMAPP_TEST_BROKER", "kafka://127.0.0.1:9092")
+
+
+def bootstrap() -> str:
+    return broker_url().split("://", 1)[-1]
+
+
+def ensure_broker() -> str:
+    """Return the broker address, starting the local broker if nothing answers."""
+    host, _, port = bootstrap().partition(":")
+    try:
+        with socket.create_connection((host, int(port or 9092)), timeout=2):
+            return broker_url()
+    except OSError:
+        pass
+    if "STREAMAPP_TEST_BROKER" in os.environ:
+        raise RuntimeError(f"STREAMAPP_TEST_BROKER={broker_url()} does not answer")
+    subprocess.run([str(KAFKA_SH), "up"], check=True)
+    return broker_url()
+
+
+def free_port() -> int:
+    """A port from the OS (bind to port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def wait_for(
+    check: Callable[[], T], *, timeout: float, what: str, interval: float = 0.2, detail: Callable[[], str] | None = None
+) -> T:
+    """Poll ``check`` until it returns a truthy value; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while True:
+        last = check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            extra = f"\n{detail()}" if detail else ""
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last value: {last!r}{extra}")
+        time.sleep(interval)
+
+
+def run_async(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+# -- topics ---------------------------------------------------------------
+def create_topics(names: Iterable[str], partitions: int = 1) -> None:
+    async def go() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap())
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+        finally:
+            await admin.close()
+
+    run_async(go())
+
+
+def produce(topic: str, records: Iterable[tuple[bytes | str | None, bytes | str | None]]) -> None:
+    """Produce key/value records with a Python client and wait for the acks."""
+
+    def b(x: bytes | str | None) -> bytes | None:
+        return x.encode() if isinstance(x, str) else x
+
+    async def go() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap(), acks="all", max_request_size=16 * 1024 * 1024)
+        await producer.start()
+        try:
+            futures = [await producer.send(topic, key=b(k), value=b(v)) for k, v in records]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    run_async(go())
+
+
+def console_produce(topic: str, lines: Iterable[str]) -> None:
+    """Feed ``key:value`` lines through Apache Kafka's kafka-console-producer."""
+    env = dict(os.environ, KAFKA_PORT=bootstrap().rpartition(":")[2])
+    text = "".join(line + "\n" for line in lines)
+    proc = subprocess.run(
+        [str(KAFKA_SH), "producer", topic], input=text, text=True, capture_output=True, env=env, timeout=120
+    )
+    assert proc.returncode == 0, f"console producer failed ({proc.returncode}):\n{proc.stderr}"
+
+
+@dataclass
+class Record:
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+    partition: int
+    offset: int
+
+    def json(self) -> Any:
+        return json.loads(self.value or b"null")
+
+
+def read_topic(topic: str, *, timeout: float = 5.0) -> list[Record]:
+    """Every record currently in ``topic`` (all partitions), in partition/offset order."""
+
+    async def go() -> list[Record]:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap(), enable_auto_commit=False)
+        await consumer.start()
+        try:
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                await consumer._client.force_metadata_update()
+                parts = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in sorted(parts)]
+            if not tps:
+                return []
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            out: list[Record] = []
+            deadline = time.monotonic() + timeout
+            while any(await consumer.position(tp) < end[tp] for tp in tps):
+                if time.monotonic() > deadline:
+                    break
+                batch = await consumer.getmany(timeout_ms=500)
+                for msgs in batch.values():
+                    out.extend(
+                        Record(m.key, m.value, {k: v for k, v in m.headers}, m.partition, m.offset) for m in msgs
+                    )
+            return sorted(out, key=lambda r: (r.partition, r.offset))
+        finally:
+            await consumer.stop()
+
+    return run_async(go())  # type: ignore[no-any-return]
+
+
+# -- workers --------------------------------------------------------------
+@dataclass
+class Worker:
+    """A streamapp worker subprocess with its own app id, data dir and web port."""
+
+    app_id: str
+    data_dir: Path
+    env: dict[str, str]
+    log_path: Path
+    web_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}"
+
+    def start(self, wait: bool = True, timeout: float = 90.0) -> Worker:
+        assert self.proc is None or self.proc.poll() is not None, "worker already running"
+        env = dict(os.environ)
+        env.update(self.env)
+        env.update(
+            STREAMAPP_APP_ID=self.app_id,
+            STREAMAPP_DATA_DIR=str(self.data_dir),
+            STREAMAPP_WEB_PORT=str(self.web_port),
+            STREAMAPP_BROKER=broker_url(),
+            PYTHONUNBUFFERED="1",
+        )
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamapp", "worker", "-l", "info"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        log.close()
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                return bool(self.get("/health").get("ready"))
+            except (OSError, aiohttp.ClientError, ValueError):
+                return False
+
+        wait_for(ready, timeout=timeout, what=f"worker {self.app_id} to be ready", detail=self.tail)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def tail(self, n: int = 60) -> str:
+        return "\n".join(self.log().splitlines()[-n:])
+
+    def kill(self) -> None:
+        """SIGKILL (a crash): no shutdown code runs."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+
+    def restart(self, wait: bool = True) -> Worker:
+        self.kill()
+        return self.start(wait=wait)
+
+    # -- HTTP -----------------------------------------------------------
+    def request(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
+                raw: bytes | None = None, timeout: float = 60.0) -> tuple[int, Any]:
+        async def go() -> tuple[int, Any]:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+                data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+                hdrs = {"content-type": "application/json", **(headers or {})}
+                async with session.request(method, self.url + path, data=data, headers=hdrs) as resp:
+                    text = await resp.text()
+                    try:
+                        return resp.status, json.loads(text) if text else None
+                    except ValueError:
+                        return resp.status, text
+
+        return run_async(go())  # type: ignore[no-any-return]
+
+    def get(self, path: str) -> Any:
+        status, body = self.request("GET", path, timeout=5.0)
+        if status != 200:
+            raise ValueError(f"GET {path} -> {status}: {body}")
+        return body
+
+
+class WorkerFactory:
+    """Creates workers for one test; stops every one of them at the end."""
+
+    def __init__(self, base: Path, app_id: str, env: dict[str, str]) -> None:
+        self.base = base
+        self.app_id = app_id
+        self.env = env
+        self.workers: list[Worker] = []
+
+    def new(self, name: str | None = None, env: dict[str, str] | None = None, start: bool = True) -> Worker:
+        name = name or f"w{len(self.workers)}"
+        worker = Worker(
+            app_id=self.app_id,
+            data_dir=self.base / name,
+            env={**self.env, **(env or {})},
+            log_path=self.base / f"{name}.log",
+        )
+        self.workers.append(worker)
+        if start:
+            worker.start()
+        return worker
+
+    def stop_all(self) -> None:
+        for worker in self.workers:
+            with contextlib.suppress(Exception):
+                worker.stop()
