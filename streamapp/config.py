@@ -23,6 +23,7 @@ class Settings:
     partitions: int = 8
     # topic -> "Service/handler"
     subscriptions: tuple[tuple[str, str], ...] = DEFAULT_SUBSCRIPTIONS
+    dead_letter_topic: str = "streamapp-dead-letters"
     max_running: int = 1000          # invocations executing at once per worker
     max_pending: int = 10_000        # queued invocations before the sources pause
     moderation_poll_interval: float = 5.0
@@ -32,9 +33,6 @@ class Settings:
     # extra services, "module:attribute" (a Service or a list of them)
     extra_services: tuple[str, ...] = ()
 
-    @property
-    def dead_letter_topic(self) -> str:
-        return "streamapp-dead-letters"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -61,6 +59,7 @@ class Settings:
             data_dir=Path(env.get("STREAMAPP_DATA_DIR", str(defaults.data_dir))),
             partitions=int(num("STREAMAPP_PARTITIONS", defaults.partitions)),
             subscriptions=subs,
+            dead_letter_topic=env.get("STREAMAPP_DEAD_LETTER_TOPIC", defaults.dead_letter_topic),
             max_running=int(num("STREAMAPP_MAX_RUNNING", defaults.max_running)),
             max_pending=int(num("STREAMAPP_MAX_PENDING", defaults.max_pending)),
             moderation_poll_interval=num(

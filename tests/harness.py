@@ -124,6 +124,22 @@ def console_produce(topic: str, lines: Iterable[str]) -> None:
     assert proc.returncode == 0, f"console producer failed ({proc.returncode}):\n{proc.stderr}"
 
 
+def kafka_tool(*args: str, timeout: float = 120) -> str:
+    """Run an Apache Kafka command-line tool class against the test broker."""
+    env = dict(os.environ, KAFKA_PORT=bootstrap().rpartition(":")[2])
+    proc = subprocess.run([str(KAFKA_SH), "run", *args], capture_output=True, text=True, env=env, timeout=timeout)
+    assert proc.returncode == 0, f"{args[0]} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def reset_offsets(group: str, topic: str) -> None:
+    """Rewind a (stopped) consumer group to the beginning of ``topic``."""
+    kafka_tool(
+        "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand", "--bootstrap-server", bootstrap(),
+        "--group", group, "--topic", topic, "--reset-offsets", "--to-earliest", "--execute",
+    )
+
+
 @dataclass
 class Record:
     key: bytes | None

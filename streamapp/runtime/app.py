@@ -101,7 +101,9 @@ class Runtime:
             f"{settings.app_id}-invocations", partitions=settings.partitions, internal=True,
             key_serializer="raw", value_serializer="raw",
         )
-        self.dead_letters = self.app.topic(settings.dead_letter_topic, key_serializer="raw", value_serializer="raw")
+        self.dead_letters = self.app.topic(
+            settings.dead_letter_topic, partitions=1, internal=True, key_serializer="raw", value_serializer="raw"
+        )
         self.tables = Tables(self.app, settings.partitions)
         self.scheduler = Scheduler(self.fire)
         self.actors = ActorPool(registry, self.send, self.invoke, self.dead_letter_invocation, settings.max_running)
@@ -187,7 +189,9 @@ class Runtime:
                 self.engine.apply(msg.partition, msg.offset, cmd)
 
         source_topics = [topic for topic, _ in self.settings.subscriptions]
-        sources = app.topic(*source_topics, key_serializer="raw", value_serializer="raw")
+        # Declared so that a missing source topic is created (1 partition, as
+        # the seed's compose file does) instead of silently never assigned.
+        sources = app.topic(*source_topics, partitions=1, internal=True, key_serializer="raw", value_serializer="raw")
 
         @app.agent(sources, name="sources")
         async def sources_agent(stream: Any) -> None:
@@ -197,6 +201,7 @@ class Runtime:
         @app.task
         async def scheduler() -> None:
             mute.install()  # after the worker configured logging
+            await self.dead_letters.maybe_declare()
             await self.scheduler.run()
 
         @app.timer(0.25)

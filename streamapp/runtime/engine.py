@@ -71,6 +71,11 @@ class Engine:
         self.scheduler.clear()
         self.partitions.clear()
         self.my_tokens.clear()
+        waiters, self.waiters = self.waiters, {}
+        for futures in waiters.values():
+            for fut in futures:
+                if not fut.done():
+                    fut.set_result({"moved": True})
 
     def live_partitions(self) -> set[int]:
         return {p for p, st in self.partitions.items() if st.live}

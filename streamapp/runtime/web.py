@@ -1,27 +1,191 @@
-"""HTTP views (aiohttp routes on Faust's web server)."""
+"""HTTP ingress and inspection views on Faust's aiohttp web server.
+
+    POST /{Service}/{key}/{handler}             call: wait, 200 + JSON result
+    POST /{Service}/{key}/{handler}/send        send: 202 {"invocationId"} [?delay=10s]
+    GET  /{Service}/{key}/{handler}             shared (read-only) handlers only
+    GET  /invocations, /invocations/{id}        status, result or error
+    POST /invocations/{id}/resume|kill          operator actions
+    GET  /state/{Service}/{key}                 the key's state (``streamapp kv get``)
+    GET  /subscriptions, /health
+
+A request for a key owned by another worker is forwarded to the owner (the
+worker assigned the key's partition of the internal topic).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
+import time
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 from aiohttp import web
+
+from streamapp.durable import codec, ids
+from streamapp.durable.context import SharedContext
+from streamapp.durable.errors import InvalidInputError
+from streamapp.runtime import commands
 
 if TYPE_CHECKING:
     from streamapp.runtime.app import Runtime
 
-
-def install(web_app: web.Application, runtime: Runtime) -> None:
-    async def health(request: web.Request) -> web.Response:
-        return web.json_response({
-            "ready": runtime.ready(),
-            "live_partitions": sorted(runtime.engine.live_partitions()),
-            "running": runtime.actors.running(),
-            "pending": runtime.engine.pending_count(),
-            "sleeping": runtime.scheduler.total(),
-        })
-
-    web_app.router.add_get("/health", health)
+FORWARDED = "x-streamapp-forwarded"
+CALL_TIMEOUT = 600.0
+_DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 
 def json_error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
+
+
+def parse_delay(text: str) -> float:
+    match = _DELAY.match(text)
+    if not match:
+        raise InvalidInputError(f"delay {text!r} is not a duration like 10s, 500ms, 2m")
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+class Views:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.session: aiohttp.ClientSession | None = None
+
+    # -- helpers -------------------------------------------------------------
+    def owner_url(self, okey: str) -> str | None:
+        """Base URL of the worker owning ``okey``'s partition, or None for this worker."""
+        p = commands.partition_for(okey, self.rt.settings.partitions)
+        if p in self.rt.engine.live_partitions():
+            return None
+        changelog = self.rt.tables.invocations.changelog_topic.get_topic_name()
+        for url, topics in self.rt.app.assignor.table_metadata(changelog).items():
+            if p in topics.get(changelog, ()):
+                if str(url).rstrip("/") == str(self.rt.app.conf.canonical_url).rstrip("/"):
+                    return None
+                return str(url).rstrip("/")
+        raise web.HTTPServiceUnavailable(
+            text=json.dumps({"error": f"no worker owns partition {p} yet; retry"}), content_type="application/json"
+        )
+
+    async def forward(self, request: web.Request, base: str, body: bytes | None) -> web.Response:
+        if request.headers.get(FORWARDED):
+            return json_error(503, "key is moving between workers; retry")
+        if self.session is None:
+            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT + 10))
+        headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "idempotency-key",
+                                                                                 "authorization")}
+        headers[FORWARDED] = "1"
+        async with self.session.request(request.method, base + request.path_qs, data=body, headers=headers) as resp:
+            return web.Response(body=await resp.read(), status=resp.status, content_type="application/json")
+
+    async def read_body(self, request: web.Request) -> bytes:
+        limit = self.rt.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+        body = await request.content.read(limit + 1)
+        if len(body) > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+        return body
+
+    # -- ingress ---------------------------------------------------------------
+    async def invoke(self, request: web.Request) -> web.Response:
+        service, key, name = (request.match_info[k] for k in ("service", "key", "handler"))
+        send = request.match_info.get("send") == "send"
+        if request.method not in ("GET", "POST"):
+            return json_error(405, f"method {request.method} not allowed", allowed=["GET", "POST"])
+        handler = self.rt.registry.lookup(service, name)
+        if handler is None:
+            svc = self.rt.registry.services.get(service)
+            what = f"service {service}" if svc is None else f"handler {service}/{name}"
+            return json_error(404, f"unknown {what}")
+        if handler.kind == "shared":
+            if send:
+                return json_error(405, f"{service}/{name} is read-only: call it, do not send to it")
+        elif request.method == "GET":
+            return json_error(405, f"{service}/{name} changes state: use POST", allowed=["POST"])
+        body = await self.read_body(request)
+        okey = commands.object_key(service, key)
+        owner = None if send else self.owner_url(okey)
+        if owner is not None:
+            return await self.forward(request, owner, body)
+        if handler.kind == "shared":
+            state = self.rt.tables.state.get(okey) or {}
+            result = await handler.fn(SharedContext(service, key, dict(state)))
+            return web.json_response(codec.to_json(result))
+        payload = codec.loads(body) if (handler.input_type is not None or body.strip()) else None
+        handler.decode_input(payload)
+        delay = parse_delay(request.query["delay"]) if "delay" in request.query else 0.0
+        idem = request.headers.get("idempotency-key")
+        inv_id = ids.for_idempotency_key(self.rt.settings.app_id, handler.method, key, idem) if idem \
+            else ids.random_id()
+        target = {"id": inv_id, "service": service, "key": key, "handler": name, "payload": payload,
+                  "not_before": time.time() + delay if delay > 0 else None}
+        if send:
+            await self.rt.invoke(target, source={"http": idem} if idem else {"http": None})
+            return web.json_response({"invocationId": inv_id, "status": "Accepted"}, status=202)
+        rec = self.rt.tables.invocations.get(inv_id)
+        if rec is None or rec["status"] not in ("completed", "failed"):
+            fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            self.rt.engine.waiters.setdefault(inv_id, []).append(fut)
+            if rec is None:
+                await self.rt.invoke(target, source={"http": idem})
+            try:
+                rec = await asyncio.wait_for(fut, CALL_TIMEOUT)
+            except TimeoutError:
+                return json_error(504, "invocation still running", invocationId=inv_id)
+        if rec.get("moved"):
+            return json_error(503, "key moved to another worker while waiting; retry", invocationId=inv_id)
+        if rec["status"] == "failed":
+            return json_error(500, rec["error"], invocationId=inv_id)
+        return web.json_response(rec["result"], headers={"x-streamapp-invocation-id": inv_id})
+
+    # -- inspection --------------------------------------------------------------
+    async def state(self, request: web.Request) -> web.Response:
+        service, key = request.match_info["service"], request.match_info["key"]
+        if service not in self.rt.registry.services:
+            return json_error(404, f"unknown service {service}")
+        okey = commands.object_key(service, key)
+        owner = self.owner_url(okey)
+        if owner is not None:
+            return await self.forward(request, owner, None)
+        return web.json_response({"service": service, "key": key, "state": self.rt.tables.state.get(okey) or {}})
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({
+            "ready": self.rt.ready(),
+            "live_partitions": sorted(self.rt.engine.live_partitions()),
+            "running": self.rt.actors.running(),
+            "pending": self.rt.engine.pending_count(),
+            "sleeping": self.rt.scheduler.total(),
+        })
+
+    async def subscriptions(self, request: web.Request) -> web.Response:
+        return web.json_response({"subscriptions": [
+            {"source": f"kafka://{topic}", "sink": f"service://{target}"}
+            for topic, target in self.rt.settings.subscriptions
+        ]})
+
+
+@web.middleware
+async def errors_as_json(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)  # type: ignore[no-any-return]
+    except InvalidInputError as exc:
+        return json_error(400, str(exc))
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json":
+            raise
+        return json_error(exc.status, exc.reason)
+
+
+def install(web_app: web.Application, runtime: Runtime) -> None:
+    views = Views(runtime)
+    web_app.middlewares.append(errors_as_json)
+    r = web_app.router
+    r.add_get("/health", views.health)
+    r.add_get("/subscriptions", views.subscriptions)
+    r.add_get("/state/{service}/{key}", views.state)
+    r.add_route("*", "/{service}/{key}/{handler}", views.invoke)
+    r.add_route("POST", "/{service}/{key}/{handler}/{send:send}", views.invoke)

@@ -1,0 +1,112 @@
+"""Services used by integration tests (loaded by workers via STREAMAPP_SERVICES).
+
+Side effects are appended to a JSON-lines ledger (STREAMAPP_TEST_LEDGER) so a
+test can count how often each step really ran, where and when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import time
+from typing import Any
+
+from streamapp.durable import ObjectContext, RetryPolicy, Service, SharedContext, TerminalError
+
+
+def record(**fields: Any) -> None:
+    path = os.environ["STREAMAPP_TEST_LEDGER"]
+    line = json.dumps({**fields, "time": time.time(), "pid": os.getpid()})
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+def ledger(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+@dataclasses.dataclass
+class NapRequest:
+    tag: str
+    seconds: float = 0.0  # durable sleep between the two steps
+    work: float = 0.0     # plain (non-durable) work between the steps
+
+
+@dataclasses.dataclass
+class Fail:
+    tag: str
+    failures: int = 0  # attempts that fail before one succeeds (-1: always)
+
+
+test = Service("Test", retry=RetryPolicy(initial_interval=0.2, factor=2.0, max_interval=1.0, max_attempts=4))
+paused = Service("Paused", retry=RetryPolicy(initial_interval=0.1, max_attempts=2, on_exhausted="pause"))
+
+
+@test.handler()
+async def Nap(ctx: ObjectContext, req: NapRequest) -> dict[str, Any]:
+    inv = ctx.invocation_id
+    started = await ctx.run(
+        "before", lambda: record(event="before", key=ctx.key, tag=req.tag, inv=inv) or time.time()
+    )
+    if req.seconds:
+        await ctx.sleep(req.seconds)
+    if req.work:
+        await asyncio.sleep(req.work)
+    await ctx.run("after", lambda: record(event="after", key=ctx.key, tag=req.tag, inv=inv, started=started))
+    count = ctx.get("count", 0) + 1
+    ctx.set("count", count)
+    return {"tag": req.tag, "count": count}
+
+
+def _attempts(inv: str) -> int:
+    entries = ledger(os.environ["STREAMAPP_TEST_LEDGER"])
+    return sum(1 for e in entries if e.get("inv") == inv and e["event"] == "attempt")
+
+
+@test.handler()
+async def Flaky(ctx: ObjectContext, req: Fail) -> str:
+    inv = ctx.invocation_id
+    record(event="attempt", key=ctx.key, tag=req.tag, inv=inv)
+    if req.failures < 0 or _attempts(inv) <= req.failures:
+        raise RuntimeError(f"flaky failure of {req.tag}")
+    await ctx.run("done", lambda: record(event="after", key=ctx.key, tag=req.tag, inv=inv))
+    return "ok"
+
+
+@test.handler()
+async def Terminal(ctx: ObjectContext, req: Fail) -> None:
+    raise TerminalError(f"cannot process {req.tag}")
+
+
+@test.handler()
+async def Drift(ctx: ObjectContext, req: Fail) -> None:
+    """Non-deterministic: the step name changes between executions."""
+    inv = ctx.invocation_id
+    record(event="attempt", key=ctx.key, tag=req.tag, inv=inv)
+    await ctx.run(f"step-{_attempts(inv)}", lambda: None)
+    await ctx.sleep(0.2)
+    await ctx.run("end", lambda: None)
+
+
+@test.handler(kind="shared")
+async def Count(ctx: SharedContext) -> int:
+    value: int = ctx.get("count", 0)
+    return value
+
+
+@paused.handler()
+async def Stuck(ctx: ObjectContext, req: Fail) -> str:
+    inv = ctx.invocation_id
+    record(event="attempt", key=ctx.key, tag=req.tag, inv=inv)
+    if req.failures < 0 or _attempts(inv) <= req.failures:
+        raise RuntimeError("still failing")
+    return "unstuck"
+
+
+services = [test, paused]
