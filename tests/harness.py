@@ -171,7 +171,10 @@ def read_topic(topic: str, *, timeout: float = 5.0) -> list[Record]:
             end = await consumer.end_offsets(tps)
             out: list[Record] = []
             deadline = time.monotonic() + timeout
-            while any(await consumer.position(tp) < end[tp] for tp in tps):
+            async def behind() -> bool:
+                return any([await consumer.position(tp) < end[tp] for tp in tps])
+
+            while await behind():
                 if time.monotonic() > deadline:
                     break
                 batch = await consumer.getmany(timeout_ms=500)

@@ -29,7 +29,7 @@ def loads(raw: bytes | str | None) -> Any:
     except UnicodeDecodeError as exc:
         raise InvalidInputError(f"value is not valid UTF-8: {exc.reason} at byte {exc.start}") from exc
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_reject_constant)
     except RecursionError as exc:
         raise InvalidInputError("JSON nested too deeply") from exc
     except ValueError as exc:
@@ -39,12 +39,17 @@ def loads(raw: bytes | str | None) -> Any:
     return value
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
 def _depth(value: Any) -> int:
     depth, level = 0, [value]
     while level:
         depth += 1
-        if depth > MAX_DEPTH:
-            return depth
+        # ``level`` holds values nested ``depth - 1`` levels deep.
+        if depth - 1 > MAX_DEPTH:
+            return depth - 1
         nxt: list[Any] = []
         for item in level:
             if isinstance(item, dict):

@@ -8,11 +8,12 @@ on re-execution the journal answers instead of the outside world.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 import json
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, overload
 
 from streamapp.durable import mute
 from streamapp.durable.errors import NonDeterminismError, Suspended, TerminalError
@@ -44,7 +45,8 @@ class SharedContext:
         self._state = state
 
     def get(self, name: str, default: Any = None) -> Any:
-        return self._state.get(name, default)
+        # A copy: mutating what was read must not change committed state.
+        return copy.deepcopy(self._state.get(name, default))
 
     def state_keys(self) -> list[str]:
         return sorted(self._state)
@@ -125,7 +127,13 @@ class ObjectContext(SharedContext):
         self._index += 1
         mute.replaying.set(self._index < len(self._journal))
 
-    async def run(self, name: str, fn: Callable[..., T | Awaitable[T]], *args: Any) -> T:
+    # Two overloads: with one ``T | Awaitable[T]`` signature mypy cannot infer T for an async fn.
+    @overload
+    async def run(self, name: str, fn: Callable[..., Awaitable[T]], *args: Any) -> T: ...
+    @overload
+    async def run(self, name: str, fn: Callable[..., T], *args: Any) -> T: ...
+
+    async def run(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(*args)`` once; its JSON result is journaled and replayed."""
         entry = self._replayed("run", name)
         if entry is None:
@@ -133,17 +141,21 @@ class ObjectContext(SharedContext):
                 result = fn(*args)
                 if inspect.isawaitable(result):
                     result = await result
-                value = json.loads(json.dumps(result))
             except TerminalError as exc:
                 entry = {"t": "run", "name": name, "failure": str(exc)}
             else:
+                try:
+                    value = json.loads(json.dumps(result, allow_nan=False))
+                except (TypeError, ValueError) as exc:
+                    # Retrying would run ``fn``'s side effect again for the same outcome.
+                    raise TerminalError(f"step '{name}' returned a result that is not JSON: {exc}") from exc
                 entry = {"t": "run", "name": name, "value": value}
             await self._sink.append(entry)
             self._journal.append(entry)
         self._advance()
         if "failure" in entry:
             raise TerminalError(entry["failure"])
-        return entry["value"]  # type: ignore[no-any-return]
+        return entry["value"]
 
     async def sleep(self, seconds: float) -> None:
         """Durable sleep: the invocation is parked until the timer fires."""

@@ -19,7 +19,7 @@ from typing import Any
 
 from streamapp.durable import codec, mute
 from streamapp.durable.context import Clock, JournalSink, ObjectContext
-from streamapp.durable.errors import RetryableError, Suspended, TerminalError
+from streamapp.durable.errors import NonDeterminismError, RetryableError, Suspended, TerminalError
 from streamapp.durable.service import Handler
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,14 @@ async def execute(
             result = await handler.fn(ctx)
         else:
             result = await handler.fn(ctx, arg)
-        return Completed(codec.to_json(result), ctx.state_changes())
+        if ctx.step_index < len(journal):
+            entry = journal[ctx.step_index]
+            raise NonDeterminismError(ctx.step_index, f"{entry['t']} '{entry['name']}'", "completion")
+        try:
+            value = codec.to_json(result)
+        except TypeError as exc:
+            raise TerminalError(f"handler result is not JSON: {exc}") from exc
+        return Completed(value, ctx.state_changes())
     except Suspended as suspended:
         return Parked(suspended.wake_at)
     except TerminalError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import uuid
 
 
@@ -20,7 +21,8 @@ def for_record(app_id: str, topic: str, partition: int, offset: int) -> str:
 
 
 def for_idempotency_key(app_id: str, method: str, key: str, idempotency_key: str) -> str:
-    return _encode(f"http:{app_id}:{method}:{key}:{idempotency_key}".encode())
+    # JSON, not ':'-joined: key "a:b" + idempotency key "c" must not collide with "a" + "b:c".
+    return _encode(json.dumps(["http", app_id, method, key, idempotency_key]).encode())
 
 
 def random_id() -> str:

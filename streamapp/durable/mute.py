@@ -45,7 +45,7 @@ def install() -> None:
     _installed = True
     # Faust's worker redirects stdout into its log (as WARNING lines); the
     # seed's handlers print plain lines, so print to the real stdout again.
-    if not isinstance(sys.stdout, _MutableStream):
-        sys.stdout = _MutableStream(sys.__stdout__)  # type: ignore[assignment]
+    if not isinstance(sys.stdout, _MutableStream) and sys.__stdout__ is not None:
+        sys.stdout = _MutableStream(sys.__stdout__)
     for handler in logging.getLogger().handlers:
         handler.addFilter(ReplayFilter())

@@ -95,6 +95,10 @@ class Runtime:
             producer_max_request_size=8 * 1024 * 1024,
             consumer_max_fetch_size=8 * 1024 * 1024,
             worker_redirect_stdouts=False,
+            # A worker killed without leaving the group holds its partitions
+            # until its session expires: keep that short so they move quickly.
+            broker_session_timeout=settings.session_timeout,
+            broker_heartbeat_interval=max(0.5, settings.session_timeout / 10),
         )
         self.app.runtime = self
         self.internal = self.app.topic(
