@@ -10,6 +10,7 @@ back into JSON-ready values.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import types
 import typing
@@ -112,14 +113,19 @@ def _kind(value: Any) -> str:
             int: "a number", float: "a number"}.get(type(value), type(value).__name__)
 
 
+@functools.cache
+def _fields(tp: type) -> tuple[tuple[dataclasses.Field[Any], Any], ...]:
+    hints = typing.get_type_hints(tp)
+    return tuple((field, hints[field.name]) for field in dataclasses.fields(tp))
+
+
 def _decode_dataclass(value: Any, tp: type, path: str) -> Any:
     if not isinstance(value, dict):
         raise InvalidInputError(f"{path}: expected an object, got {_kind(value)}")
-    hints = typing.get_type_hints(tp)
     kwargs: dict[str, Any] = {}
-    for field in dataclasses.fields(tp):
+    for field, field_tp in _fields(tp):
         if field.name in value:
-            kwargs[field.name] = decode(value[field.name], hints[field.name], f"{path}.{field.name}")
+            kwargs[field.name] = decode(value[field.name], field_tp, f"{path}.{field.name}")
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise InvalidInputError(f"{path}: missing field '{field.name}'")
     return tp(**kwargs)

@@ -57,6 +57,7 @@ class Engine:
         self.partitions: dict[int, PartitionState] = {}
         self.my_tokens: dict[int, str] = {}  # activations this worker asked for
         self.waiters: dict[str, list[Any]] = {}  # invocation id -> futures awaiting completion
+        self.finished = {"completed": 0, "failed": 0}  # applied by this worker since it started
 
     # -- partition lifecycle ---------------------------------------------
     def part(self, p: int) -> PartitionState:
@@ -307,6 +308,7 @@ class Engine:
             del self.tables.timers[inv_id]
 
     def _finish(self, p: int, rec: dict[str, Any]) -> None:
+        self.finished[rec["status"]] += 1
         rec["wake_at"] = None
         self._save(rec)
         self._drop_active(rec["id"])

@@ -159,6 +159,7 @@ class Views:
             "running": self.rt.actors.running(),
             "pending": self.rt.engine.pending_count(),
             "sleeping": self.rt.scheduler.total(),
+            **self.rt.engine.finished,
         })
 
     async def subscriptions(self, request: web.Request) -> web.Response:
