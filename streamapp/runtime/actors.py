@@ -77,7 +77,8 @@ class ActorPool:
             return
         task = asyncio.get_running_loop().create_task(self._run(p, epoch, rec, state))
         self.tasks[rec["id"]] = task
-        task.add_done_callback(lambda _t, inv_id=rec["id"]: self._done(inv_id, _t))
+        inv_id: str = rec["id"]
+        task.add_done_callback(lambda t: self._done(inv_id, t))
 
     def _done(self, inv_id: str, task: asyncio.Task[None]) -> None:
         if self.tasks.get(inv_id) is task:

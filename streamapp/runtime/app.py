@@ -177,7 +177,7 @@ class Runtime:
         app = self.app
         self.app.sensors.add(_RebalanceSensor(self))
 
-        @app.on_partitions_revoked.connect
+        @app.on_partitions_revoked.connect  # type: ignore[arg-type]
         async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
             self.engine.revoke_all()
 

@@ -22,7 +22,7 @@ import faust
 class Tables:
     def __init__(self, app: faust.App, partitions: int) -> None:
         def table(name: str, help_: str) -> Any:
-            schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
+            schema: faust.Schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
             return app.Table(name, partitions=partitions, schema=schema, help=help_)
 
         self.invocations = table("invocations", "invocation records")
