@@ -312,3 +312,42 @@ class WorkerFactory:
         for worker in self.workers:
             with contextlib.suppress(Exception):
                 worker.stop()
+
+
+class Downstream:
+    """The downstream social-media backend as a subprocess (port from the OS)."""
+
+    def __init__(self, log_path: Path, *args: str) -> None:
+        self.log_path = log_path
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def start(self) -> Downstream:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamapp.services.downstream", "--port", "0", *self.args],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        log.close()
+
+        def listening() -> str:
+            for line in self.log_path.read_text().splitlines():
+                if "listening on " in line:
+                    return line.split("listening on ", 1)[1].strip()
+            return ""
+
+        self.url = wait_for(listening, timeout=30, what="the downstream backend to listen")
+        return self
+
+    def records(self) -> dict[str, Any]:
+        async def go() -> dict[str, Any]:
+            async with aiohttp.ClientSession() as session, session.get(self.url + "/records") as resp:
+                return await resp.json()  # type: ignore[no-any-return]
+
+        return run_async(go())  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)

@@ -167,7 +167,8 @@ class Runtime:
         log.info("Requested activation of partitions=%s", assigned)
 
     def ready(self) -> bool:
-        if self.app.rebalancing:
+        """True once this worker drives every partition it was assigned."""
+        if self.app.rebalancing or self.activation is None or not self.activation.done():
             return False
         topic = self.internal.get_topic_name()
         assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}

@@ -1,9 +1,122 @@
-"""``streamapp`` command line: Faust's CLI (worker, ...) plus streamapp's verbs."""
+"""``streamapp`` command line: Faust's CLI (``worker`` ...) plus streamapp's verbs.
+
+    streamapp worker -l info
+    streamapp kv get PackageTracker package123
+    streamapp invocations [--all]
+    streamapp invocations resume|kill INVOCATION_ID
+
+The verbs talk to a running worker over HTTP (``--url``, default the local
+worker on STREAMAPP_WEB_PORT); any worker answers for every key.
+"""
 
 from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import aiohttp
+from faust.cli import AppCommand, argument, option
+
+from streamapp.config import Settings
+
+
+def default_url() -> str:
+    settings = Settings.from_env()
+    return os.environ.get("STREAMAPP_URL", f"http://127.0.0.1:{settings.web_port}")
+
+
+async def request(url: str, method: str, path: str) -> tuple[int, Any]:
+    headers = {}
+    if os.environ.get("STREAMAPP_OPERATOR_TOKEN"):
+        headers["authorization"] = f"Bearer {os.environ['STREAMAPP_OPERATOR_TOKEN']}"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+            async with session.request(method, url.rstrip("/") + path, headers=headers) as resp:
+                return resp.status, await resp.json(content_type=None)
+    except (aiohttp.ClientError, OSError) as exc:
+        raise SystemExit(f"cannot reach the worker at {url}: {exc}") from None
+
+
+def render_state(service: str, key: str, state: dict[str, Any]) -> str:
+    """The key's state, laid out like ``restate kv get``."""
+    lines = ["🤖 State:", "―" * 9, "", f" Service  {service}", f" Key      {key}", ""]
+    if not state:
+        lines.append(" (no state)")
+        return "\n".join(lines)
+    width = max(len("KEY"), *(len(k) for k in state))
+    lines.append(f" {'KEY':<{width}}  VALUE")
+    for name in sorted(state):
+        text = json.dumps(state[name], indent=2, ensure_ascii=False).splitlines()
+        lines.append(f" {name:<{width}}  {text[0]}")
+        lines.extend(f" {'':<{width}}  {rest}" for rest in text[1:])
+    return "\n".join(lines)
+
+
+def render_invocations(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no unfinished invocations"
+    header = ("ID", "METHOD", "KEY", "STATUS", "ATTEMPTS", "NEXT WAKE-UP")
+    table = [header] + [
+        (r["id"], r["method"], r["key"], r["status"], str(r["attempts"]),
+         _clock(r["wakeAt"]) if r.get("wakeAt") else "-")
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+                     for row in table)
+
+
+def _clock(ts: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def install(app: Any) -> None:
+    @app.command(
+        argument("verb", type=str),
+        argument("service", type=str),
+        argument("key", type=str),
+        option("--url", type=str, default=None, help="worker base URL"),
+    )
+    async def kv(self: AppCommand, verb: str, service: str, key: str, url: str | None) -> None:
+        """Show a key's state: kv get SERVICE KEY."""
+        if verb != "get":
+            raise SystemExit(f"unknown kv verb {verb!r}: use `kv get SERVICE KEY`")
+        status, body = await request(url or default_url(), "GET", f"/state/{service}/{key}")
+        if status != 200:
+            raise SystemExit(f"error {status}: {body.get('error') if isinstance(body, dict) else body}")
+        print(render_state(service, key, body["state"]))
+
+    @app.command(
+        argument("action", type=str, required=False),
+        argument("invocation_id", type=str, required=False),
+        option("--url", type=str, default=None, help="worker base URL"),
+        option("--json", "as_json", is_flag=True, default=False, help="print JSON"),
+    )
+    async def invocations(self: AppCommand, action: str | None, invocation_id: str | None,
+                          url: str | None, as_json: bool) -> None:
+        """List unfinished invocations, or resume|kill INVOCATION_ID."""
+        base = url or default_url()
+        if action is None:
+            status, body = await request(base, "GET", "/invocations")
+            if status != 200:
+                raise SystemExit(f"error {status}: {body}")
+            print(json.dumps(body, indent=2) if as_json else render_invocations(body["invocations"]))
+            return
+        if action not in ("resume", "kill") or not invocation_id:
+            raise SystemExit("usage: streamapp invocations [resume|kill INVOCATION_ID]")
+        status, body = await request(base, "POST", f"/invocations/{invocation_id}/{action}")
+        if status != 202:
+            raise SystemExit(f"error {status}: {body.get('error') if isinstance(body, dict) else body}")
+        print(f"{action} requested for {invocation_id}")
 
 
 def main() -> None:
     from streamapp.runtime.main import app
 
+    if len(sys.argv) == 1:
+        sys.argv.append("--help")
     app.main()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from streamapp.config import Settings
+from streamapp.runtime import cli
 from streamapp.runtime.app import Runtime
 from streamapp.services import registry
 
 settings = Settings.from_env()
 runtime = Runtime(settings, registry(settings))
 app = runtime.app
+cli.install(app)

@@ -27,6 +27,7 @@ from streamapp.durable import codec, ids
 from streamapp.durable.context import SharedContext
 from streamapp.durable.errors import InvalidInputError
 from streamapp.runtime import commands
+from streamapp.runtime.store import Tables
 
 if TYPE_CHECKING:
     from streamapp.runtime.app import Runtime
@@ -152,6 +153,79 @@ class Views:
             return await self.forward(request, owner, None)
         return web.json_response({"service": service, "key": key, "state": self.rt.tables.state.get(okey) or {}})
 
+    # -- invocations -------------------------------------------------------------
+    def peers(self) -> list[str]:
+        me = str(self.rt.app.conf.canonical_url).rstrip("/")
+        urls = {str(url).rstrip("/") for url in self.rt.app.assignor.tables_metadata()}
+        return sorted(urls - {me})
+
+    async def ask_peers(self, method: str, path: str) -> list[tuple[int, Any]]:
+        if self.session is None:
+            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT + 10))
+        out = []
+        for base in self.peers():
+            try:
+                async with self.session.request(method, base + path, headers={FORWARDED: "1"}) as resp:
+                    out.append((resp.status, await resp.json(content_type=None)))
+            except (aiohttp.ClientError, OSError, ValueError):
+                continue
+        return out
+
+    async def find(self, request: web.Request, inv_id: str) -> dict[str, Any] | None:
+        rec = self.rt.tables.invocations.get(inv_id)
+        if rec is not None:
+            return view(rec)
+        if not request.headers.get(FORWARDED):
+            for status, body in await self.ask_peers("GET", f"/invocations/{inv_id}"):
+                if status == 200:
+                    return body  # type: ignore[no-any-return]
+        return None
+
+    async def invocation(self, request: web.Request) -> web.Response:
+        found = await self.find(request, request.match_info["id"])
+        if found is None:
+            return json_error(404, f"unknown invocation {request.match_info['id']}")
+        return web.json_response(found)
+
+    async def invocations(self, request: web.Request) -> web.Response:
+        rows = []
+        for p in sorted(self.rt.engine.live_partitions()):
+            for inv_id, _ in Tables.partition_items(self.rt.tables.active, p):
+                rec = self.rt.tables.invocations.get(inv_id)
+                if rec is not None:
+                    rows.append(view(rec, journal=False))
+        if not request.headers.get(FORWARDED):
+            for status, body in await self.ask_peers("GET", "/invocations"):
+                if status == 200:
+                    rows.extend(body["invocations"])
+        rows.sort(key=lambda r: r["created"])
+        return web.json_response({"invocations": rows})
+
+    async def operate(self, request: web.Request) -> web.Response:
+        inv_id, action = request.match_info["id"], request.match_info["action"]
+        denied = self.check_token(request)
+        if denied is not None:
+            return denied
+        found = await self.find(request, inv_id)
+        if found is None:
+            return json_error(404, f"unknown invocation {inv_id}")
+        okey = commands.object_key(found["service"], found["key"])
+        p = commands.partition_for(okey, self.rt.settings.partitions)
+        await self.rt.send(p, okey, {"op": action, "id": inv_id})
+        return web.json_response({"invocationId": inv_id, "action": action, "status": "Accepted"}, status=202)
+
+    def check_token(self, request: web.Request) -> web.Response | None:
+        """Operator actions need the token when the server listens beyond loopback."""
+        token = self.rt.settings.operator_token
+        loopback = self.rt.settings.web_host in ("127.0.0.1", "localhost", "::1")
+        if token is None:
+            if loopback:
+                return None
+            return json_error(403, "operator actions are disabled: set STREAMAPP_OPERATOR_TOKEN")
+        if request.headers.get("authorization") != f"Bearer {token}":
+            return json_error(401, "operator token required (authorization: Bearer ...)")
+        return None
+
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({
             "ready": self.rt.ready(),
@@ -167,6 +241,20 @@ class Views:
             {"source": f"kafka://{topic}", "sink": f"service://{target}"}
             for topic, target in self.rt.settings.subscriptions
         ]})
+
+
+def view(rec: dict[str, Any], journal: bool = True) -> dict[str, Any]:
+    """What users see of an invocation record."""
+    out = {
+        "id": rec["id"], "service": rec["service"], "handler": rec["handler"], "key": rec["key"],
+        "method": f"{rec['service']}/{rec['handler']}", "status": rec["status"], "attempts": rec["attempt"],
+        "wakeAt": rec.get("wake_at") or rec.get("not_before") if rec["status"] in ("sleeping", "retrying",
+                                                                                 "scheduled") else None,
+        "created": rec["created"], "result": rec.get("result"), "error": rec.get("error"),
+    }
+    if journal:
+        out["journal"] = [{"type": e["t"], "name": e["name"]} for e in rec["journal"]]
+    return out
 
 
 @web.middleware
@@ -188,5 +276,8 @@ def install(web_app: web.Application, runtime: Runtime) -> None:
     r.add_get("/health", views.health)
     r.add_get("/subscriptions", views.subscriptions)
     r.add_get("/state/{service}/{key}", views.state)
+    r.add_get("/invocations", views.invocations)
+    r.add_get("/invocations/{id}", views.invocation)
+    r.add_post("/invocations/{id}/{action:resume|kill}", views.operate)
     r.add_route("*", "/{service}/{key}/{handler}", views.invoke)
     r.add_route("POST", "/{service}/{key}/{handler}/{send:send}", views.invoke)
