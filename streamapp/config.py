@@ -24,6 +24,7 @@ class Settings:
     # topic -> "Service/handler"
     subscriptions: tuple[tuple[str, str], ...] = DEFAULT_SUBSCRIPTIONS
     dead_letter_topic: str = "streamapp-dead-letters"
+    producer_linger: float = 0.002   # seconds a produce request waits to batch records
     session_timeout: float = 10.0     # consumer group session (seconds)
     max_running: int = 1000          # invocations executing at once per worker
     max_pending: int = 10_000        # queued invocations before the sources pause
@@ -61,6 +62,7 @@ class Settings:
             partitions=int(num("STREAMAPP_PARTITIONS", defaults.partitions)),
             subscriptions=subs,
             dead_letter_topic=env.get("STREAMAPP_DEAD_LETTER_TOPIC", defaults.dead_letter_topic),
+            producer_linger=num("STREAMAPP_PRODUCER_LINGER", defaults.producer_linger, float),
             session_timeout=num("STREAMAPP_SESSION_TIMEOUT", defaults.session_timeout, float),
             max_running=int(num("STREAMAPP_MAX_RUNNING", defaults.max_running)),
             max_pending=int(num("STREAMAPP_MAX_PENDING", defaults.max_pending)),

@@ -39,7 +39,7 @@ from faust.types import TP
 from streamapp.config import Settings
 from streamapp.durable import mute
 from streamapp.durable.service import Registry
-from streamapp.runtime import commands
+from streamapp.runtime import commands, tuning
 from streamapp.runtime.actors import ActorPool
 from streamapp.runtime.engine import Engine
 from streamapp.runtime.scheduler import Scheduler
@@ -75,6 +75,7 @@ class _RebalanceSensor(Sensor):
 
 class Runtime:
     def __init__(self, settings: Settings, registry: Registry) -> None:
+        tuning.install()
         self.settings = settings
         self.registry = registry
         host = settings.web_host if settings.web_host not in ("0.0.0.0", "::") else "127.0.0.1"
@@ -95,6 +96,9 @@ class Runtime:
             producer_max_request_size=8 * 1024 * 1024,
             consumer_max_fetch_size=8 * 1024 * 1024,
             worker_redirect_stdouts=False,
+            # Many small records (commands, changelog entries) from many actors:
+            # lingering a moment lets one produce request carry many of them.
+            producer_linger=settings.producer_linger,
             # A worker killed without leaving the group holds its partitions
             # until its session expires: keep that short so they move quickly.
             broker_session_timeout=settings.session_timeout,

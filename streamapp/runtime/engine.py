@@ -7,7 +7,7 @@ command's offset (at-least-once: Faust flushes the producer, then commits).
 
 Per partition the engine keeps, in memory, a key-serial actor map: for each
 key the invocation in flight (running, sleeping, retrying or paused) and the
-queue behind it. It is rebuilt from the ``active`` table when this worker's
+queue behind it. It is rebuilt from the ``invocations`` table when this worker's
 ``activate`` command for the partition is applied; everything the log holds
 before that command has been applied by then, so no journaled step is lost.
 
@@ -78,6 +78,9 @@ class Engine:
                 if not fut.done():
                     fut.set_result({"moved": True})
 
+    def is_running(self, inv_id: str) -> bool:
+        return any(inv_id in st.inflight.values() for st in self.partitions.values())
+
     def live_partitions(self) -> set[int]:
         return {p for p, st in self.partitions.items() if st.live}
 
@@ -119,26 +122,23 @@ class Engine:
         st.live = True
         st.inflight.clear()
         st.queues.clear()
-        entries = sorted(Tables.partition_items(self.tables.active, p), key=lambda kv: kv[1]["seq"])
+        entries = sorted((rec for _, rec in Tables.partition_items(self.tables.invocations, p)),
+                         key=lambda rec: rec["seq"])
         resumed = 0
-        for inv_id, info in entries:
-            rec = self._record(inv_id)
-            if rec is None or rec["status"] in FINISHED:
-                self._drop_active(inv_id)
-                continue
-            okey = info["key"]
+        for rec in entries:
+            okey = f"{rec['service']}/{rec['key']}"
             status = rec["status"]
             if status in IN_FLIGHT:
-                st.inflight[okey] = inv_id
+                st.inflight[okey] = rec["id"]
                 if status == "running":
                     self.actors.start(p, st.epoch, rec, self._state(okey))
                     resumed += 1
                 elif status in ("sleeping", "retrying"):
-                    self.scheduler.add(p, st.epoch, inv_id, rec["wake_at"])
+                    self.scheduler.add(p, st.epoch, rec["id"], rec["wake_at"])
             elif status == "scheduled":
-                self.scheduler.add(p, st.epoch, inv_id, rec["not_before"])
-            else:
-                st.queues.setdefault(okey, deque()).append(inv_id)
+                self.scheduler.add(p, st.epoch, rec["id"], rec["not_before"])
+            else:  # pending: queued, or dispatched when the last owner stopped
+                st.queues.setdefault(okey, deque()).append(rec["id"])
         for okey in list(st.queues):
             if okey not in st.inflight:
                 self._dispatch_next(p, okey)
@@ -149,7 +149,7 @@ class Engine:
 
     def _on_invoke(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
         inv_id = cmd["id"]
-        if self.tables.invocations.get(inv_id) is not None:
+        if self.tables.invocations.get(inv_id) is not None or self.tables.results.get(inv_id) is not None:
             log.info("Duplicate invocation ignored invocationID=%s", inv_id)
             return
         okey = f"{cmd['service']}/{cmd['key']}"
@@ -163,7 +163,6 @@ class Engine:
             "source": cmd.get("source"),
         }
         self._save(rec)
-        self.tables.active[inv_id] = {"key": okey, "seq": offset, "p": p}
         st = self.part(p)
         if delayed:
             self.tables.timers[inv_id] = {"wake_at": cmd["not_before"], "p": p}
@@ -176,8 +175,14 @@ class Engine:
                 self._dispatch_next(p, okey)
 
     def _running(self, cmd: dict[str, Any]) -> dict[str, Any] | None:
+        """The record an actor command applies to, if its attempt is still current.
+
+        Dispatching does not write the record (it stays "pending" until the
+        attempt's outcome); the epoch check already rejects commands of actors
+        from an earlier activation.
+        """
         rec = self._record(cmd["id"])
-        if rec is None or rec["status"] != "running":
+        if rec is None or rec["status"] not in ("pending", "running"):
             return None
         return rec
 
@@ -283,7 +288,7 @@ class Engine:
 
     def _on_kill(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
         rec = self._record(cmd["id"])
-        if rec is None or rec["status"] in FINISHED:
+        if rec is None:
             return
         self.actors.cancel(rec["id"])
         self._drop_timer(rec["id"])
@@ -299,19 +304,20 @@ class Engine:
     def _state(self, okey: str) -> dict[str, Any]:
         return dict(self.tables.state.get(okey) or {})
 
-    def _drop_active(self, inv_id: str) -> None:
-        if self.tables.active.get(inv_id) is not None:
-            del self.tables.active[inv_id]
-
     def _drop_timer(self, inv_id: str) -> None:
         if self.tables.timers.get(inv_id) is not None:
             del self.tables.timers[inv_id]
 
     def _finish(self, p: int, rec: dict[str, Any]) -> None:
         self.finished[rec["status"]] += 1
-        rec["wake_at"] = None
-        self._save(rec)
-        self._drop_active(rec["id"])
+        now = time.time()
+        self.tables.results[rec["id"]] = {
+            "id": rec["id"], "service": rec["service"], "handler": rec["handler"], "key": rec["key"],
+            "status": rec["status"], "result": rec.get("result"), "error": rec.get("error"),
+            "attempt": rec["attempt"], "created": rec["created"], "finished": now, "source": rec.get("source"),
+            "journal": rec["journal"], "wake_at": None, "payload": rec.get("payload"),
+        }
+        del self.tables.invocations[rec["id"]]
         self._drop_timer(rec["id"])
         for fut in self.waiters.pop(rec["id"], []):
             if not fut.done():
@@ -334,8 +340,6 @@ class Engine:
             if rec is None or rec["status"] != "pending":
                 continue
             st.inflight[okey] = inv_id
-            rec["status"] = "running"
-            self._save(rec)
             self.actors.start(p, st.epoch, rec, self._state(okey))
             break
         if queue is not None and not queue:

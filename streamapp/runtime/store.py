@@ -4,8 +4,9 @@ All tables are written only by the invocations agent, inside its stream
 iteration, so each write lands in the partition of the command being applied
 (co-partitioned with the internal topic).
 
-    invocations   id -> invocation record (status, journal, result, ...)
-    active        id -> {"key", "seq", "p"} for every unfinished invocation
+    invocations   id -> record of an unfinished invocation (status, journal, ...)
+    results       id -> outcome of a finished one (status, result or error);
+                  also what deduplicates redelivered records
     timers        id -> {"wake_at", "p"}: the scheduled timers
     state         "Service/key" -> {name: value}, the key's user state
     meta          "p<N>" -> {"epoch"}: which activation drives partition N
@@ -25,8 +26,8 @@ class Tables:
             schema: faust.Schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
             return app.Table(name, partitions=partitions, schema=schema, help=help_)
 
-        self.invocations = table("invocations", "invocation records")
-        self.active = table("active", "unfinished invocations")
+        self.invocations = table("invocations", "unfinished invocations")
+        self.results = table("results", "finished invocations")
         self.timers = table("timers", "scheduled timers")
         self.state = table("state", "per-key user state")
         self.meta = table("meta", "partition epochs")

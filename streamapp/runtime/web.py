@@ -126,11 +126,11 @@ class Views:
         if send:
             await self.rt.invoke(target, source={"http": idem} if idem else {"http": None})
             return web.json_response({"invocationId": inv_id, "status": "Accepted"}, status=202)
-        rec = self.rt.tables.invocations.get(inv_id)
-        if rec is None or rec["status"] not in ("completed", "failed"):
+        rec = self.rt.tables.results.get(inv_id)
+        if rec is None:
             fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
             self.rt.engine.waiters.setdefault(inv_id, []).append(fut)
-            if rec is None:
+            if self.rt.tables.invocations.get(inv_id) is None:
                 await self.rt.invoke(target, source={"http": idem})
             try:
                 rec = await asyncio.wait_for(fut, CALL_TIMEOUT)
@@ -172,9 +172,9 @@ class Views:
         return out
 
     async def find(self, request: web.Request, inv_id: str) -> dict[str, Any] | None:
-        rec = self.rt.tables.invocations.get(inv_id)
+        rec = self.rt.tables.invocations.get(inv_id) or self.rt.tables.results.get(inv_id)
         if rec is not None:
-            return view(rec)
+            return view(rec, running=self.rt.engine.is_running(inv_id))
         if not request.headers.get(FORWARDED):
             for status, body in await self.ask_peers("GET", f"/invocations/{inv_id}"):
                 if status == 200:
@@ -189,11 +189,10 @@ class Views:
 
     async def invocations(self, request: web.Request) -> web.Response:
         rows = []
+        running = {i for st in self.rt.engine.partitions.values() for i in st.inflight.values()}
         for p in sorted(self.rt.engine.live_partitions()):
-            for inv_id, _ in Tables.partition_items(self.rt.tables.active, p):
-                rec = self.rt.tables.invocations.get(inv_id)
-                if rec is not None:
-                    rows.append(view(rec, journal=False))
+            for inv_id, rec in Tables.partition_items(self.rt.tables.invocations, p):
+                rows.append(view(rec, journal=False, running=inv_id in running))
         if not request.headers.get(FORWARDED):
             for status, body in await self.ask_peers("GET", "/invocations"):
                 if status == 200:
@@ -243,11 +242,12 @@ class Views:
         ]})
 
 
-def view(rec: dict[str, Any], journal: bool = True) -> dict[str, Any]:
+def view(rec: dict[str, Any], journal: bool = True, running: bool = False) -> dict[str, Any]:
     """What users see of an invocation record."""
+    status = "running" if running and rec["status"] == "pending" else rec["status"]
     out = {
         "id": rec["id"], "service": rec["service"], "handler": rec["handler"], "key": rec["key"],
-        "method": f"{rec['service']}/{rec['handler']}", "status": rec["status"], "attempts": rec["attempt"],
+        "method": f"{rec['service']}/{rec['handler']}", "status": status, "attempts": rec["attempt"],
         "wakeAt": rec.get("wake_at") or rec.get("not_before") if rec["status"] in ("sleeping", "retrying",
                                                                                  "scheduled") else None,
         "created": rec["created"], "result": rec.get("result"), "error": rec.get("error"),
