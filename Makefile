@@ -45,7 +45,7 @@ producer:
 	$(KAFKA) producer $(TOPIC)
 consumer:
 	@test -n "$(TOPIC)" || { echo "usage: make consumer TOPIC=streamapp-dead-letters" >&2; exit 2; }
-	$(KAFKA) consumer $(TOPIC)
+	$(KAFKA) consumer $(TOPIC) $(ARGS)
 kafka-topics:
 	$(KAFKA) kafka-topics $(ARGS)
 
