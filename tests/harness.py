@@ -279,6 +279,11 @@ class Worker:
 
         return run_async(go())  # type: ignore[no-any-return]
 
+    def invocation(self, inv_id: str) -> dict[str, Any]:
+        """The invocation's view, or {"status": None} while the worker does not know it yet."""
+        status, body = self.request("GET", f"/invocations/{inv_id}", timeout=10.0)
+        return body if status == 200 else {"status": None}  # type: ignore[no-any-return]
+
     def get(self, path: str) -> Any:
         status, body = self.request("GET", path, timeout=5.0)
         if status != 200:

@@ -1,0 +1,94 @@
+"""HTTP ingress: call, send, idempotency, delays, errors, operator actions."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from tests import harness
+from tests.support.services import ledger
+
+
+def test_call__waits_and_returns_the_result_and_idempotency_key_returns_the_same_invocation(workers):
+    worker = workers.new()
+    status, body = worker.request("POST", "/Test/http1/Nap", {"tag": "call"})
+    assert (status, body) == (200, {"tag": "call", "count": 1})
+    hdr = {"idempotency-key": "abc"}
+    first = worker.request("POST", "/Test/http1/Nap", {"tag": "idem"}, headers=hdr)
+    again = worker.request("POST", "/Test/http1/Nap", {"tag": "idem"}, headers=hdr)
+    assert first == again == (200, {"tag": "idem", "count": 2})
+    s1, sent1 = worker.request("POST", "/Test/http1/Nap/send", {"tag": "s"}, headers={"idempotency-key": "k2"})
+    s2, sent2 = worker.request("POST", "/Test/http1/Nap/send", {"tag": "s"}, headers={"idempotency-key": "k2"})
+    assert s1 == s2 == 202 and sent1["invocationId"] == sent2["invocationId"]
+    inv = sent1["invocationId"]
+    info = harness.wait_for(lambda: worker.invocation(inv)["status"] == "completed"
+                            and worker.invocation(inv), timeout=30, what="the send to complete")
+    assert info["result"] == {"tag": "s", "count": 3}
+    assert [j["name"] for j in info["journal"]] == ["before", "after"]
+
+
+def test_send__delay_holds_the_invocation_without_blocking_the_key(workers, app_env):
+    worker = workers.new()
+    sent_at = time.time()
+    status, body = worker.request("POST", "/Test/dk/Nap/send?delay=3s", {"tag": "late"})
+    assert status == 202
+    status, _ = worker.request("POST", "/Test/dk/Nap", {"tag": "now"})
+    assert status == 200, "a delayed invocation must not block its key"
+    assert worker.invocation(body['invocationId'])["status"] == "scheduled"
+    late = harness.wait_for(lambda: [e for e in ledger(app_env["ledger"]) if e["tag"] == "late"
+                                     and e["event"] == "before"], timeout=30, what="the delayed invocation")
+    assert late[0]["time"] - sent_at >= 3.0
+
+
+def test_errors__bad_requests_get_json_errors_and_the_worker_keeps_serving(workers):
+    worker = workers.new(env={"STREAMAPP_MAX_BODY_BYTES": "1000"})
+    cases = [
+        ("POST", "/Test/e/Nap", b"{not json", 400, "not valid JSON"),
+        ("POST", "/Test/e/Nap", b'{"tag": 7}', 400, "input.tag: expected a string"),
+        ("POST", "/Test/e/Nap", b"[]", 400, "expected an object"),
+        ("POST", "/Nope/e/Nap", b"{}", 404, "unknown service Nope"),
+        ("POST", "/Test/e/Nope", b"{}", 404, "unknown handler Test/Nope"),
+        ("GET", "/Test/e/Nap", None, 405, "use POST"),
+        ("PUT", "/Test/e/Nap", b"{}", 405, "not allowed"),
+        ("POST", "/Test/e/Nap", b'{"tag": "' + b"x" * 2000 + b'"}', 413, ""),
+        ("POST", "/Test/e/Nap/send?delay=soon", b'{"tag": "x"}', 400, "not a duration"),
+        ("GET", "/invocations/inv_doesnotexist", None, 404, "unknown invocation"),
+    ]
+    for method, path, raw, want, text in cases:
+        status, body = worker.request(method, path, raw=raw)
+        assert status == want, (method, path, status, body)
+        assert isinstance(body, dict) and "error" in body and text in body["error"], (path, body)
+    assert worker.request("POST", "/Test/e/Nap", {"tag": "fine"})[0] == 200
+
+
+def test_operator__paused_invocation_resumes_and_kill_lets_the_key_move_on(workers, app_env):
+    worker = workers.new()
+    status, body = worker.request("POST", "/Paused/p/Stuck/send", {"tag": "stuck", "failures": 3})
+    inv = body["invocationId"]
+    harness.wait_for(lambda: worker.invocation(inv)["status"] == "paused", timeout=30,
+                     what="the invocation to pause after exhausting its attempts")
+    listing = subprocess.run([sys.executable, "-m", "streamapp", "invocations", "--url", worker.url],
+                             capture_output=True, text=True, timeout=60, cwd=harness.ROOT)
+    assert listing.returncode == 0 and inv in listing.stdout and "paused" in listing.stdout, listing
+    resume = subprocess.run([sys.executable, "-m", "streamapp", "invocations", "resume", inv, "--url", worker.url],
+                            capture_output=True, text=True, timeout=60, cwd=harness.ROOT)
+    assert resume.returncode == 0, resume.stderr
+    done = harness.wait_for(lambda: worker.invocation(inv)["status"] == "completed"
+                            and worker.invocation(inv), timeout=30, what="the resumed invocation")
+    assert done["result"] == "unstuck"
+
+    # A forever-failing invocation blocks its key until it is killed.
+    _, body = worker.request("POST", "/Paused/q/Stuck/send", {"tag": "forever", "failures": -1})
+    blocked = body["invocationId"]
+    _, body = worker.request("POST", "/Paused/q/Stuck/send", {"tag": "next", "failures": 0})
+    behind = body["invocationId"]
+    harness.wait_for(lambda: worker.invocation(blocked)["status"] == "paused", timeout=30,
+                     what="pause")
+    assert worker.invocation(behind)["status"] == "pending"
+    status, _ = worker.request("POST", f"/invocations/{blocked}/kill")
+    assert status == 202
+    harness.wait_for(lambda: worker.invocation(behind)["status"] == "completed", timeout=30,
+                     what="the key to move on after the kill")
+    killed = worker.invocation(blocked)
+    assert killed["status"] == "failed" and "killed" in killed["error"]

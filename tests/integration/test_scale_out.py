@@ -1,0 +1,85 @@
+"""Two and three workers in one consumer group: kills and rebalances."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, defaultdict
+
+from tests import harness
+from tests.support.services import ledger
+
+
+def events(path: str, kind: str) -> list[dict[str, object]]:
+    return [e for e in ledger(path) if e["event"] == kind]
+
+
+def workload(keys: int, per_key: int, work: float) -> list[tuple[str, str]]:
+    return [(f"k{k}", json.dumps({"tag": f"k{k}-{n:03d}", "work": work})) for n in range(per_key) for k in range(keys)]
+
+
+def check_order(done: list[dict[str, object]]) -> None:
+    by_key: dict[str, list[str]] = defaultdict(list)
+    first_after: dict[str, dict[str, object]] = {}
+    for e in sorted(done, key=lambda e: float(e["time"])):  # type: ignore[arg-type]
+        tag = str(e["tag"])
+        if tag not in first_after:
+            first_after[tag] = e
+            by_key[str(e["key"])].append(tag)
+    for key, tags in by_key.items():
+        assert tags == sorted(tags), f"{key} completed out of order: {tags}"
+
+
+def test_two_workers__one_sigkilled_mid_run__all_complete_and_no_step_runs_twice_on_a_live_worker(
+    workers, app_env
+):
+    a = workers.new("a")
+    b = workers.new("b")
+    harness.wait_for(lambda: a.get("/health")["ready"] and b.get("/health")["ready"], timeout=60,
+                     what="both workers ready after the rebalance")
+    assert a.get("/health")["live_partitions"] and b.get("/health")["live_partitions"], "partitions not shared"
+    records = workload(keys=30, per_key=10, work=0.3)
+    harness.produce(app_env["source"], records)
+    harness.wait_for(lambda: len(events(app_env["ledger"], "after")) >= 40, timeout=60, what="some progress")
+    b_pid = b.proc.pid if b.proc else -1
+    b.kill()
+    killed_at = time.time()
+    done = harness.wait_for(
+        lambda: len({e["tag"] for e in events(app_env["ledger"], "after")}) >= len(records)
+        and events(app_env["ledger"], "after"),
+        timeout=120, what="all invocations to complete on the surviving worker", detail=a.tail,
+    )
+    assert {e["tag"] for e in done} == {json.loads(v)["tag"] for _, v in records}, "an invocation was lost"
+    counts = Counter(str(e["tag"]) for e in done)
+    for tag, n in counts.items():
+        if n > 1:
+            # Only a step that was running in the killed worker may run again.
+            runs = [e for e in done if e["tag"] == tag]
+            assert n == 2 and any(e["pid"] == b_pid and float(e["time"]) <= killed_at for e in runs), runs
+    starts = Counter(str(e["tag"]) for e in events(app_env["ledger"], "before"))
+    assert all(n <= 2 for n in starts.values())
+    check_order(done)
+
+
+def test_rebalance__worker_joins_and_leaves_mid_run__partitions_move_without_concurrent_execution(
+    workers, app_env
+):
+    a = workers.new("a")
+    records = workload(keys=30, per_key=8, work=0.3)
+    harness.produce(app_env["source"], records)
+    harness.wait_for(lambda: len(events(app_env["ledger"], "after")) >= 30, timeout=60, what="some progress")
+    c = workers.new("c")  # joins: partitions move from a to c while invocations run
+    harness.wait_for(lambda: c.get("/health")["live_partitions"], timeout=60, what="c to take partitions")
+    harness.wait_for(lambda: len(events(app_env["ledger"], "after")) >= 120, timeout=60, what="more progress")
+    c.stop()  # leaves cleanly: its partitions go back to a
+    done = harness.wait_for(
+        lambda: len({e["tag"] for e in events(app_env["ledger"], "after")}) >= len(records)
+        and events(app_env["ledger"], "after"),
+        timeout=120, what="all invocations to complete", detail=a.tail,
+    )
+    counts = Counter(str(e["tag"]) for e in done)
+    assert set(counts) == {json.loads(v)["tag"] for _, v in records}
+    # A revoked worker stops its actors before the handover, so no step ran twice.
+    assert [t for t, n in counts.items() if n > 1] == []
+    assert {e["pid"] for e in done} == {a.proc.pid, c.proc.pid} if a.proc and c.proc else True
+    check_order(done)
