@@ -21,6 +21,8 @@ from streamapp.durable.service import Registry
 
 log = logging.getLogger(__name__)
 
+STOP_GRACE = 10.0  # seconds a stopping worker waits for journal entries in flight
+
 Send = Callable[[int, str, dict[str, Any]], Awaitable[None]]
 DeadLetter = Callable[[dict[str, Any], str], Awaitable[None]]
 
@@ -38,9 +40,12 @@ class _Sink:
 
     async def append(self, entry: dict[str, Any]) -> None:
         okey = f"{self.rec['service']}/{self.rec['key']}"
-        await self.pool.send(self.p, okey, {
+        # Shielded: if the actor is stopped now, the step's effect already
+        # happened, so its journal entry is still sent (ahead of any later
+        # activation of the partition, through the same producer).
+        await self.pool.shielded(self.pool.send(self.p, okey, {
             "op": "entry", "id": self.rec["id"], "epoch": self.epoch, "index": len(self.journal), "entry": entry,
-        })
+        }))
 
     async def send(self, target: dict[str, Any]) -> None:
         await self.pool.invoke(target, parent=self.rec["id"])
@@ -62,6 +67,8 @@ class ActorPool:
         self.max_running = max_running
         self.clock = WallClock()
         self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.partition_of: dict[str, int] = {}
+        self.sending: set[asyncio.Future[None]] = set()  # journal entries on their way to the log
         self.ready: deque[tuple[int, str, dict[str, Any], dict[str, Any]]] = deque()
 
     def waiting(self) -> int:
@@ -77,12 +84,14 @@ class ActorPool:
             return
         task = asyncio.get_running_loop().create_task(self._run(p, epoch, rec, state))
         self.tasks[rec["id"]] = task
+        self.partition_of[rec["id"]] = p
         inv_id: str = rec["id"]
         task.add_done_callback(lambda t: self._done(inv_id, t))
 
     def _done(self, inv_id: str, task: asyncio.Task[None]) -> None:
         if self.tasks.get(inv_id) is task:
             del self.tasks[inv_id]
+            self.partition_of.pop(inv_id, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("Actor task crashed invocationID=%s", inv_id, exc_info=task.exception())
         while self.ready and len(self.tasks) < self.max_running:
@@ -94,12 +103,31 @@ class ActorPool:
             task.cancel()
         self.ready = deque(r for r in self.ready if r[2]["id"] != inv_id)
 
-    def cancel_all(self) -> None:
-        self.ready.clear()
-        tasks = list(self.tasks.values())
-        self.tasks.clear()
-        for task in tasks:
-            task.cancel()
+    async def shielded(self, send: Awaitable[None]) -> None:
+        """Await ``send`` so that stopping the actor does not interrupt it."""
+        fut = asyncio.ensure_future(send)
+        self.sending.add(fut)
+        fut.add_done_callback(self.sending.discard)
+        await asyncio.shield(fut)
+
+    async def stop(self) -> None:
+        """Worker shutdown: stop every actor, let journal entries being sent land."""
+        self.cancel_partitions(set(self.partition_of.values()))
+        if self.sending:
+            await asyncio.wait(set(self.sending), timeout=STOP_GRACE)
+
+    def cancel_partitions(self, partitions: set[int]) -> None:
+        """Stop every actor of ``partitions`` (they moved to another worker).
+
+        A journal entry already being sent is not interrupted (the sink shields
+        it), so a step whose function ran is not lost by the stop.
+        """
+        self.ready = deque(r for r in self.ready if r[0] not in partitions)
+        for inv_id in [i for i, p in self.partition_of.items() if p in partitions]:
+            self.partition_of.pop(inv_id, None)
+            task = self.tasks.pop(inv_id, None)
+            if task is not None:
+                task.cancel()
 
     async def _run(self, p: int, epoch: str, rec: dict[str, Any], state: dict[str, Any]) -> None:
         method = f"{rec['service']}/{rec['handler']}"

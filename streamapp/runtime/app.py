@@ -64,6 +64,14 @@ class StreamApp(faust.App):
         web.web_app._streamapp_routes = True
 
 
+    async def on_stop(self) -> None:
+        # Stop the actors while the producer still runs, so a step that ran
+        # gets its journal entry out; then Faust stops the consumer (commit),
+        # flushes and stops the producer.
+        await self.runtime.actors.stop()
+        await super().on_stop()
+
+
 class _RebalanceSensor(Sensor):
     def __init__(self, runtime: Runtime) -> None:
         super().__init__()
@@ -160,10 +168,17 @@ class Runtime:
         await self.dead_letter(rec["key"].encode(), value, headers)
 
     # -- rebalance -------------------------------------------------------------
-    async def activate_assigned(self) -> None:
-        """Ask to drive every internal partition this worker was assigned."""
+    def assigned_partitions(self) -> set[int]:
         topic = self.internal.get_topic_name()
-        assigned = sorted(tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic)
+        return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
+
+    async def activate_assigned(self) -> None:
+        """Ask to drive every assigned internal partition not driven yet.
+
+        Partitions kept through a rebalance stay live: their actors never
+        stopped, so they keep their epoch.
+        """
+        assigned = sorted(self.assigned_partitions() - self.engine.live_partitions())
         for p in assigned:
             token = f"{uuid.uuid4().hex[:12]}"
             self.engine.expect_activation(p, token)
@@ -182,9 +197,14 @@ class Runtime:
         app = self.app
         self.app.sensors.add(_RebalanceSensor(self))
 
-        @app.on_partitions_revoked.connect  # type: ignore[arg-type]
-        async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
-            self.engine.revoke_all()
+        @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+        async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
+            # Faust revokes everything on each rebalance (eager protocol) and
+            # then assigns; only partitions missing from the new assignment
+            # moved away: stop their actors before the new owner takes over.
+            topic = self.internal.get_topic_name()
+            kept = {tp.partition for tp in assigned if tp.topic == topic}
+            self.engine.stop_partitions(set(self.engine.partitions) - kept)
 
         @app.agent(self.internal, name="invocations")
         async def invocations(stream: Any) -> None:

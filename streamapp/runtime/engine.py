@@ -18,6 +18,7 @@ partition) is ignored.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import deque
@@ -57,6 +58,7 @@ class Engine:
         self.partitions: dict[int, PartitionState] = {}
         self.my_tokens: dict[int, str] = {}  # activations this worker asked for
         self.waiters: dict[str, list[Any]] = {}  # invocation id -> futures awaiting completion
+        self.waiter_partition: dict[str, int] = {}
         self.finished = {"completed": 0, "failed": 0}  # applied by this worker since it started
 
     # -- partition lifecycle ---------------------------------------------
@@ -66,17 +68,27 @@ class Engine:
     def expect_activation(self, p: int, token: str) -> None:
         self.my_tokens[p] = token
 
-    def revoke_all(self) -> None:
-        """Stop every actor and forget in-memory state (before a handover)."""
-        self.actors.cancel_all()
-        self.scheduler.clear()
-        self.partitions.clear()
-        self.my_tokens.clear()
-        waiters, self.waiters = self.waiters, {}
-        for futures in waiters.values():
-            for fut in futures:
+    def stop_partitions(self, lost: set[int]) -> None:
+        """Stop the actors and timers of partitions this worker no longer owns."""
+        if not lost:
+            return
+        self.actors.cancel_partitions(lost)
+        self.scheduler.drop_partitions(lost)
+        for p in lost:
+            self.partitions.pop(p, None)
+            self.my_tokens.pop(p, None)
+        for inv_id in [i for i, p in self.waiter_partition.items() if p in lost]:
+            del self.waiter_partition[inv_id]
+            for fut in self.waiters.pop(inv_id, []):
                 if not fut.done():
                     fut.set_result({"moved": True})
+
+    def add_waiter(self, inv_id: str, p: int) -> asyncio.Future[dict[str, Any]]:
+        """A future resolved with the invocation's final record when it finishes here."""
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.waiters.setdefault(inv_id, []).append(fut)
+        self.waiter_partition[inv_id] = p
+        return fut
 
     def is_running(self, inv_id: str) -> bool:
         return any(inv_id in st.inflight.values() for st in self.partitions.values())
@@ -319,6 +331,7 @@ class Engine:
         }
         del self.tables.invocations[rec["id"]]
         self._drop_timer(rec["id"])
+        self.waiter_partition.pop(rec["id"], None)
         for fut in self.waiters.pop(rec["id"], []):
             if not fut.done():
                 fut.set_result(rec)

@@ -28,7 +28,6 @@ class Scheduler:
         self._heap: list[tuple[float, str, int, str]] = []
         self._counts: Counter[int] = Counter()
         self._wakeup = asyncio.Event()
-        self._generation = 0  # bumped by clear(): heap entries of older generations are dropped
 
     def add(self, p: int, epoch: str | None, inv_id: str, wake_at: float) -> None:
         assert epoch is not None
@@ -43,9 +42,11 @@ class Scheduler:
     def total(self) -> int:
         return len(self._heap)
 
-    def clear(self) -> None:
-        self._heap.clear()
-        self._counts.clear()
+    def drop_partitions(self, partitions: set[int]) -> None:
+        self._heap = [entry for entry in self._heap if entry[2] not in partitions]
+        heapq.heapify(self._heap)
+        for p in partitions:
+            self._counts.pop(p, None)
         self._wakeup.set()
 
     async def run(self) -> None:

@@ -128,8 +128,7 @@ class Views:
             return web.json_response({"invocationId": inv_id, "status": "Accepted"}, status=202)
         rec = self.rt.tables.results.get(inv_id)
         if rec is None:
-            fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-            self.rt.engine.waiters.setdefault(inv_id, []).append(fut)
+            fut = self.rt.engine.add_waiter(inv_id, commands.partition_for(okey, self.rt.settings.partitions))
             if self.rt.tables.invocations.get(inv_id) is None:
                 await self.rt.invoke(target, source={"http": idem})
             try:
