@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 KAFKA  := tools/kafka/kafka.sh
 export STREAMAPP_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: run test venv lint kafka-fetch kafka-up kafka-down topics producer consumer kafka-topics worker clean
+.PHONY: run test venv lint kafka-fetch kafka-up kafka-down topics producer consumer kafka-topics worker clean bench bench-smoke
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,3 +51,12 @@ kafka-topics:
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+## bench: the benchmark suite (issue 5) at full sizes, under 20 minutes; JSON in bench/results/
+## (starts the local broker if nothing answers; ARGS="--only throughput --profile" and so on)
+bench: venv
+	$(BIN)/python -m bench $(ARGS)
+
+## bench-smoke: every benchmark scenario at tiny sizes in a minute or two (no timing asserted)
+bench-smoke: venv
+	$(BIN)/python -m bench --smoke $(ARGS)

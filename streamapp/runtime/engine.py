@@ -57,6 +57,7 @@ class Engine:
         self.scheduler = scheduler
         self.partitions: dict[int, PartitionState] = {}
         self.my_tokens: dict[int, str] = {}  # activations this worker asked for
+        self.applied: dict[int, int] = {}  # highest offset applied per partition, by this process
         self.waiters: dict[str, list[Any]] = {}  # invocation id -> futures awaiting completion
         self.waiter_partition: dict[str, int] = {}
         self.finished = {"completed": 0, "failed": 0}  # applied by this worker since it started
@@ -101,6 +102,12 @@ class Engine:
 
     # -- apply -------------------------------------------------------------
     def apply(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
+        # Faust drops uncommitted acks on every rebalance, so a partition this
+        # worker keeps is consumed again from its last commit. Those commands
+        # are already in the tables and in the live actor map: skip them.
+        if offset <= self.applied.get(p, -1):
+            return
+        self.applied[p] = offset
         op = cmd.get("op")
         handler = getattr(self, f"_on_{op}", None)
         if handler is None:
