@@ -94,6 +94,28 @@ async def Drift(ctx: ObjectContext, req: Fail) -> None:
     await ctx.run("end", lambda: None)
 
 
+@dataclasses.dataclass
+class TickRequest:
+    n: int
+    work: float = 0.0
+
+
+@test.handler()
+async def Tick(ctx: ObjectContext, req: TickRequest) -> int:
+    """A slow, stepless handler: counts its invocations in state."""
+    if req.work:
+        await asyncio.sleep(req.work)
+    ticks: int = ctx.get("ticks", 0) + 1
+    ctx.set("ticks", ticks)
+    ctx.set("last", req.n)
+    return ticks
+
+
+@test.handler(kind="shared")
+async def Ticks(ctx: SharedContext) -> dict[str, int]:
+    return {"ticks": ctx.get("ticks", 0), "last": ctx.get("last", -1)}
+
+
 @test.handler(kind="shared")
 async def Count(ctx: SharedContext) -> int:
     value: int = ctx.get("count", 0)

@@ -1,0 +1,53 @@
+"""A flood bigger than the pending bound: sources pause, memory stays bounded, nothing is lost."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import psutil
+
+from tests import harness
+
+RECORDS = 50_000
+KEYS = 50
+RSS_CEILING = 600 * 1024 * 1024  # generous: only a design that buffers the whole flood should cross it
+
+
+def test_flood__50k_records_to_a_slow_handler_pause_the_source_and_all_complete(workers, app_env):
+    worker = workers.new(env={
+        "STREAMAPP_SUBSCRIPTIONS": f"{app_env['source']}=Test/Tick",
+        "STREAMAPP_MAX_PENDING": "2000",
+    })
+    assert worker.proc is not None
+    proc = psutil.Process(worker.proc.pid)
+    peak = [proc.memory_info().rss]
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            try:
+                peak[0] = max(peak[0], proc.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        harness.produce(app_env["source"], (
+            (f"key{i % KEYS}", json.dumps({"n": i // KEYS, "work": 0.002})) for i in range(RECORDS)
+        ))
+        harness.wait_for(lambda: worker.get("/health")["completed"] >= RECORDS, timeout=400, interval=1.0,
+                         what=f"{RECORDS} completions", detail=worker.tail)
+    finally:
+        stop.set()
+        sampler.join()
+    assert "Pausing sources" in worker.log(), "the pending bound never paused the source"
+    assert "Resuming sources" in worker.log()
+    assert peak[0] < RSS_CEILING, f"worker RSS peaked at {peak[0] / 2**20:.0f} MiB"
+    for k in range(KEYS):
+        status, body = worker.request("GET", f"/Test/key{k}/Ticks")
+        assert (status, body) == (200, {"ticks": RECORDS // KEYS, "last": RECORDS // KEYS - 1}), (k, body)
+    assert harness.read_topic(app_env["dead_letters"]) == []
