@@ -33,6 +33,7 @@ import uuid
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from faust.sensors import Sensor
 from faust.types import TP
 
@@ -135,11 +136,26 @@ class Runtime:
 
     # -- producing -----------------------------------------------------------
     async def send(self, p: int, okey: str, cmd: dict[str, Any]) -> None:
-        """Produce a command to partition ``p`` and wait for the broker's ack."""
-        fut = await self.app.producer.send(
-            self.internal.get_topic_name(), okey.encode(), commands.encode(cmd), p, None, None
-        )
-        await fut
+        """Produce a command to partition ``p`` and wait for the broker's ack.
+
+        Transient broker errors (the broker restarting, a leader moving) are
+        retried with backoff: every command is idempotent when applied, so a
+        command sent twice is harmless, and an actor waiting here holds only
+        its own key.
+        """
+        value = commands.encode(cmd)
+        delay = 0.1
+        while True:
+            try:
+                fut = await self.app.producer.send(self.internal.get_topic_name(), okey.encode(), value, p, None, None)
+                await fut
+                return
+            except KafkaError as exc:
+                if not exc.retriable and not isinstance(exc, KafkaTimeoutError):
+                    raise
+                log.warning("Command send failed, retrying op=%s in=%.1fs error=%r", cmd.get("op"), delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def invoke(self, target: dict[str, Any], parent: str | None = None, source: Any = None) -> None:
         okey = commands.object_key(target["service"], target["key"])
@@ -242,19 +258,34 @@ class Runtime:
         async def flow_control() -> None:
             self.flow_control()
 
+    def backlog(self) -> int:
+        """Commands in this worker's internal partitions not applied yet."""
+        topic = self.internal.get_topic_name()
+        total = 0
+        for p in self.engine.live_partitions():
+            highwater = self.app.consumer.highwater(TP(topic, p))
+            if highwater is not None:
+                total += max(0, highwater - 1 - self.engine.applied.get(p, -1))
+        return total
+
+    def pending(self) -> int:
+        """Work accepted but not started: queued invocations plus unapplied commands."""
+        return self.engine.pending_count() + self.backlog()
+
     async def admit(self) -> None:
-        """Flow control: hold the sources agent while too much work is queued.
+        """Flow control: hold the sources agent while too much work is pending.
 
         While it waits, Faust's own stream-buffer flow control stops fetching
         the source partitions (no record is dropped: Faust's explicit
         pause_partitions can drop records already fetched, so it is not used).
         """
-        if self.engine.pending_count() > self.settings.max_pending and self.capacity.is_set():
-            log.info("Pausing sources pending=%d bound=%d", self.engine.pending_count(), self.settings.max_pending)
+        pending = self.pending()
+        if pending > self.settings.max_pending and self.capacity.is_set():
+            log.info("Pausing sources pending=%d bound=%d", pending, self.settings.max_pending)
             self.capacity.clear()
         await self.capacity.wait()
 
     def flow_control(self) -> None:
-        if not self.capacity.is_set() and self.engine.pending_count() <= self.settings.max_pending // 2:
-            log.info("Resuming sources pending=%d", self.engine.pending_count())
+        if not self.capacity.is_set() and (pending := self.pending()) <= self.settings.max_pending // 2:
+            log.info("Resuming sources pending=%d", pending)
             self.capacity.set()

@@ -230,6 +230,7 @@ class Views:
             "live_partitions": sorted(self.rt.engine.live_partitions()),
             "running": self.rt.actors.running(),
             "pending": self.rt.engine.pending_count(),
+            "backlog": self.rt.backlog(),
             "sleeping": self.rt.scheduler.total(),
             **self.rt.engine.finished,
         })

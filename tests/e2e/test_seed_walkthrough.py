@@ -45,10 +45,9 @@ def test_event_transactions__seed_posts_run_in_parallel_per_user_and_in_order_wi
     assert u2_first["createdAt"] < update_of(u1_first)["seq"]
     # Per-key order: userid1's second post starts only after its first completed.
     assert update_of(u1_first)["seq"] < u1_second["createdAt"] < update_of(u1_second)["seq"]
-    log = worker.log()
-    assert len(re.findall(r"Handling invocation method=UserFeed/ProcessPost invocationID=inv_", log)) == 3
-    assert len(re.findall(r"Invocation completed successfully method=UserFeed/ProcessPost invocationID=inv_",
-                          log)) == 3
+    harness.wait_for(lambda: worker.log().count("Invocation completed successfully method=UserFeed/ProcessPost") == 3,
+                     timeout=30, what="three completion log lines", detail=worker.tail)
+    assert len(re.findall(r"Handling invocation method=UserFeed/ProcessPost invocationID=inv_", worker.log())) == 3
 
 
 def test_event_transactions__in_process_stubs_print_the_seed_lines(seed_workers, seed_env):

@@ -62,3 +62,13 @@ def test_redelivery__same_record_twice_runs_once(workers, app_env):
     assert "Duplicate invocation ignored" in worker.log()
     tags = [e["tag"] for e in completed(app_env["ledger"])]
     assert tags.count("once") == 1, tags
+
+
+def test_subscription__missing_source_topic_is_created_and_consumed(workers, app_env):
+    missing = harness.unique("not-yet")
+    worker = workers.new(env={"STREAMAPP_SUBSCRIPTIONS": f"{missing}=Test/Nap"})
+    harness.produce(missing, [("k", nap("created"))])
+    harness.wait_for(lambda: any(e["tag"] == "created" for e in completed(app_env["ledger"])), timeout=30,
+                     what="the record on the created topic to complete", detail=worker.tail)
+    assert worker.get("/subscriptions") == {"subscriptions": [
+        {"source": f"kafka://{missing}", "sink": "service://Test/Nap"}]}

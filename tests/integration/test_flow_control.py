@@ -11,7 +11,7 @@ import psutil
 from tests import harness
 
 RECORDS = 50_000
-KEYS = 50
+KEYS = 20  # per-key serial work caps completions well below the ingest rate
 RSS_CEILING = 600 * 1024 * 1024  # generous: only a design that buffers the whole flood should cross it
 
 
@@ -37,17 +37,32 @@ def test_flood__50k_records_to_a_slow_handler_pause_the_source_and_all_complete(
     sampler.start()
     try:
         harness.produce(app_env["source"], (
-            (f"key{i % KEYS}", json.dumps({"n": i // KEYS, "work": 0.002})) for i in range(RECORDS)
+            (f"key{i % KEYS}", json.dumps({"n": i // KEYS, "work": 0.01})) for i in range(RECORDS)
         ))
         harness.wait_for(lambda: worker.get("/health")["completed"] >= RECORDS, timeout=400, interval=1.0,
                          what=f"{RECORDS} completions", detail=worker.tail)
     finally:
         stop.set()
         sampler.join()
-    assert "Pausing sources" in worker.log(), "the pending bound never paused the source"
-    assert "Resuming sources" in worker.log()
     assert peak[0] < RSS_CEILING, f"worker RSS peaked at {peak[0] / 2**20:.0f} MiB"
     for k in range(KEYS):
         status, body = worker.request("GET", f"/Test/key{k}/Ticks")
         assert (status, body) == (200, {"ticks": RECORDS // KEYS, "last": RECORDS // KEYS - 1}), (k, body)
     assert harness.read_topic(app_env["dead_letters"]) == []
+
+
+def test_pending_bound__source_pauses_while_queues_are_full_and_resumes_when_they_drain(workers, app_env):
+    worker = workers.new(env={
+        "STREAMAPP_SUBSCRIPTIONS": f"{app_env['source']}=Test/Tick",
+        "STREAMAPP_MAX_PENDING": "100",
+    })
+    harness.produce(app_env["source"], (
+        (f"key{i % 4}", json.dumps({"n": i // 4, "work": 0.005})) for i in range(4000)
+    ))
+    harness.wait_for(lambda: worker.get("/health")["completed"] >= 4000, timeout=120, what="4000 completions",
+                     detail=worker.tail)
+    log = worker.log()
+    assert "Pausing sources" in log and "Resuming sources" in log, "the pending bound never paused the source"
+    assert log.index("Pausing sources") < log.rindex("Resuming sources")
+    for k in range(4):
+        assert worker.request("GET", f"/Test/key{k}/Ticks") == (200, {"ticks": 1000, "last": 999})

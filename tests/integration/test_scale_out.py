@@ -86,3 +86,26 @@ def test_rebalance__worker_joins_and_leaves_mid_run__partitions_move_without_con
     assert [t for t, n in counts.items() if n > 1] == []
     assert {e["pid"] for e in done} == {a.proc.pid, c_pid}
     check_order(done)
+
+
+def test_http__any_worker_answers_for_any_key(workers):
+    a = workers.new("a")
+    b = workers.new("b")
+    harness.wait_for(lambda: a.get("/health")["ready"] and b.get("/health")["ready"]
+                     and len(a.get("/health")["live_partitions"]) + len(b.get("/health")["live_partitions"]) == 4,
+                     timeout=60, what="both workers to share the partitions")
+    for n in range(10):
+        first, second = (a, b) if n % 2 else (b, a)
+        assert first.request("POST", f"/Test/k{n}/Nap", {"tag": f"x{n}"}) == (200, {"tag": f"x{n}", "count": 1})
+        assert second.request("POST", f"/Test/k{n}/Nap", {"tag": f"y{n}"}) == (200, {"tag": f"y{n}", "count": 2})
+        assert first.request("GET", f"/Test/k{n}/Count") == (200, 2)
+        assert second.request("GET", f"/state/Test/k{n}") == (200, {"service": "Test", "key": f"k{n}",
+                                                                     "state": {"count": 2}})
+        status, sent = first.request("POST", f"/Test/k{n}/Nap/send", {"tag": f"z{n}"})
+        assert status == 202
+        inv = sent["invocationId"]
+        for worker in (a, b):
+            harness.wait_for(lambda w=worker, i=inv: w.invocation(i)["status"] == "completed", timeout=30,
+                             what=f"{inv} to be visible as completed from {worker.log_path.name}")
+    listing = a.get("/invocations")["invocations"]
+    assert listing == [], "nothing should be unfinished"
