@@ -23,9 +23,17 @@ class StreamAppError(Exception):
 
 
 class TerminalError(StreamAppError):
-    """Fails the invocation at once; it is dead-lettered, never retried."""
+    """Fails the invocation at once; it is dead-lettered, never retried.
+
+    ``status_code`` is what an HTTP caller waiting for the result gets
+    (500 unless the handler says otherwise, e.g. 404 for an unknown entity).
+    """
 
     retriable = False
+
+    def __init__(self, message: str = "", status_code: int = 500) -> None:
+        super().__init__(message)
+        self.status_code = status_code
 
 
 class NonDeterminismError(TerminalError):

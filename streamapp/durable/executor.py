@@ -46,6 +46,7 @@ class Retry:
 class Failed:
     error: str
     exhausted: bool = False  # True when retries ran out (policy may pause instead)
+    status_code: int = 500   # for an HTTP caller waiting on the result
 
 
 Outcome = Completed | Parked | Retry | Failed
@@ -95,7 +96,7 @@ async def execute(
     except Suspended as suspended:
         return Parked(suspended.wake_at)
     except TerminalError as exc:
-        return Failed(describe(exc))
+        return Failed(describe(exc), status_code=exc.status_code)
     except Exception as exc:  # the one place a handler failure becomes a retry
         policy = handler.retry
         if attempt >= policy.max_attempts:

@@ -173,4 +173,5 @@ class ActorPool:
             else:
                 log.error("Invocation failed method=%s invocationID=%s error=%s", method, inv_id, outcome.error)
                 await self.dead_letter(rec, outcome.error)
-            await self.send(p, okey, {**base, "op": "fail", "error": outcome.error, "pause": pause})
+            await self.send(p, okey, {**base, "op": "fail", "error": outcome.error, "pause": pause,
+                                      "code": outcome.status_code})

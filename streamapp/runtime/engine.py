@@ -260,6 +260,7 @@ class Engine:
         if rec is None:
             return
         rec["error"] = cmd["error"]
+        rec["code"] = cmd.get("code", 500)
         rec["attempt"] = cmd.get("attempt", rec["attempt"])
         if cmd.get("pause"):
             rec["status"] = "paused"
@@ -333,7 +334,8 @@ class Engine:
         self.tables.results[rec["id"]] = {
             "id": rec["id"], "service": rec["service"], "handler": rec["handler"], "key": rec["key"],
             "status": rec["status"], "result": rec.get("result"), "error": rec.get("error"),
-            "attempt": rec["attempt"], "created": rec["created"], "finished": now, "source": rec.get("source"),
+            "code": rec.get("code"), "attempt": rec["attempt"], "created": rec["created"], "finished": now,
+            "source": rec.get("source"),
             "journal": rec["journal"], "wake_at": None, "payload": rec.get("payload"),
         }
         del self.tables.invocations[rec["id"]]

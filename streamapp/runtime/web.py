@@ -138,7 +138,8 @@ class Views:
         if rec.get("moved"):
             return json_error(503, "key moved to another worker while waiting; retry", invocationId=inv_id)
         if rec["status"] == "failed":
-            return json_error(500, rec["error"], invocationId=inv_id)
+            code = rec.get("code") or 500
+            return json_error(code if 400 <= code <= 599 else 500, rec["error"], invocationId=inv_id)
         return web.json_response(rec["result"], headers={"x-streamapp-invocation-id": inv_id})
 
     # -- inspection --------------------------------------------------------------

@@ -33,7 +33,7 @@ async def RegisterPackage(ctx: ObjectContext, registration: PackageRegistration)
 async def UpdateLocation(ctx: ObjectContext, update: LocationUpdate) -> None:
     info = ctx.get(PACKAGE_INFO)
     if info is None:
-        raise TerminalError("package not found")
+        raise TerminalError("package not found", status_code=404)
     info["locations"].append({"timestamp": update.timestamp, "location": update.location})
     ctx.set(PACKAGE_INFO, info)
 

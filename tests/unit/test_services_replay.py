@@ -163,7 +163,7 @@ async def test_package_tracker__register_again_resets_locations(mode: str) -> No
 async def test_package_tracker__update_of_unknown_package_fails_terminally(mode: str) -> None:
     run = await _call(mode, "UpdateLocation", "pkg-unknown", {"timestamp": "t", "location": "x"}, {})
 
-    assert run.outcome == Failed("TerminalError: package not found", exhausted=False)
+    assert run.outcome == Failed("TerminalError: package not found", exhausted=False, status_code=404)
     assert len(run.history) == 1  # not retried
     assert run.state == {}
 
