@@ -100,3 +100,6 @@ def test_event_enrichment__register_update_and_query_over_http_and_cli(seed_work
                            what="the unknown package's update to be dead-lettered", detail=worker.tail)
     assert [r.key for r in dlq] == [b"unknown-package"]
     assert b"package not found" in dlq[0].headers["streamapp.error"]
+    status, body = worker.request("POST", "/PackageTracker/nowhere/UpdateLocation",
+                                  {"timestamp": "2024-10-10 16:00", "location": "Nowhere"})
+    assert status == 404 and body["error"] == "TerminalError: package not found"

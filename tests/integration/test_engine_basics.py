@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections import defaultdict
 
 from tests import harness
@@ -72,3 +73,14 @@ def test_subscription__missing_source_topic_is_created_and_consumed(workers, app
                      what="the record on the created topic to complete", detail=worker.tail)
     assert worker.get("/subscriptions") == {"subscriptions": [
         {"source": f"kafka://{missing}", "sink": "service://Test/Nap"}]}
+
+
+def test_shared_handler__answers_while_the_keys_exclusive_invocation_sleeps(workers, app_env):
+    worker = workers.new()
+    assert worker.request("POST", "/Test/s/Nap", {"tag": "first"})[0] == 200
+    status, _ = worker.request("POST", "/Test/s/Nap/send", {"tag": "sleeper", "seconds": 30})
+    assert status == 202
+    harness.wait_for(lambda: worker.get("/health")["sleeping"] == 1, timeout=30, what="the invocation to sleep")
+    started = time.monotonic()
+    assert worker.request("GET", "/Test/s/Count") == (200, 1)  # committed state, not waiting 30 s
+    assert time.monotonic() - started < 5
