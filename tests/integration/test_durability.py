@@ -108,3 +108,20 @@ def test_retries__flaky_handler_succeeds_after_backoff_and_terminal_errors_are_n
     assert "NonDeterminismError" in err and "step-1" in err and "step-2" in err, err
     assert by_inv[terminal].key == b"t"
     assert json.loads(by_inv[terminal].value or b"") == {"tag": "term"}  # the original payload
+
+
+def test_retry__backoff_survives_a_crash_with_its_attempt_count(workers, app_env):
+    worker = workers.new()
+    inv = send(worker, "/SlowRetry/r/Flaky/send", {"tag": "crashy", "failures": 2})
+    harness.wait_for(lambda: worker.invocation(inv)["status"] == "retrying", timeout=30,
+                     what="the first attempt to fail", detail=worker.tail)
+    assert worker.invocation(inv)["attempts"] == 1
+    worker.kill()
+    worker.start()
+    done = harness.wait_for(lambda: worker.invocation(inv)["status"] == "completed" and worker.invocation(inv),
+                            timeout=90, what="the invocation to succeed after the restart", detail=worker.tail)
+    attempts = [e for e in events(app_env["ledger"], "attempt") if e["inv"] == inv]
+    # max_attempts=3 and two failures: the count carried over the crash, or a third failure
+    # would have been needed after the restart and it would have been dead-lettered.
+    assert len(attempts) == 3 and done["result"] == "ok"
+    assert len({e["pid"] for e in attempts}) == 2

@@ -46,6 +46,7 @@ class Fail:
 
 test = Service("Test", retry=RetryPolicy(initial_interval=0.2, factor=2.0, max_interval=1.0, max_attempts=4))
 paused = Service("Paused", retry=RetryPolicy(initial_interval=0.1, max_attempts=2, on_exhausted="pause"))
+slow_retry = Service("SlowRetry", retry=RetryPolicy(initial_interval=3.0, factor=1.0, max_attempts=3))
 
 
 @test.handler()
@@ -131,4 +132,13 @@ async def Stuck(ctx: ObjectContext, req: Fail) -> str:
     return "unstuck"
 
 
-services = [test, paused]
+@slow_retry.handler()
+async def Flaky(ctx: ObjectContext, req: Fail) -> str:  # noqa: F811 - same handler name, another service
+    inv = ctx.invocation_id
+    record(event="attempt", key=ctx.key, tag=req.tag, inv=inv)
+    if _attempts(inv) <= req.failures:
+        raise RuntimeError(f"flaky failure of {req.tag}")
+    return "ok"
+
+
+services = [test, paused, slow_retry]
