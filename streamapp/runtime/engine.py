@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IN_FLIGHT = ("running", "sleeping", "retrying", "paused")
+RECENT_MAX = 20_000
 FINISHED = ("completed", "failed")
 
 
@@ -58,6 +59,7 @@ class Engine:
         self.partitions: dict[int, PartitionState] = {}
         self.my_tokens: dict[int, str] = {}  # activations this worker asked for
         self.applied: dict[int, int] = {}  # highest offset applied per partition, by this process
+        self.recent: dict[str, dict[str, Any]] = {}  # write-through cache of records in progress
         self.waiters: dict[str, list[Any]] = {}  # invocation id -> futures awaiting completion
         self.waiter_partition: dict[str, int] = {}
         self.finished = {"completed": 0, "failed": 0}  # applied by this worker since it started
@@ -75,6 +77,7 @@ class Engine:
             return
         self.actors.cancel_partitions(lost)
         self.scheduler.drop_partitions(lost)
+        self.recent.clear()  # another worker writes those records now
         for p in lost:
             self.partitions.pop(p, None)
             self.my_tokens.pop(p, None)
@@ -124,12 +127,24 @@ class Engine:
         handler(p, offset, cmd)
 
     def _record(self, inv_id: str) -> dict[str, Any] | None:
-        rec = self.tables.invocations.get(inv_id)
+        rec = self.recent.get(inv_id)
+        if rec is None:
+            rec = self.tables.invocations.get(inv_id)
         return dict(rec) if rec is not None else None
 
     def _save(self, rec: dict[str, Any]) -> None:
         rec["updated"] = time.time()
         self.tables.invocations[rec["id"]] = rec
+        self._remember(rec)
+
+    def _remember(self, rec: dict[str, Any]) -> None:
+        """Keep records of invocations in progress in memory (the engine is their only writer)."""
+        if rec["status"] in ("pending", "running"):
+            self.recent[rec["id"]] = rec
+            if len(self.recent) > RECENT_MAX:
+                del self.recent[next(iter(self.recent))]
+        else:
+            self.recent.pop(rec["id"], None)
 
     def _on_activate(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
         st = self.part(p)
@@ -339,6 +354,7 @@ class Engine:
             "journal": rec["journal"], "wake_at": None, "payload": rec.get("payload"),
         }
         del self.tables.invocations[rec["id"]]
+        self.recent.pop(rec["id"], None)
         self._drop_timer(rec["id"])
         self.waiter_partition.pop(rec["id"], None)
         for fut in self.waiters.pop(rec["id"], []):
