@@ -12,13 +12,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import types
 import typing
 from typing import Any, Union
 
+import orjson
+
 from streamapp.durable.errors import InvalidInputError
 
 MAX_DEPTH = 64
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def loads(raw: bytes | str | None) -> Any:
@@ -30,7 +34,7 @@ def loads(raw: bytes | str | None) -> Any:
     except UnicodeDecodeError as exc:
         raise InvalidInputError(f"value is not valid UTF-8: {exc.reason} at byte {exc.start}") from exc
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_int64)
     except RecursionError as exc:
         raise InvalidInputError("JSON nested too deeply") from exc
     except ValueError as exc:
@@ -44,7 +48,33 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed in JSON")
 
 
+def _finite_float(text: str) -> float:
+    # 1e400 parses to inf, which json.dumps writes back as the non-JSON "Infinity".
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _int64(text: str) -> int:
+    # The tables' JSON codec (orjson) cannot store integers beyond 64 bits.
+    value = int(text)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"integer {text[:40]}{'...' if len(text) > 40 else ''} is out of range (64 bits)")
+    return value
+
+
+def _storable(*texts: str) -> None:
+    for text in texts:
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:  # "\ud800": valid JSON, but no UTF-8 can carry it
+                raise InvalidInputError(f"value has a lone UTF-16 surrogate ({exc.object[exc.start]!r})") from None
+
+
 def _depth(value: Any) -> int:
+    """How deep ``value`` nests (stops counting past MAX_DEPTH); rejects strings that cannot be stored."""
     depth, level = 0, [value]
     while level:
         depth += 1
@@ -54,9 +84,12 @@ def _depth(value: Any) -> int:
         nxt: list[Any] = []
         for item in level:
             if isinstance(item, dict):
+                _storable(*item)
                 nxt.extend(item.values())
             elif isinstance(item, list):
                 nxt.extend(item)
+            elif isinstance(item, str):
+                _storable(item)
         level = nxt
     return depth - 1
 
@@ -94,7 +127,10 @@ def decode(value: Any, tp: Any, path: str = "value") -> Any:
         return decode(value, tp[Any] if tp is list else dict[str, Any], path)
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an integer of hundreds of digits
+                raise InvalidInputError(f"{path}: number out of range") from None
         raise InvalidInputError(f"{path}: expected a number, got {_kind(value)}")
     if tp in (str, int, bool):
         if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
@@ -142,6 +178,20 @@ def to_json(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     raise TypeError(f"result of type {type(value).__name__} is not JSON-serialisable")
+
+
+def storable(value: Any) -> Any:
+    """A copy of ``value`` as the tables will store it; ValueError if they cannot.
+
+    Tables are written with orjson, which refuses integers beyond 64 bits and
+    lone surrogates; NaN and infinities are not JSON at all.
+    """
+    try:
+        normal = json.loads(json.dumps(value, allow_nan=False))  # tuples -> lists, int keys -> str
+        orjson.dumps(normal)
+    except (TypeError, ValueError, orjson.JSONEncodeError) as exc:
+        raise ValueError(str(exc)) from None
+    return normal
 
 
 def dumps(value: Any) -> bytes:

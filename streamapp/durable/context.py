@@ -12,10 +12,11 @@ import copy
 import hashlib
 import inspect
 import json
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar, overload
 
-from streamapp.durable import mute
+from streamapp.durable import codec, mute
 from streamapp.durable.errors import NonDeterminismError, Suspended, TerminalError
 
 T = TypeVar("T")
@@ -84,7 +85,10 @@ class ObjectContext(SharedContext):
 
     def set(self, name: str, value: Any) -> None:
         # Stored as JSON text so later mutation of ``value`` cannot leak in.
-        self._changes[name] = json.dumps(value, separators=(",", ":"))
+        try:
+            self._changes[name] = json.dumps(codec.storable(value), separators=(",", ":"))
+        except ValueError as exc:
+            raise TerminalError(f"state '{name}' cannot be stored: {exc}") from None
 
     def clear(self, name: str) -> None:
         self._changes[name] = _DELETED
@@ -145,8 +149,8 @@ class ObjectContext(SharedContext):
                 entry = {"t": "run", "name": name, "failure": str(exc)}
             else:
                 try:
-                    value = json.loads(json.dumps(result, allow_nan=False))
-                except (TypeError, ValueError) as exc:
+                    value = codec.storable(result)
+                except ValueError as exc:
                     # Retrying would run ``fn``'s side effect again for the same outcome.
                     raise TerminalError(f"step '{name}' returned a result that is not JSON: {exc}") from exc
                 entry = {"t": "run", "name": name, "value": value}
@@ -161,6 +165,8 @@ class ObjectContext(SharedContext):
         """Durable sleep: the invocation is parked until the timer fires."""
         entry = self._replayed("sleep", "sleep")
         if entry is None:
+            if not math.isfinite(seconds):
+                raise TerminalError(f"sleep of {seconds} seconds: the duration must be finite")
             entry = {"t": "sleep", "name": "sleep", "wake_at": self._clock.now() + max(0.0, seconds)}
             await self._sink.append(entry)
             self._journal.append(entry)
@@ -175,6 +181,12 @@ class ObjectContext(SharedContext):
         name = f"send {service}/{handler}"
         entry = self._replayed("send", name)
         if entry is None:
+            if not math.isfinite(delay):
+                raise TerminalError(f"send with delay {delay}: the delay must be finite")
+            try:
+                payload = codec.storable(payload)
+            except ValueError as exc:
+                raise TerminalError(f"payload for {service}/{handler} cannot be stored: {exc}") from None
             digest = hashlib.sha256(f"{self.invocation_id}:{self._index}".encode()).hexdigest()
             target_id = f"inv_{digest[:26]}"
             not_before = self._clock.now() + delay if delay > 0 else None

@@ -89,8 +89,8 @@ async def execute(
             entry = journal[ctx.step_index]
             raise NonDeterminismError(ctx.step_index, f"{entry['t']} '{entry['name']}'", "completion")
         try:
-            value = codec.to_json(result)
-        except TypeError as exc:
+            value = codec.storable(codec.to_json(result))
+        except (TypeError, ValueError) as exc:
             raise TerminalError(f"handler result is not JSON: {exc}") from exc
         return Completed(value, ctx.state_changes())
     except Suspended as suspended:

@@ -235,7 +235,13 @@ class Runtime:
                 except ValueError:
                     log.error("Skipping undecodable command partition=%s offset=%s", msg.partition, msg.offset)
                     continue
-                self.engine.apply(msg.partition, msg.offset, cmd)
+                try:
+                    self.engine.apply(msg.partition, msg.offset, cmd)
+                except Exception:
+                    # Values are checked before they are sent, so this is a bug; keep
+                    # the partition flowing and say loudly which command was skipped.
+                    log.exception("Could not apply command op=%s id=%s partition=%s offset=%s",
+                                  cmd.get("op"), cmd.get("id"), msg.partition, msg.offset)
 
         source_topics = [topic for topic, _ in self.settings.subscriptions]
         # Declared so that a missing source topic is created (1 partition, as

@@ -6,7 +6,7 @@
     GET  /invocations, /invocations/{id}        status, result or error
     POST /invocations/{id}/resume|kill          operator actions
     GET  /state/{Service}/{key}                 the key's state (``streamapp kv get``)
-    GET  /subscriptions, /health
+    GET  /subscriptions, /health, /openapi.json (built by runtime.openapi)
 
 A request for a key owned by another worker is forwarded to the owner (the
 worker assigned the key's partition of the internal topic).
@@ -15,18 +15,21 @@ worker assigned the key's partition of the internal topic).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
+import math
 import re
 import time
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
+from aiokafka.errors import MessageSizeTooLargeError
 
 from streamapp.durable import codec, ids
 from streamapp.durable.context import SharedContext
 from streamapp.durable.errors import InvalidInputError
-from streamapp.runtime import commands
+from streamapp.runtime import commands, openapi
 from streamapp.runtime.store import Tables
 
 if TYPE_CHECKING:
@@ -46,7 +49,10 @@ def parse_delay(text: str) -> float:
     match = _DELAY.match(text)
     if not match:
         raise InvalidInputError(f"delay {text!r} is not a duration like 10s, 500ms, 2m")
-    return float(match.group(1)) * _UNITS[match.group(2)]
+    seconds = float(match.group(1)) * _UNITS[match.group(2)]
+    if not math.isfinite(seconds):  # 400 digits: inf, which no JSON can carry
+        raise InvalidInputError(f"delay {text[:40]!r} is out of range")
+    return seconds
 
 
 class Views:
@@ -85,10 +91,24 @@ class Views:
         limit = self.rt.settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-        body = await request.content.read(limit + 1)
-        if len(body) > limit:
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
-        return body
+        # read(n) returns what has arrived, up to n bytes: read until the end or past the limit.
+        body = bytearray()
+        while chunk := await request.content.read(limit + 1 - len(body)):
+            body += chunk
+            if len(body) > limit:
+                raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=len(body))
+        return bytes(body)
+
+    async def invoke_or_413(self, target: dict[str, Any], source: Any) -> None:
+        """Escaping can make the invocation larger than the body: the broker refuses it."""
+        try:
+            await self.rt.invoke(target, source=source)
+        except MessageSizeTooLargeError:
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=self.rt.settings.max_body_bytes, actual_size=len(codec.dumps(target["payload"])),
+                text=json.dumps({"error": "invocation too large for the internal topic"}),
+                content_type="application/json",
+            ) from None
 
     # -- ingress ---------------------------------------------------------------
     async def invoke(self, request: web.Request) -> web.Response:
@@ -119,18 +139,23 @@ class Views:
         handler.decode_input(payload)
         delay = parse_delay(request.query["delay"]) if "delay" in request.query else 0.0
         idem = request.headers.get("idempotency-key")
+        if idem is not None and not idem.isascii():
+            try:
+                idem.encode("utf-8")  # aiohttp keeps undecodable header bytes as surrogates
+            except UnicodeEncodeError:
+                return json_error(400, "idempotency-key is not valid UTF-8")
         inv_id = ids.for_idempotency_key(self.rt.settings.app_id, handler.method, key, idem) if idem \
             else ids.random_id()
         target = {"id": inv_id, "service": service, "key": key, "handler": name, "payload": payload,
                   "not_before": time.time() + delay if delay > 0 else None}
         if send:
-            await self.rt.invoke(target, source={"http": idem} if idem else {"http": None})
+            await self.invoke_or_413(target, source={"http": idem} if idem else {"http": None})
             return web.json_response({"invocationId": inv_id, "status": "Accepted"}, status=202)
         rec = self.rt.tables.results.get(inv_id)
         if rec is None:
             fut = self.rt.engine.add_waiter(inv_id, commands.partition_for(okey, self.rt.settings.partitions))
             if self.rt.tables.invocations.get(inv_id) is None:
-                await self.rt.invoke(target, source={"http": idem})
+                await self.invoke_or_413(target, source={"http": idem})
             try:
                 rec = await asyncio.wait_for(fut, CALL_TIMEOUT)
             except TimeoutError:
@@ -221,7 +246,8 @@ class Views:
             if loopback:
                 return None
             return json_error(403, "operator actions are disabled: set STREAMAPP_OPERATOR_TOKEN")
-        if request.headers.get("authorization") != f"Bearer {token}":
+        given = request.headers.get("authorization", "").encode("utf-8", "surrogateescape")
+        if not hmac.compare_digest(given, f"Bearer {token}".encode()):
             return json_error(401, "operator token required (authorization: Bearer ...)")
         return None
 
@@ -276,6 +302,12 @@ def install(web_app: web.Application, runtime: Runtime) -> None:
     r = web_app.router
     r.add_get("/health", views.health)
     r.add_get("/subscriptions", views.subscriptions)
+    spec = openapi.document(runtime.registry)
+
+    async def openapi_json(request: web.Request) -> web.Response:
+        return web.json_response(spec)
+
+    r.add_get("/openapi.json", openapi_json)
     r.add_get("/state/{service}/{key}", views.state)
     r.add_get("/invocations", views.invocations)
     r.add_get("/invocations/{id}", views.invocation)

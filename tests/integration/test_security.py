@@ -1,0 +1,89 @@
+"""Security defaults: loopback bind, operator token beyond loopback, no secrets in views or logs."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import psutil
+
+from tests import harness
+
+OPERATE = ("kill", "resume")
+
+
+def listening_addresses(worker: harness.Worker) -> set[str]:
+    """IP addresses the worker process listens on for its web port."""
+    assert worker.proc is not None
+    conns = psutil.Process(worker.proc.pid).net_connections(kind="inet")
+    return {c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN and c.laddr.port == worker.web_port}
+
+
+def sleeping_invocation(worker: harness.Worker, key: str, seconds: float) -> str:
+    status, body = worker.request("POST", f"/Test/{key}/Nap/send", {"tag": key, "seconds": seconds})
+    assert status == 202, body
+    inv: str = body["invocationId"]
+    harness.wait_for(lambda: worker.invocation(inv)["status"] == "sleeping", timeout=30,
+                     what=f"{key} to sleep", detail=worker.tail)
+    return inv
+
+
+def test_default_bind__web_server_listens_on_loopback_only_and_operators_need_no_token(workers):
+    worker = workers.new()
+    assert listening_addresses(worker) == {"127.0.0.1"}
+    inv = sleeping_invocation(worker, "local", seconds=60)
+    status, body = worker.request("POST", f"/invocations/{inv}/kill")
+    assert status == 202, body
+    killed = harness.wait_for(lambda: worker.invocation(inv)["status"] == "failed" and worker.invocation(inv),
+                              timeout=30, what="the kill to apply")
+    assert "killed" in killed["error"]
+
+
+def test_public_bind_without_token__operator_actions_are_refused_with_403(workers):
+    worker = workers.new(env={"STREAMAPP_WEB_HOST": "0.0.0.0"})
+    assert listening_addresses(worker) == {"0.0.0.0"}
+    inv = sleeping_invocation(worker, "public", seconds=2)
+    for action in OPERATE:
+        for headers in ({}, {"authorization": "Bearer anything"}):
+            status, body = worker.request("POST", f"/invocations/{inv}/{action}", headers=headers)
+            assert status == 403 and "STREAMAPP_OPERATOR_TOKEN" in body["error"], (action, status, body)
+    status, body = worker.request("POST", "/invocations/inv_unknown/kill")
+    assert status == 403, "refused before looking the invocation up"
+    done = harness.wait_for(lambda: worker.invocation(inv)["status"] in ("completed", "failed")
+                            and worker.invocation(inv), timeout=30, what="the invocation to finish")
+    assert done["status"] == "completed", "a refused kill must not kill"
+
+
+def test_public_bind_with_token__bearer_token_required_and_never_shown(workers):
+    token = secrets.token_urlsafe(24)
+    password = secrets.token_hex(12)
+    worker = workers.new(env={
+        "STREAMAPP_WEB_HOST": "0.0.0.0",
+        "STREAMAPP_OPERATOR_TOKEN": token,
+        # Another secret in configuration: credentials in the downstream URL (never called here).
+        "STREAMAPP_DOWNSTREAM_URL": f"http://streamapp:{password}@127.0.0.1:9",
+    })
+    inv = sleeping_invocation(worker, "guarded", seconds=60)
+    refused: list[dict[str, str]] = [
+        {}, {"authorization": token}, {"authorization": f"Bearer {token}x"}, {"authorization": f"Basic {token}"},
+        {"authorization": "Bearer "}, {"x-operator-token": token},
+    ]
+    for action in OPERATE:
+        for headers in refused:
+            status, body = worker.request("POST", f"/invocations/{inv}/{action}", headers=headers)
+            assert status == 401 and isinstance(body, dict) and "error" in body, (action, headers, status, body)
+    assert worker.invocation(inv)["status"] == "sleeping"
+    status, body = worker.request("POST", f"/invocations/{inv}/kill", headers={"authorization": f"Bearer {token}"})
+    assert status == 202, body
+    harness.wait_for(lambda: worker.invocation(inv)["status"] == "failed", timeout=30, what="the kill to apply")
+
+    seen: dict[str, Any] = {}
+    for path in ("/health", "/subscriptions", "/state/Test/guarded", "/invocations", f"/invocations/{inv}",
+                 "/openapi.json", "/Test/guarded/Count"):
+        status, body = worker.request("GET", path)
+        assert status == 200, (path, body)
+        seen[path] = body
+    for secret in (token, password):
+        for path, body in seen.items():
+            assert secret not in str(body), f"a configured secret shows in {path}"
+        assert secret not in worker.log(), "a configured secret shows in the worker log"
