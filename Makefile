@@ -60,3 +60,11 @@ bench: venv
 ## bench-smoke: every benchmark scenario at tiny sizes in a minute or two (no timing asserted)
 bench-smoke: venv
 	$(BIN)/python -m bench --smoke $(ARGS)
+
+## chaos: the fault-injection run (issue 6): its own broker, 2-3 workers, seeded faults, invariants checked
+## (make chaos DURATION=300 SEED=7 [ARGS="--events 2000 --users 50 --keep"])
+DURATION ?= 300
+SEED ?= $(shell date +%s)
+.PHONY: chaos
+chaos: venv
+	$(BIN)/python -m chaos --duration $(DURATION) --seed $(SEED) $(ARGS)

@@ -20,8 +20,10 @@ if [ -z "${STREAMAPP_TEST_BROKER:-}" ]; then
 fi
 
 echo "== ruff"
-$BIN/ruff check streamapp tests
+$BIN/ruff check streamapp tests bench chaos
 echo "== mypy"
 $BIN/mypy
 echo "== pytest (broker $STREAMAPP_TEST_BROKER)"
 $BIN/pytest "$@"
+echo "== bench smoke (every benchmark scenario at tiny sizes; nothing timed is asserted)"
+$BIN/python -m bench --smoke

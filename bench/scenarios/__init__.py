@@ -1,0 +1,17 @@
+"""The scenarios of issue 5, in the order they run. Each is ``run(Run, Result)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bench.common import Result, Run
+from bench.scenarios import hol, latency, recovery, scaleout, throughput, timers
+
+SCENARIOS: dict[str, Callable[[Run, Result], None]] = {
+    "head-of-line": hol.run,
+    "throughput": throughput.run,
+    "latency": latency.run,
+    "timers": timers.run,
+    "recovery": recovery.run,
+    "scale-out": scaleout.run,
+}
