@@ -127,6 +127,12 @@ class ObjectContext(SharedContext):
             raise NonDeterminismError(index, f"{entry['t']} '{entry['name']}'", f"{kind} '{name}'")
         return entry
 
+    def _before_step(self) -> None:
+        """Let the runtime stop a live step it no longer owns (raises a BaseException)."""
+        check = getattr(self._sink, "before_step", None)
+        if check is not None:
+            check()
+
     def _advance(self) -> None:
         self._index += 1
         mute.replaying.set(self._index < len(self._journal))
@@ -141,6 +147,7 @@ class ObjectContext(SharedContext):
         """Run ``fn(*args)`` once; its JSON result is journaled and replayed."""
         entry = self._replayed("run", name)
         if entry is None:
+            self._before_step()
             try:
                 result = fn(*args)
                 if inspect.isawaitable(result):
@@ -183,6 +190,7 @@ class ObjectContext(SharedContext):
         if entry is None:
             if not math.isfinite(delay):
                 raise TerminalError(f"send with delay {delay}: the delay must be finite")
+            self._before_step()
             try:
                 payload = codec.storable(payload)
             except ValueError as exc:

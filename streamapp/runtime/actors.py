@@ -38,6 +38,16 @@ class _Sink:
     def __init__(self, pool: ActorPool, p: int, epoch: str, rec: dict[str, Any], journal: list[Any]) -> None:
         self.pool, self.p, self.epoch, self.rec, self.journal = pool, p, epoch, rec, journal
 
+    def before_step(self) -> None:
+        """Refuse to start a step once this actor's partition is driven by another activation.
+
+        A worker paused past its session wakes up with actors mid-handler;
+        this stops them at their next step instead of letting them call
+        downstream systems for invocations another worker now runs.
+        """
+        if not self.pool.owns(self.p, self.epoch):
+            raise asyncio.CancelledError(f"partition {self.p} is no longer driven by epoch {self.epoch}")
+
     async def append(self, entry: dict[str, Any]) -> None:
         okey = f"{self.rec['service']}/{self.rec['key']}"
         # Shielded: if the actor is stopped now, the step's effect already
@@ -69,6 +79,7 @@ class ActorPool:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.partition_of: dict[str, int] = {}
         self.sending: set[asyncio.Future[None]] = set()  # journal entries on their way to the log
+        self.owns: Callable[[int, str], bool] = lambda p, epoch: True
         self.ready: deque[tuple[int, str, dict[str, Any], dict[str, Any]]] = deque()
 
     def waiting(self) -> int:

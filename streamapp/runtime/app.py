@@ -128,10 +128,13 @@ class Runtime:
         self.scheduler = Scheduler(self.fire)
         self.actors = ActorPool(registry, self.send, self.invoke, self.dead_letter_invocation, settings.max_running)
         self.engine = Engine(self.tables, registry, self.actors, self.scheduler)
+        self.engine.on_foreign_activation = self.reclaim
+        self.actors.owns = self.engine.owns
         self.ingest = Ingest(self)
         self.capacity = asyncio.Event()
         self.capacity.set()
         self.activation: asyncio.Future[None] | None = None
+        self.reclaiming: asyncio.Future[None] | None = None
         self._wire()
 
     # -- producing -----------------------------------------------------------
@@ -188,6 +191,12 @@ class Runtime:
         await self.dead_letter(rec["key"].encode(), value, headers)
 
     # -- rebalance -------------------------------------------------------------
+    def reclaim(self, p: int) -> None:
+        """Another worker activated a partition this worker was driving: claim it back if still assigned."""
+        if p in self.assigned_partitions():
+            log.warning("Partition taken over while this worker drove it; reactivating partition=%s", p)
+            self.reclaiming = asyncio.ensure_future(self.activate([p]))
+
     def assigned_partitions(self) -> set[int]:
         topic = self.internal.get_topic_name()
         return {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
@@ -198,7 +207,9 @@ class Runtime:
         Partitions kept through a rebalance stay live: their actors never
         stopped, so they keep their epoch.
         """
-        assigned = sorted(self.assigned_partitions() - self.engine.live_partitions())
+        await self.activate(sorted(self.assigned_partitions() - self.engine.live_partitions()))
+
+    async def activate(self, assigned: list[int]) -> None:
         for p in assigned:
             token = f"{uuid.uuid4().hex[:12]}"
             self.engine.expect_activation(p, token)

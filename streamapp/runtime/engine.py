@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,7 @@ class Engine:
         self.tables = tables
         self.registry = registry
         self.actors = actors
+        self.on_foreign_activation: Callable[[int], None] | None = None
         self.scheduler = scheduler
         self.partitions: dict[int, PartitionState] = {}
         self.my_tokens: dict[int, str] = {}  # activations this worker asked for
@@ -93,6 +95,11 @@ class Engine:
         self.waiters.setdefault(inv_id, []).append(fut)
         self.waiter_partition[inv_id] = p
         return fut
+
+    def owns(self, p: int, epoch: str) -> bool:
+        """Whether actors started under ``epoch`` may still act for partition ``p``."""
+        st = self.partitions.get(p)
+        return st is not None and st.live and st.epoch == epoch
 
     def is_running(self, inv_id: str) -> bool:
         return any(inv_id in st.inflight.values() for st in self.partitions.values())
@@ -151,7 +158,15 @@ class Engine:
         st.epoch = cmd["epoch"]
         self.tables.meta[f"p{p}"] = {"epoch": cmd["epoch"]}
         if self.my_tokens.get(p) != cmd["epoch"]:
-            st.live = False  # another worker's (or an earlier life's) activation
+            # Another worker's (or an earlier life's) activation. If this worker
+            # was driving the partition, it lost it without noticing (paused past
+            # its session, expelled and re-admitted): stop its actors now, and let
+            # the runtime claim the partition again if Kafka still assigns it here.
+            was_live = st.live
+            self.stop_partitions({p})
+            self.part(p).epoch = cmd["epoch"]
+            if was_live and self.on_foreign_activation is not None:
+                self.on_foreign_activation(p)
             return
         st.live = True
         st.inflight.clear()

@@ -1,0 +1,402 @@
+"""The invariants a chaos run must keep, checked from collected evidence only.
+
+Evidence (gathered by the driver once the system is quiet):
+
+    source        the source topic: every event as the broker holds it (offset, user, content)
+    posts, feeds  the backend's records, one per idempotency key, with a global sequence
+                  (``createdAt`` / ``seq``) that orders every recorded side effect
+    dead_letters  the dead-letter topic
+    status        the engine's view (GET /invocations/{id}) of events that did not complete
+    calls         the recording proxy: each backend call, the worker incarnation that made it,
+                  when it arrived and when it was answered
+    activations   from the worker logs: when each incarnation took over (activated) a partition
+
+What each check can and cannot see:
+
+* lost / stuck / dead-lettered: an event completed when exactly one post has its
+  content and that post has a feed update. An event that did not is stuck if the
+  engine still holds it unfinished, dead-lettered if it failed, lost otherwise
+  (the engine forgot it, or says it completed although the backend never saw
+  the side effect).
+* duplicated: a second post for one event, or a second feed update for one post,
+  i.e. two *different* idempotency keys. The backend deduplicates a repeated key,
+  so a step re-executed with the same key (after a crash, or by a worker that
+  kept running after losing its partition) is only a duplicate *attempt*:
+  counted (``dup_attempts``) and reported, not a failure.
+* order: per user, feed updates must follow source order (backend ``seq``); and
+  when they do, an event's post must be created after the previous event's feed
+  update (one invocation per key at a time, "serial").
+* overlaps: the backend alone cannot say which worker ran a step, and a
+  re-executed step with the same key looks just like a concurrent one (two
+  different keys for one step, counted as duplicated, is the only trace it
+  leaves). The proxy and the logs can say more. An execution is the calls one
+  incarnation made for one invocation under one activation of its partition; if
+  two executions' spans [first call, last answer] intersect, the invocation ran
+  on two workers at overlapping times (``overlaps``). A call made after another
+  incarnation activated the partition is a step under a superseded epoch
+  (``stale_calls``; a violation too: fencing failed, even when the other worker
+  was already gone). Blind spots: steps without a backend call (sleeps, journal
+  writes) are invisible; an execution's span starts at its first call, not when
+  the worker began the invocation, and ends at its last answer, not at its last
+  journal write; activation times come from log lines (millisecond precision).
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from chaos.proxy import Call
+
+IN_FLIGHT = ("pending", "running", "sleeping", "retrying", "paused", "scheduled")
+NO_ANSWER = "no worker answered"  # a status: the engine could not be asked (counted as stuck)
+
+
+@dataclass(frozen=True)
+class SourceEvent:
+    offset: int
+    user: str
+    content: str
+    inv: str  # the invocation id the engine derives from the source coordinates
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    key: str | None
+    error: str
+    invocation: str | None
+    offset: int | None
+
+
+@dataclass(frozen=True)
+class Activation:
+    time: float
+    incarnation: str
+    partition: int
+
+
+@dataclass
+class Evidence:
+    source: list[SourceEvent]
+    posts: list[dict[str, Any]]
+    feeds: list[dict[str, Any]]
+    dup_posts: int
+    dup_feeds: int
+    dead_letters: list[DeadLetter]
+    status: dict[str, str | None]  # inv -> engine status (None: unknown to the engine)
+    calls: list[Call]
+    activations: list[Activation]
+    partition_of: Callable[[str], int]  # user -> partition of the internal topic
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything but ``partition_of``, for ``python -m chaos --recheck``."""
+        return {
+            "source": [asdict(e) for e in self.source], "posts": self.posts, "feeds": self.feeds,
+            "dup_posts": self.dup_posts, "dup_feeds": self.dup_feeds,
+            "dead_letters": [asdict(d) for d in self.dead_letters], "status": self.status,
+            "calls": [asdict(c) for c in self.calls], "activations": [asdict(a) for a in self.activations],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], partition_of: Callable[[str], int]) -> Evidence:
+        return cls(
+            source=[SourceEvent(**e) for e in data["source"]], posts=data["posts"], feeds=data["feeds"],
+            dup_posts=data["dup_posts"], dup_feeds=data["dup_feeds"],
+            dead_letters=[DeadLetter(**d) for d in data["dead_letters"]], status=data["status"],
+            calls=[Call(**c) for c in data["calls"]], activations=[Activation(**a) for a in data["activations"]],
+            partition_of=partition_of,
+        )
+
+
+@dataclass
+class Violation:
+    kind: str
+    subject: str
+    detail: str
+
+    def __str__(self) -> str:
+        return f"[{self.kind}] {self.subject}: {self.detail}"
+
+
+@dataclass
+class Report:
+    faults: int
+    events: int
+    lost: int = 0
+    duplicated: int = 0
+    order_violations: int = 0
+    serial_violations: int = 0
+    stuck: int = 0
+    dead_lettered: int = 0
+    overlaps: int = 0
+    stale_calls: int = 0
+    dup_post_attempts: int = 0
+    dup_feed_attempts: int = 0
+    source_duplicates: int = 0
+    violations: list[Violation] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    subjects: set[str] = field(default_factory=set)  # invocation ids involved in violations
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations
+
+    def summary(self) -> str:
+        return (
+            f"faults={self.faults} events={self.events} lost={self.lost} duplicated={self.duplicated} "
+            f"order_violations={self.order_violations} stuck={self.stuck} dead_lettered={self.dead_lettered} "
+            f"serial_violations={self.serial_violations} overlaps={self.overlaps} stale_calls={self.stale_calls} "
+            f"dup_attempts={self.dup_post_attempts + self.dup_feed_attempts} "
+            f"(posts={self.dup_post_attempts} feeds={self.dup_feed_attempts})"
+        )
+
+    def add(self, kind: str, subject: str, detail: str, inv: str | None = None) -> None:
+        self.violations.append(Violation(kind, subject, detail))
+        if inv:
+            self.subjects.add(inv)
+
+
+def inv_of_key(key: str | None) -> str | None:
+    """The invocation id in a step's idempotency key (``inv_…:index``)."""
+    return key.rsplit(":", 1)[0] if key and ":" in key else None
+
+
+def clock(t: float) -> str:
+    return datetime.datetime.fromtimestamp(t).strftime("%H:%M:%S.%f")[:-3]
+
+
+def describe_calls(calls: Iterable[Call]) -> str:
+    return "; ".join(
+        f"{clock(c.start)}-{clock(c.end)} {c.incarnation} {c.kind}"
+        + (f" key={c.key}" if c.key else "") + f" -> {c.status}"
+        for c in sorted(calls, key=lambda c: c.start)
+    )
+
+
+def check(ev: Evidence, faults: int) -> Report:
+    r = Report(faults=faults, events=len(ev.source), dup_post_attempts=ev.dup_posts, dup_feed_attempts=ev.dup_feeds)
+    done = _completion(ev, r)
+    _order(ev, r, done)
+    _overlaps(ev, r)
+    return r
+
+
+# -- every event completed exactly once ------------------------------------------
+def _completion(ev: Evidence, r: Report) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """Match posts and feed updates to events; returns inv -> (post, feed) of completed events."""
+    contents = Counter(e.content for e in ev.source)
+    r.source_duplicates = sum(n - 1 for n in contents.values())
+    if r.source_duplicates:
+        r.notes.append(f"{r.source_duplicates} event(s) are in the source topic twice (a producer retry); "
+                       "each copy is its own invocation and must complete")
+    posts_by_content: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for post in ev.posts:
+        posts_by_content[post["content"]].append(post)
+    feeds_by_post: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for feed in ev.feeds:
+        feeds_by_post[feed["postId"]].append(feed)
+
+    events_by_content: dict[str, list[SourceEvent]] = defaultdict(list)
+    for event in ev.source:
+        events_by_content[event.content].append(event)
+
+    done: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    incomplete: list[SourceEvent] = []
+    for content, events in events_by_content.items():
+        by_inv: dict[str | None, list[dict[str, Any]]] = defaultdict(list)
+        for post in posts_by_content.pop(content, []):
+            by_inv[inv_of_key(post["idempotencyKey"])].append(post)
+        for event in events:
+            mine = sorted(by_inv.pop(event.inv, []), key=lambda p: p["createdAt"])
+            if not mine:
+                incomplete.append(event)
+                continue
+            if len(mine) > 1:
+                r.duplicated += len(mine) - 1
+                r.add("duplicated", event.content, f"{len(mine)} posts (keys "
+                      f"{', '.join(p['idempotencyKey'] for p in mine)}) for one event", event.inv)
+            post = mine[0]
+            if post["userId"] != event.user:
+                r.add("duplicated", event.content, f"post {post['postId']} is for user {post['userId']}", event.inv)
+            feeds = sorted(feeds_by_post.pop(post["postId"], []), key=lambda f: f["seq"])
+            if len(feeds) > 1:
+                r.duplicated += len(feeds) - 1
+                r.add("duplicated", event.content, f"{len(feeds)} feed updates for post {post['postId']} (keys "
+                      f"{', '.join(f['idempotencyKey'] for f in feeds)}): two executions diverged", event.inv)
+            if not feeds:
+                incomplete.append(event)
+                continue
+            done[event.inv] = (post, feeds[0])
+        for inv, posts in by_inv.items():  # posts with this content made by another invocation
+            r.duplicated += len(posts)
+            r.add("duplicated", content, f"post(s) {[p['postId'] for p in posts]} created by invocation {inv}, "
+                  "which no source record of this content maps to", inv)
+    for content, posts in posts_by_content.items():
+        r.duplicated += len(posts)
+        r.add("duplicated", content, f"post(s) {[p['postId'] for p in posts]} for content not in the source topic")
+    for post_id, feeds in feeds_by_post.items():
+        if post_id not in {p["postId"] for p in ev.posts}:
+            r.add("duplicated", post_id, f"feed update(s) {feeds} for a post the backend does not know")
+
+    r.dead_lettered = len(ev.dead_letters)
+    for dl in ev.dead_letters:
+        r.add("dead_lettered", dl.key or "(no key)", f"invocation={dl.invocation} source offset={dl.offset} "
+              f"error={dl.error}", dl.invocation)
+    dead_invs = {dl.invocation for dl in ev.dead_letters}
+    for event in incomplete:
+        status = ev.status.get(event.inv)
+        has_post = any(inv_of_key(p["idempotencyKey"]) == event.inv for p in ev.posts)
+        what = "post created, no feed update" if has_post else "no post"
+        if event.inv in dead_invs or status == "failed":
+            if event.inv not in dead_invs:
+                r.add("dead_lettered", event.content, f"{what}; the engine failed {event.inv}, "
+                      "and it is not in the dead-letter topic", event.inv)
+            continue
+        if status in IN_FLIGHT or status == NO_ANSWER:
+            r.stuck += 1
+            r.add("stuck", event.content, f"{what}; {event.inv} is still {status} (source offset "
+                  f"{event.offset})", event.inv)
+        else:
+            r.lost += 1
+            why = ("the engine says it completed" if status == "completed"
+                   else "the engine does not know the invocation" if status is None else f"engine status {status}")
+            r.add("lost", event.content, f"{what}; {why} ({event.inv}, source offset {event.offset})", event.inv)
+    return done
+
+
+# -- per-user order --------------------------------------------------------------
+def _order(ev: Evidence, r: Report, done: dict[str, tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    by_user: dict[str, list[SourceEvent]] = defaultdict(list)
+    for event in sorted(ev.source, key=lambda e: e.offset):
+        if event.inv in done:
+            by_user[event.user].append(event)
+    for user, events in by_user.items():
+        for before, after in itertools.pairwise(events):
+            _, feed_a = done[before.inv]
+            post_b, feed_b = done[after.inv]
+            if feed_b["seq"] < feed_a["seq"]:
+                r.order_violations += 1
+                r.add("order", user, f"feed update for '{after.content}' (source offset {after.offset}, seq "
+                      f"{feed_b['seq']}) came before the one for '{before.content}' (source offset {before.offset}, "
+                      f"seq {feed_a['seq']})", after.inv)
+                r.subjects.add(before.inv)
+            elif post_b["createdAt"] < feed_a["seq"]:
+                r.serial_violations += 1
+                r.add("serial", user, f"post for '{after.content}' created (seq {post_b['createdAt']}) before "
+                      f"'{before.content}' updated the feed (seq {feed_a['seq']}): two invocations of one key "
+                      "ran at once", after.inv)
+                r.subjects.add(before.inv)
+
+
+# -- no step on two workers at once ----------------------------------------------
+def _overlaps(ev: Evidence, r: Report) -> None:
+    """Calls under a superseded activation (stale), and executions of one invocation that interleave.
+
+    Each backend call belongs to the activation (epoch) its incarnation made of the
+    invocation's partition last before the call. A call is *stale* when another
+    incarnation activated the partition after that. The calls of one invocation
+    under one (incarnation, activation) form an execution with a span [first call,
+    last answer]; two executions whose spans intersect ran the invocation on two
+    workers at overlapping times. A clean handover (the old owner stopped or died,
+    then the new one activated and resumed) never produces intersecting spans.
+    """
+    post_inv = {p["postId"]: inv_of_key(p["idempotencyKey"]) for p in ev.posts}
+    user_of = {e.inv: e.user for e in ev.source}
+    for p in ev.posts:
+        user_of.setdefault(inv_of_key(p["idempotencyKey"]) or "", p["userId"])
+    owners: dict[int, list[Activation]] = defaultdict(list)
+    for act in sorted(ev.activations, key=lambda a: a.time):
+        owners[act.partition].append(act)
+
+    def latest(partition: int, t: float, incarnation: str | None = None) -> Activation | None:
+        found = None
+        for act in owners.get(partition, []):
+            if act.time > t:
+                break
+            if incarnation is None or act.incarnation == incarnation:
+                found = act
+        return found
+
+    calls_by_inv: dict[str, list[Call]] = defaultdict(list)
+    for call in ev.calls:
+        inv = inv_of_key(call.key) if call.key else post_inv.get(call.post_id or "")
+        if inv is not None:
+            calls_by_inv[inv].append(call)
+    for inv, calls in calls_by_inv.items():
+        user = user_of.get(inv)
+        if user is None:
+            continue
+        partition = ev.partition_of(user)
+        stale: list[tuple[Call, Activation | None]] = []
+        executions: dict[tuple[str, float | None], list[Call]] = defaultdict(list)
+        for call in sorted(calls, key=lambda c: c.start):
+            own = latest(partition, call.start, call.incarnation)
+            executions[(call.incarnation, own.time if own else None)].append(call)
+            current = latest(partition, call.start)
+            if current is None or current.incarnation != call.incarnation:
+                stale.append((call, current))
+        spans = [(key, min(c.start for c in cs), max(c.end for c in cs)) for key, cs in executions.items()]
+        interleaved = [(a, b) for i, a in enumerate(spans) for b in spans[i + 1:]
+                       if a[0][0] != b[0][0] and a[1] <= b[2] and b[1] <= a[2]]
+        r.stale_calls += len(stale)
+        acts = ", ".join(f"{a.incarnation}@{clock(a.time)}" for a in owners.get(partition, []))
+        where = f"{inv} (user {user}, partition {partition})"
+        context = f"All calls: {describe_calls(calls)}. Activations of partition {partition}: {acts}"
+        if interleaved:
+            r.overlaps += 1
+            parts = [f"{a[0][0]} ran it from {clock(a[1])} to {clock(a[2])} and {b[0][0]} from {clock(b[1])} "
+                     f"to {clock(b[2])}" for a, b in interleaved]
+            r.add("overlap", where, "; ".join(parts) + f". {context}", inv)
+        elif stale:
+            parts = [f"{call.incarnation} made {call.kind}" + (f" key={call.key}" if call.key else "")
+                     + f" at {clock(call.start)} although "
+                     + (f"{owner.incarnation} had activated the partition at {clock(owner.time)}" if owner
+                        else "it had never activated the partition")
+                     for call, owner in stale]
+            r.add("stale", where, "; ".join(parts) + f" (a step under a superseded epoch). {context}", inv)
+
+
+# -- diagnosis (not a check) -------------------------------------------------------
+@dataclass(frozen=True)
+class Admission:
+    """An ``invoke`` command of a source record on the internal topic."""
+
+    source_offset: int
+    time: float  # the command's record timestamp (set by the worker that produced it)
+
+
+def late_admissions(admissions: Iterable[Admission], slack: float = 1.0) -> list[str]:
+    """Ranges of source records made into invocations only after later records were.
+
+    The sources agent admits records in offset order, so a source record whose first
+    ``invoke`` comes more than ``slack`` seconds after a later record's first ``invoke``
+    was skipped and read again later (after a rebalance): its key's later events can
+    then run before it.
+    """
+    first: dict[int, float] = {}
+    for a in admissions:
+        first[a.source_offset] = min(a.time, first.get(a.source_offset, a.time))
+    offsets = sorted(first)
+    later_min: dict[int, tuple[float, int]] = {}
+    best: tuple[float, int] = (float("inf"), -1)
+    for o in reversed(offsets):
+        later_min[o] = best
+        best = min(best, (first[o], o))
+    late = [o for o in offsets if later_min[o][0] < first[o] - slack]
+    ranges: list[list[int]] = []
+    for o in late:
+        if ranges and o == ranges[-1][-1] + 1:
+            ranges[-1].append(o)
+        else:
+            ranges.append([o])
+    out = []
+    for rng in ranges:
+        lo, hi = rng[0], rng[-1]
+        t_ahead, o_ahead = later_min[hi]
+        out.append(f"source offsets {lo}-{hi} admitted at {clock(first[lo])}, after offset {o_ahead} "
+                   f"(admitted {clock(t_ahead)}): skipped, then read again")
+    return out
