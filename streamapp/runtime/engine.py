@@ -162,10 +162,11 @@ class Engine:
             # was driving the partition, it lost it without noticing (paused past
             # its session, expelled and re-admitted): stop its actors now, and let
             # the runtime claim the partition again if Kafka still assigns it here.
-            was_live = st.live
+            if not st.live:
+                return  # still catching up: this worker's own activation comes later in the log
             self.stop_partitions({p})
             self.part(p).epoch = cmd["epoch"]
-            if was_live and self.on_foreign_activation is not None:
+            if self.on_foreign_activation is not None:
                 self.on_foreign_activation(p)
             return
         st.live = True
