@@ -107,6 +107,10 @@ class Runtime:
             # Small fetch batches: a batch never overfills a stream buffer, so
             # Faust's buffer flow control never blocks the shared consumer loop.
             broker_max_poll_records=500,
+            # A topic created at start-up may be missing from the first assignment
+            # (metadata not propagated yet); refreshing metadata often makes the
+            # consumer notice it and rebalance within seconds, not minutes.
+            consumer_metadata_max_age_ms=5000,
             worker_redirect_stdouts=False,
             # Many small records (commands, changelog entries) from many actors:
             # lingering a moment lets one produce request carry many of them.
@@ -220,9 +224,10 @@ class Runtime:
         """True once this worker drives every partition it was assigned."""
         if self.app.rebalancing or self.activation is None or not self.activation.done():
             return False
-        topic = self.internal.get_topic_name()
-        assigned = {tp.partition for tp in self.app.consumer.assignment() if tp.topic == topic}
-        return assigned <= self.engine.live_partitions()
+        changelog = self.tables.invocations.changelog_topic.get_topic_name()
+        if not any(parts.get(changelog) for parts in self.app.assignor.table_metadata(changelog).values()):
+            return False  # the group has not assigned the internal topic yet (created moments ago)
+        return self.assigned_partitions() <= self.engine.live_partitions()
 
     def _wire(self) -> None:
         app = self.app
