@@ -18,6 +18,7 @@ from typing import Any
 
 from streamapp.durable import executor
 from streamapp.durable.service import Registry
+from streamapp.runtime.commands import object_key
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class _Sink:
             raise asyncio.CancelledError(f"partition {self.p} is no longer driven by epoch {self.epoch}")
 
     async def append(self, entry: dict[str, Any]) -> None:
-        okey = f"{self.rec['service']}/{self.rec['key']}"
+        okey = object_key(self.rec["service"], self.rec["key"])
         # Shielded: if the actor is stopped now, the step's effect already
         # happened, so its journal entry is still sent (ahead of any later
         # activation of the partition, through the same producer).
@@ -142,7 +143,7 @@ class ActorPool:
 
     async def _run(self, p: int, epoch: str, rec: dict[str, Any], state: dict[str, Any]) -> None:
         method = f"{rec['service']}/{rec['handler']}"
-        okey = f"{rec['service']}/{rec['key']}"
+        okey = object_key(rec["service"], rec["key"])
         inv_id = rec["id"]
         attempt = rec["attempt"] + 1
         base = {"id": inv_id, "epoch": epoch, "attempt": attempt}

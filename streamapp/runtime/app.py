@@ -131,7 +131,7 @@ class Runtime:
         self.tables = Tables(self.app, settings.partitions)
         self.scheduler = Scheduler(self.fire)
         self.actors = ActorPool(registry, self.send, self.invoke, self.dead_letter_invocation, settings.max_running)
-        self.engine = Engine(self.tables, registry, self.actors, self.scheduler)
+        self.engine = Engine(self.tables, self.actors, self.scheduler)
         self.engine.on_foreign_activation = self.reclaim
         self.actors.owns = self.engine.owns
         self.ingest = Ingest(self)

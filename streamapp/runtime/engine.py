@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from streamapp.durable.service import Registry
+from streamapp.runtime.commands import object_key
 from streamapp.runtime.store import Tables
 
 if TYPE_CHECKING:
@@ -37,7 +37,6 @@ log = logging.getLogger(__name__)
 
 IN_FLIGHT = ("running", "sleeping", "retrying", "paused")
 RECENT_MAX = 20_000
-FINISHED = ("completed", "failed")
 
 
 @dataclass
@@ -52,9 +51,8 @@ class PartitionState:
 
 
 class Engine:
-    def __init__(self, tables: Tables, registry: Registry, actors: ActorPool, scheduler: Scheduler) -> None:
+    def __init__(self, tables: Tables, actors: ActorPool, scheduler: Scheduler) -> None:
         self.tables = tables
-        self.registry = registry
         self.actors = actors
         self.on_foreign_activation: Callable[[int], None] | None = None
         self.scheduler = scheduler
@@ -176,7 +174,7 @@ class Engine:
                          key=lambda rec: rec["seq"])
         resumed = 0
         for rec in entries:
-            okey = f"{rec['service']}/{rec['key']}"
+            okey = object_key(rec["service"], rec["key"])
             status = rec["status"]
             if status in IN_FLIGHT:
                 st.inflight[okey] = rec["id"]
@@ -202,7 +200,7 @@ class Engine:
         if self.tables.invocations.get(inv_id) is not None or self.tables.results.get(inv_id) is not None:
             log.info("Duplicate invocation ignored invocationID=%s", inv_id)
             return
-        okey = f"{cmd['service']}/{cmd['key']}"
+        okey = object_key(cmd["service"], cmd["key"])
         now = time.time()
         delayed = cmd.get("not_before") is not None and cmd["not_before"] > now
         rec = {
@@ -268,7 +266,7 @@ class Engine:
         rec = self._running(cmd)
         if rec is None:
             return
-        okey = f"{rec['service']}/{rec['key']}"
+        okey = object_key(rec["service"], rec["key"])
         changes = cmd.get("state") or {}
         if changes:
             state = dict(self.tables.state.get(okey) or {})
@@ -314,12 +312,12 @@ class Engine:
             rec["wake_at"] = None
             self._save(rec)
             if st.live:
-                self.actors.start(p, st.epoch, rec, self._state(f"{rec['service']}/{rec['key']}"))
+                self.actors.start(p, st.epoch, rec, self._state(object_key(rec["service"], rec["key"])))
         elif rec["status"] == "scheduled":
             self._drop_timer(rec["id"])
             rec["status"] = "pending"
             self._save(rec)
-            okey = f"{rec['service']}/{rec['key']}"
+            okey = object_key(rec["service"], rec["key"])
             if st.live:
                 st.queues.setdefault(okey, deque()).append(rec["id"])
                 if okey not in st.inflight:
@@ -335,7 +333,7 @@ class Engine:
         self._save(rec)
         st = self.part(p)
         if st.live:
-            self.actors.start(p, st.epoch, rec, self._state(f"{rec['service']}/{rec['key']}"))
+            self.actors.start(p, st.epoch, rec, self._state(object_key(rec["service"], rec["key"])))
 
     def _on_kill(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
         rec = self._record(cmd["id"])
@@ -343,7 +341,7 @@ class Engine:
             return
         self.actors.cancel(rec["id"])
         self._drop_timer(rec["id"])
-        okey = f"{rec['service']}/{rec['key']}"
+        okey = object_key(rec["service"], rec["key"])
         queue = self.part(p).queues.get(okey)
         if queue and rec["id"] in queue:
             queue.remove(rec["id"])
@@ -377,7 +375,7 @@ class Engine:
             if not fut.done():
                 fut.set_result(rec)
         st = self.part(p)
-        okey = f"{rec['service']}/{rec['key']}"
+        okey = object_key(rec["service"], rec["key"])
         if st.inflight.get(okey) == rec["id"]:
             del st.inflight[okey]
             self._dispatch_next(p, okey)

@@ -54,6 +54,3 @@ class Tables:
         db = store._db_for_partition(partition)
         for raw_key, raw_value in store._visible_items(db):
             yield store._decode_key(raw_key), store._decode_value(raw_value)
-
-    def get(self, table: Any, key: str) -> Any:
-        return table.get(key)
