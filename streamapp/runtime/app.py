@@ -33,6 +33,7 @@ import uuid
 from typing import Any
 
 import faust
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from faust.sensors import Sensor
 from faust.types import TP
@@ -43,6 +44,7 @@ from streamapp.durable.service import Registry
 from streamapp.runtime import commands, tuning
 from streamapp.runtime.actors import ActorPool
 from streamapp.runtime.engine import Engine
+from streamapp.runtime.offsets import OffsetGuard
 from streamapp.runtime.scheduler import Scheduler
 from streamapp.runtime.sources import Ingest
 from streamapp.runtime.store import Tables
@@ -71,6 +73,13 @@ class StreamApp(faust.App):
         # flushes and stops the producer.
         await self.runtime.actors.stop()
         await super().on_stop()
+        if self.runtime._admin is not None:
+            await self.runtime._admin.close()
+
+
+def bootstrap_servers(broker: str) -> list[str]:
+    """``kafka://h1:9092;kafka://h2:9092`` (Faust's broker setting) as host:port pairs."""
+    return [part.split("://", 1)[-1] for part in broker.replace(",", ";").split(";") if part.strip()]
 
 
 class _RebalanceSensor(Sensor):
@@ -139,6 +148,12 @@ class Runtime:
         self.capacity.set()
         self.activation: asyncio.Future[None] | None = None
         self.reclaiming: asyncio.Future[None] | None = None
+        self.guards = {
+            name: OffsetGuard(name, self.seek, self.start_offset, self.forget_faust_gap)
+            for name in ("invocations", "sources")
+        }
+        self.generation: int | None = None  # the consumer generation of the last assignment
+        self._admin: AIOKafkaAdminClient | None = None
         self._wire()
 
     # -- producing -----------------------------------------------------------
@@ -194,6 +209,61 @@ class Runtime:
         value = commands.encode(rec["payload"]) if "raw" not in source else source["raw"].encode()
         await self.dead_letter(rec["key"].encode(), value, headers)
 
+    # -- offsets ---------------------------------------------------------------
+    async def seek(self, tp: TP, offset: int) -> None:
+        try:
+            await self.app.consumer.seek_wait({tp: offset})
+        except Exception as exc:  # the partition moved meanwhile: the next owner reads it
+            log.warning("Seek failed partition=%s offset=%s error=%r", tp, offset, exc)
+
+    async def start_offset(self, tp: TP) -> int | None:
+        """Where this group starts reading ``tp``: its committed offset, else the log start."""
+        try:
+            if self._admin is None:
+                self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(self.settings.broker))
+                await self._admin.start()
+            offsets = await asyncio.wait_for(
+                self._admin.list_consumer_group_offsets(self.app.conf.id, partitions=[tp]), timeout=10)
+            meta = offsets.get(tp)
+            if meta is not None and meta.offset >= 0:
+                return int(meta.offset)
+            earliest = await asyncio.wait_for(self.app.consumer.earliest_offsets(tp), timeout=10)
+            return int(earliest[tp])
+        except Exception as exc:
+            log.warning("Could not read the start offset partition=%s error=%r", tp, exc)
+            return None
+
+    def forget_faust_gap(self, tp: TP, start: int, last: int) -> None:
+        """Faust counts a jump in offsets as a compaction gap that may be committed
+        without being acked; after a hole the guard filled, that range was read
+        again and is acked record by record."""
+        gaps = getattr(self.app.consumer, "_gap", None)
+        if gaps is not None and tp in gaps:
+            gaps[tp].chop(start, last + 1)
+
+    def on_assignment(self, assigned: set[TP]) -> None:
+        """Drop what belonged to partitions that moved (or may have moved) away.
+
+        Faust revokes everything on each rebalance (eager protocol) and then
+        assigns; partitions missing from the new assignment moved away. When
+        the generation skipped numbers, this worker was out of the group for a
+        while (paused, expelled) and any partition may have had another owner
+        meanwhile: treat them all as lost, and activate them afresh.
+        """
+        generation = self.app.consumer_generation_id
+        skipped = self.generation is not None and generation != self.generation + 1
+        self.generation = generation
+        topic = self.internal.get_topic_name()
+        kept = set() if skipped else {tp.partition for tp in assigned if tp.topic == topic}
+        if skipped:
+            log.warning("Rebalance skipped generations (now %s): restarting every partition", generation)
+            for guard in self.guards.values():
+                guard.forget()
+        else:
+            for guard in self.guards.values():
+                guard.forget([tp for tp in list(guard.next) if tp not in assigned])
+        self.engine.release(set(self.engine.partitions) - kept)
+
     # -- rebalance -------------------------------------------------------------
     def reclaim(self, p: int) -> None:
         """Another worker activated a partition this worker was driving: claim it back if still assigned."""
@@ -235,17 +305,16 @@ class Runtime:
 
         @app.on_partitions_assigned.connect  # type: ignore[arg-type]
         async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
-            # Faust revokes everything on each rebalance (eager protocol) and
-            # then assigns; only partitions missing from the new assignment
-            # moved away: stop their actors before the new owner takes over.
-            topic = self.internal.get_topic_name()
-            kept = {tp.partition for tp in assigned if tp.topic == topic}
-            self.engine.stop_partitions(set(self.engine.partitions) - kept)
+            self.on_assignment(assigned)
+
+        guard = self.guards["invocations"]
 
         @app.agent(self.internal, name="invocations")
         async def invocations(stream: Any) -> None:
             async for event in stream.events():
                 msg = event.message
+                if not await guard.admit(msg):
+                    continue
                 try:
                     cmd = commands.decode(event.value)
                 except ValueError:
@@ -266,9 +335,11 @@ class Runtime:
 
         @app.agent(sources, name="sources")
         async def sources_agent(stream: Any) -> None:
+            source_guard = self.guards["sources"]
             async for events in stream.take_events(500, within=0.005):
+                admitted = [event for event in events if await source_guard.admit(event.message)]
                 await self.admit()
-                await self.ingest.batch(events)
+                await self.ingest.batch(admitted)
 
         @app.task
         async def scheduler() -> None:
@@ -279,6 +350,8 @@ class Runtime:
         @app.timer(0.25)
         async def flow_control() -> None:
             self.flow_control()
+            for guard in self.guards.values():
+                await guard.tick()
 
     def backlog(self) -> int:
         """Commands in this worker's internal partitions not applied yet."""

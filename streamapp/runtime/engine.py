@@ -87,6 +87,12 @@ class Engine:
                 if not fut.done():
                     fut.set_result({"moved": True})
 
+    def release(self, lost: set[int]) -> None:
+        """Partitions that moved away: stop them and forget how far they were read."""
+        self.stop_partitions(lost)
+        for p in lost:
+            self.applied.pop(p, None)
+
     def add_waiter(self, inv_id: str, p: int) -> asyncio.Future[dict[str, Any]]:
         """A future resolved with the invocation's final record when it finishes here."""
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()

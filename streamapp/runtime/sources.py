@@ -35,8 +35,22 @@ class Ingest:
         self.routes = dict(runtime.settings.subscriptions)
 
     async def batch(self, events: list[Any]) -> None:
-        """Make every record of the batch durable (as an invocation or a dead letter)."""
-        await asyncio.gather(*(self.one(event.message) for event in events))
+        """Make every record of the batch durable (as an invocation or a dead letter).
+
+        Records of one key go in order, each after the previous one's ack (a
+        send retried after a broker error must not land behind a later record
+        of its key); different keys go concurrently.
+        """
+        chains: dict[tuple[str, bytes | None], list[Any]] = {}
+        for event in events:
+            msg = event.message
+            service = self.routes.get(msg.topic, "").partition("/")[0]
+            chains.setdefault((service, msg.key), []).append(msg)
+        await asyncio.gather(*(self.chain(msgs) for msgs in chains.values()))
+
+    async def chain(self, msgs: list[Any]) -> None:
+        for msg in msgs:
+            await self.one(msg)
 
     async def one(self, msg: Any) -> None:
         coords = {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset}

@@ -1,0 +1,158 @@
+"""Per-partition offset continuity for the agents.
+
+Faust (0.15.3) can hand an agent a partition's records out of order around a
+rebalance: a fetch that started before the rebalance returns after it, is
+stamped with the new generation, and carries records from the old fetch
+position, ahead of the committed offset; the seek to the committed offset
+then delivers the skipped range afterwards. Processed in arrival order, that
+breaks per-key order, and the engine's applied-offset watermark would then
+discard the late records of a partition it kept.
+
+An ``OffsetGuard`` keeps, for each partition the agent has been consuming,
+the next offset it must see; for a partition it knows nothing of yet, that is
+the group's committed offset (or the log start), asked for when the first
+record arrives. A record
+
+- at that offset is accepted;
+- below it was handled already (Faust delivers the uncommitted records of a
+  partition kept through a rebalance again): skipped and acked as usual;
+- above it, within the consumer generation of the partition's last accepted
+  record, skips offsets that hold no records (transaction markers,
+  compaction): Faust's fetcher reads a partition from one position within a
+  generation, so the jump is real and the record is accepted;
+- above it in a new generation (or as the first record after the baseline)
+  reveals a hole: the guard seeks the partition back to the expected
+  offset and drops records until that offset arrives. A dropped record is
+  marked done without being acked to the consumer, so the committed offset
+  cannot pass it; it is read again after the seek. If the broker answers the
+  seek with the same later offset again, nothing lies in between
+  (transaction markers, compaction, retention) and the hole is accepted.
+
+While a hole is open the guard seeks again every ``RESEEK_AFTER`` seconds:
+records already in Faust's pipeline when it sought can move Faust's read
+position past the range again (Faust then drops the re-read records as old).
+
+The owner drops the expectation of partitions this worker loses, and of all
+partitions when a rebalance skipped generations (this worker was out of the
+group, so another one may have consumed them meanwhile).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from faust.types import TP
+
+log = logging.getLogger(__name__)
+
+RESEEK_AFTER = 1.0
+
+
+@dataclass
+class Hole:
+    expected: int  # first offset not seen yet
+    first: int  # the offset that revealed the hole
+    last: int  # highest offset dropped while the hole is open
+    sought_at: float = 0.0
+    sought: int = 0
+
+
+class OffsetGuard:
+    def __init__(self, name: str, seek: Callable[[TP, int], Awaitable[None]],
+                 baseline: Callable[[TP], Awaitable[int | None]],
+                 on_close: Callable[[TP, int, int], None] | None = None) -> None:
+        self.name = name
+        self._seek = seek
+        self._baseline = baseline
+        self._on_close = on_close
+        self.next: dict[TP, int] = {}
+        self.generation: dict[TP, int | None] = {}  # consumer generation of the last accepted record
+        self.holes: dict[TP, Hole] = {}
+        self.replayed = 0  # records skipped because they were handled already
+        self.dropped = 0  # records dropped past a hole
+        self.seeks = 0
+        self.real_holes = 0
+
+    def forget(self, tps: Iterable[TP] | None = None) -> None:
+        """Drop what the guard expects of ``tps`` (all partitions when None)."""
+        if tps is None:
+            self.next.clear()
+            self.generation.clear()
+            self.holes.clear()
+            return
+        for tp in tps:
+            self.next.pop(tp, None)
+            self.generation.pop(tp, None)
+            self.holes.pop(tp, None)
+
+    async def admit(self, message: Any) -> bool:
+        """Whether to process ``message`` now. Call once per record, in delivery order."""
+        tp, offset = message.tp, message.offset
+        generation = getattr(message, "generation_id", None)
+        expected = self.next.get(tp)
+        if expected is None:
+            expected = await self._baseline(tp)
+            if expected is None:  # the broker could not say: trust the delivery
+                expected = offset
+            self.next[tp] = expected
+        if offset == expected:
+            self._accept(tp, offset, generation)
+            return True
+        if offset < expected:
+            self.replayed += 1
+            return False
+        hole = self.holes.get(tp)
+        if hole is None and generation is not None and self.generation.get(tp) == generation:
+            self.real_holes += 1  # read on from the same fetch position: nothing lies in between
+            self._accept(tp, offset, generation)
+            return True
+        if hole is None or hole.expected != expected:
+            hole = self.holes[tp] = Hole(expected, offset, offset)
+            log.warning("Offset hole agent=%s partition=%s expected=%d got=%d: seeking back",
+                        self.name, tp.partition, expected, offset)
+            await self._seek_back(tp, hole)
+        elif offset == hole.first and hole.sought:
+            # Read again from the expected offset, the broker skips to here: the
+            # offsets in between hold no records.
+            self.real_holes += 1
+            log.info("Offset gap confirmed agent=%s partition=%s from=%d to=%d",
+                     self.name, tp.partition, expected, offset)
+            self._accept(tp, offset, generation)
+            return True
+        hole.last = max(hole.last, offset)
+        self.dropped += 1
+        message.acked = True  # done with this delivery, but not acked: the commit stays below the hole
+        if time.monotonic() - hole.sought_at > RESEEK_AFTER:
+            await self._seek_back(tp, hole)
+        return False
+
+    async def tick(self) -> None:
+        """Seek again for holes that stayed open (their records may never reach the agent)."""
+        now = time.monotonic()
+        for tp, hole in list(self.holes.items()):
+            if now - hole.sought_at > RESEEK_AFTER:
+                await self._seek_back(tp, hole)
+
+    def _accept(self, tp: TP, offset: int, generation: int | None) -> None:
+        self.next[tp] = offset + 1
+        self.generation[tp] = generation
+        hole = self.holes.pop(tp, None)
+        if hole is not None:
+            log.info("Offset hole closed agent=%s partition=%s at=%d dropped_up_to=%d seeks=%d",
+                     self.name, tp.partition, offset, hole.last, hole.sought)
+            if self._on_close is not None:
+                self._on_close(tp, hole.expected, hole.last)
+
+    async def _seek_back(self, tp: TP, hole: Hole) -> None:
+        hole.sought_at = time.monotonic()
+        hole.sought += 1
+        self.seeks += 1
+        await self._seek(tp, hole.expected)
+
+    def stats(self) -> dict[str, int]:
+        return {"open_holes": len(self.holes), "replayed": self.replayed, "dropped": self.dropped,
+                "seeks": self.seeks, "real_holes": self.real_holes}

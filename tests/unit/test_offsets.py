@@ -1,0 +1,143 @@
+"""OffsetGuard: each partition's records reach the agent once, in offset order, without holes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+from faust.types import TP
+
+from streamapp.runtime import offsets
+from streamapp.runtime.offsets import OffsetGuard
+
+TP0 = TP("t", 0)
+TP1 = TP("t", 1)
+
+
+@dataclass
+class Msg:
+    tp: TP
+    offset: int
+    generation_id: int = 1
+    acked: bool = False
+
+
+class Harness:
+    def __init__(self, committed: dict[TP, int | None] | None = None) -> None:
+        self.committed = committed or {}
+        self.seeks: list[tuple[TP, int]] = []
+        self.closed: list[tuple[TP, int, int]] = []
+        self.baseline_calls: list[TP] = []
+        self.guard = OffsetGuard("test", self.seek, self.baseline, lambda tp, a, b: self.closed.append((tp, a, b)))
+        self.processed: list[tuple[int, int]] = []
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        self.seeks.append((tp, offset))
+
+    async def baseline(self, tp: TP) -> int | None:
+        self.baseline_calls.append(tp)
+        return self.committed.get(tp, 0)
+
+    async def deliver(self, tp: TP, *offs: int, gen: int = 1) -> list[Msg]:
+        msgs = [Msg(tp, o, gen) for o in offs]
+        for m in msgs:
+            if await self.guard.admit(m):
+                self.processed.append((tp.partition, m.offset))
+        return msgs
+
+
+async def test_in_order_records_pass_and_the_baseline_is_asked_once_per_partition() -> None:
+    h = Harness({TP0: 10, TP1: 0})
+    await h.deliver(TP0, 10, 11, 12)
+    await h.deliver(TP1, 0, 1)
+    assert h.processed == [(0, 10), (0, 11), (0, 12), (1, 0), (1, 1)]
+    assert h.baseline_calls == [TP0, TP1]
+    assert h.seeks == []
+
+
+async def test_records_below_the_expected_offset_are_replays_skipped_and_acked_normally() -> None:
+    h = Harness({TP0: 0})
+    await h.deliver(TP0, 0, 1, 2, 3)
+    replays = await h.deliver(TP0, 1, 2, 3, 4)  # Faust re-reads a kept partition from its commit
+    assert h.processed == [(0, 0), (0, 1), (0, 2), (0, 3), (0, 4)]
+    assert not any(m.acked for m in replays)  # left for Faust's normal ack
+    assert h.guard.replayed == 3
+
+
+async def test_stale_records_ahead_of_the_commit_are_dropped_until_the_seek_delivers_the_range() -> None:
+    # A fetch from before the rebalance hands over 50..52 while the commit is at 40.
+    h = Harness({TP0: 40})
+    stale = await h.deliver(TP0, 50, 51, 52)
+    assert h.processed == []
+    assert h.seeks == [(TP0, 40)]
+    assert all(m.acked for m in stale)  # done with, never acked to the consumer: the commit stays at 40
+    await h.deliver(TP0, *range(40, 54))
+    assert [o for _, o in h.processed] == list(range(40, 54))
+    assert h.closed == [(TP0, 40, 52)]
+    assert h.guard.holes == {}
+
+
+async def test_a_jump_after_a_rebalance_seeks_back_to_the_first_missing_offset() -> None:
+    h = Harness({TP0: 0})
+    await h.deliver(TP0, 0, 1, 2, gen=1)
+    await h.deliver(TP0, 7, 8, gen=2)  # kept through the rebalance; a stale fetch ran ahead
+    assert h.seeks == [(TP0, 3)]
+    await h.deliver(TP0, 3, 4, 5, 6, 7, 8, 9, gen=2)
+    assert [o for _, o in h.processed] == list(range(10))
+
+
+async def test_a_jump_within_one_generation_is_a_gap_in_the_log() -> None:
+    # Transaction markers or compaction: offsets 3..6 hold no records.
+    h = Harness({TP0: 0})
+    await h.deliver(TP0, 0, 1, 2, 7, 8)
+    assert [o for _, o in h.processed] == [0, 1, 2, 7, 8]
+    assert h.seeks == []
+    assert h.guard.real_holes == 1
+
+
+async def test_a_hole_the_broker_confirms_after_the_seek_is_accepted() -> None:
+    h = Harness({TP0: 0})
+    await h.deliver(TP0, 0, 1, 2, gen=1)
+    await h.deliver(TP0, 7, gen=2)
+    await h.deliver(TP0, 7, 8, gen=2)  # after the seek back to 3, the broker answers with 7 again
+    assert h.seeks == [(TP0, 3)]
+    assert [o for _, o in h.processed] == [0, 1, 2, 7, 8]
+    assert h.guard.real_holes == 1
+    assert h.guard.holes == {}
+
+
+async def test_an_open_hole_is_sought_again_by_tick(monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness({TP0: 5})
+    await h.deliver(TP0, 9)
+    await h.guard.tick()
+    assert h.seeks == [(TP0, 5)]  # not again within RESEEK_AFTER
+    monkeypatch.setattr(offsets, "RESEEK_AFTER", -1.0)
+    await h.guard.tick()
+    assert h.seeks == [(TP0, 5), (TP0, 5)]
+
+
+async def test_an_unknown_baseline_trusts_the_first_delivery() -> None:
+    h = Harness()
+    h.committed = {}
+
+    async def unknown(tp: TP) -> int | None:
+        return None
+
+    h.guard._baseline = unknown
+    await h.deliver(TP0, 17, 18)
+    assert [o for _, o in h.processed] == [17, 18]
+
+
+async def test_forget_makes_the_guard_ask_for_the_baseline_again() -> None:
+    h = Harness({TP0: 0, TP1: 0})
+    await h.deliver(TP0, 0, 1)
+    await h.deliver(TP1, 0)
+    h.guard.forget([TP0])
+    h.committed[TP0] = 30  # another worker moved it on meanwhile
+    await h.deliver(TP0, 30)
+    await h.deliver(TP1, 1)
+    h.guard.forget()
+    h.committed[TP1] = 2
+    await h.deliver(TP1, 2)
+    assert h.baseline_calls == [TP0, TP1, TP0, TP1]
+    assert h.processed == [(0, 0), (0, 1), (1, 0), (0, 30), (1, 1), (1, 2)]
