@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -41,14 +42,19 @@ class Settings:
         env = os.environ if env is None else env
         defaults = cls()
 
-        def num(name: str, default: float, kind: type = int) -> float:
+        def num(name: str, default: float, kind: type = int, low: float = 0, high: float = math.inf,
+                why: str = "") -> float:
             raw = env.get(name)
             if raw is None or raw == "":
                 return default
             try:
-                return kind(raw)  # type: ignore[no-any-return]
+                value = kind(raw)
             except ValueError:
                 raise SystemExit(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+            if not low <= value <= high:  # NaN fails this too
+                bounds = f"at least {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
+                raise SystemExit(f"{name}={raw!r} must be {bounds}{why}")
+            return value  # type: ignore[no-any-return]
 
         subs = defaults.subscriptions
         if env.get("STREAMAPP_SUBSCRIPTIONS"):
@@ -57,20 +63,21 @@ class Settings:
             app_id=env.get("STREAMAPP_APP_ID", defaults.app_id),
             broker=env.get("STREAMAPP_BROKER", defaults.broker),
             web_host=env.get("STREAMAPP_WEB_HOST", defaults.web_host),
-            web_port=int(num("STREAMAPP_WEB_PORT", defaults.web_port)),
+            web_port=int(num("STREAMAPP_WEB_PORT", defaults.web_port, high=65535)),
             data_dir=Path(env.get("STREAMAPP_DATA_DIR", str(defaults.data_dir))),
-            partitions=int(num("STREAMAPP_PARTITIONS", defaults.partitions)),
+            partitions=int(num("STREAMAPP_PARTITIONS", defaults.partitions, low=1)),
             subscriptions=subs,
             dead_letter_topic=env.get("STREAMAPP_DEAD_LETTER_TOPIC", defaults.dead_letter_topic),
-            producer_linger=num("STREAMAPP_PRODUCER_LINGER", defaults.producer_linger, float),
-            session_timeout=num("STREAMAPP_SESSION_TIMEOUT", defaults.session_timeout, float),
-            max_running=int(num("STREAMAPP_MAX_RUNNING", defaults.max_running)),
-            max_pending=int(num("STREAMAPP_MAX_PENDING", defaults.max_pending)),
+            producer_linger=num("STREAMAPP_PRODUCER_LINGER", defaults.producer_linger, float, high=10),
+            session_timeout=num("STREAMAPP_SESSION_TIMEOUT", defaults.session_timeout, float, 6, 1800,
+                                " (Kafka's group.min/max.session.timeout.ms defaults)"),
+            max_running=int(num("STREAMAPP_MAX_RUNNING", defaults.max_running, low=1)),
+            max_pending=int(num("STREAMAPP_MAX_PENDING", defaults.max_pending, low=1)),
             moderation_poll_interval=num(
-                "STREAMAPP_MODERATION_POLL_INTERVAL", defaults.moderation_poll_interval, float
+                "STREAMAPP_MODERATION_POLL_INTERVAL", defaults.moderation_poll_interval, float, low=0.001
             ),
             downstream_url=env.get("STREAMAPP_DOWNSTREAM_URL") or None,
-            max_body_bytes=int(num("STREAMAPP_MAX_BODY_BYTES", defaults.max_body_bytes)),
+            max_body_bytes=int(num("STREAMAPP_MAX_BODY_BYTES", defaults.max_body_bytes, low=1)),
             operator_token=env.get("STREAMAPP_OPERATOR_TOKEN") or None,
             extra_services=tuple(s.strip() for s in env.get("STREAMAPP_SERVICES", "").split(",") if s.strip()),
         )

@@ -142,6 +142,9 @@ class Runtime:
         self.actors = ActorPool(registry, self.send, self.invoke, self.dead_letter_invocation, settings.max_running)
         self.engine = Engine(self.tables, self.actors, self.scheduler)
         self.engine.on_foreign_activation = self.reclaim
+        # A heartbeat may be up to one interval old when the process freezes.
+        self.engine.stall_limit = settings.session_timeout * 0.8
+        self.recovering: asyncio.Future[None] | None = None
         self.actors.owns = self.engine.owns
         self.ingest = Ingest(self)
         self.capacity = asyncio.Event()
@@ -290,6 +293,33 @@ class Runtime:
             await self.send(p, f"activate/{p}", {"op": "activate", "epoch": token, "at": time.time()})
         log.info("Requested activation of partitions=%s", assigned)
 
+    def watch_stall(self) -> None:
+        """Called every tick: after a stall, stop acting until the group says who owns what.
+
+        A process frozen (SIGSTOP, a VM pause) past its session wakes up with
+        actors mid-handler while another worker may already drive its
+        partitions. ``Engine.owns`` refuses their next step from the moment the
+        process wakes; here the partitions stop, and once a few heartbeats had
+        their chance, either a rebalance is under way (it activates what stays
+        assigned) or membership held and this worker activates them again.
+        """
+        now, last = time.monotonic(), self.engine.alive_at
+        self.engine.alive_at = now
+        live = self.engine.live_partitions()
+        if last is None or now - last <= self.engine.stall_limit or not live:
+            return
+        log.warning("Worker stalled for %.1fs (limit %.1fs): stopping partitions=%s until ownership is confirmed",
+                    now - last, self.engine.stall_limit, sorted(live))
+        self.engine.stop_partitions(live)
+        self.recovering = asyncio.ensure_future(self._after_stall(self.app.consumer_generation_id))
+
+    async def _after_stall(self, generation: int) -> None:
+        await asyncio.sleep(3 * self.app.conf.broker_heartbeat_interval + 1.0)
+        if self.app.rebalancing or self.app.consumer_generation_id != generation:
+            return  # the rebalance activates what this worker keeps
+        log.info("Still in the group after the stall (generation %s): reactivating", generation)
+        await self.activate_assigned()
+
     def ready(self) -> bool:
         """True once this worker drives every partition it was assigned."""
         if self.app.rebalancing or self.activation is None or not self.activation.done():
@@ -349,6 +379,7 @@ class Runtime:
 
         @app.timer(0.25)
         async def flow_control() -> None:
+            self.watch_stall()
             self.flow_control()
             for guard in self.guards.values():
                 await guard.tick()

@@ -63,6 +63,11 @@ class Engine:
         self.waiters: dict[str, list[Any]] = {}  # invocation id -> futures awaiting completion
         self.waiter_partition: dict[str, int] = {}
         self.finished = {"completed": 0, "failed": 0}  # applied by this worker since it started
+        # Liveness of this process: the runtime's timer stamps ``alive_at``; a gap
+        # longer than ``stall_limit`` means the process was frozen (or starved) long
+        # enough to have been expelled from the group without noticing yet.
+        self.alive_at: float | None = None  # None until the timer first ran
+        self.stall_limit = float("inf")
 
     # -- partition lifecycle ---------------------------------------------
     def part(self, p: int) -> PartitionState:
@@ -101,9 +106,14 @@ class Engine:
         return fut
 
     def owns(self, p: int, epoch: str) -> bool:
-        """Whether actors started under ``epoch`` may still act for partition ``p``."""
+        """Whether actors started under ``epoch`` may still act for partition ``p``.
+
+        Not while the process has just woken from a stall: until the runtime
+        confirmed it still belongs to the group, another worker may drive ``p``.
+        """
         st = self.partitions.get(p)
-        return st is not None and st.live and st.epoch == epoch
+        fresh = self.alive_at is None or time.monotonic() - self.alive_at <= self.stall_limit
+        return fresh and st is not None and st.live and st.epoch == epoch
 
     def is_running(self, inv_id: str) -> bool:
         return any(inv_id in st.inflight.values() for st in self.partitions.values())

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections import Counter, defaultdict
 
@@ -109,3 +111,42 @@ def test_http__any_worker_answers_for_any_key(workers):
                              what=f"{inv} to be visible as completed from {worker.log_path.name}")
     listing = a.get("/invocations")["invocations"]
     assert listing == [], "nothing should be unfinished"
+
+
+def test_pause_past_session__woken_worker_runs_no_step_of_invocations_taken_over(workers, app_env):
+    """SIGSTOP a worker mid-handler past its session: the other takes over; after SIGCONT
+    the woken worker must not run a step of an invocation the other one already finished."""
+    env = {"STREAMAPP_SESSION_TIMEOUT": "6"}
+    a = workers.new("a", env=env)
+    b = workers.new("b", env=env)
+    harness.wait_for(lambda: a.get("/health")["ready"] and b.get("/health")["ready"], timeout=60,
+                     what="both workers ready after the rebalance")
+    assert b.get("/health")["live_partitions"], "b drives no partition"
+    records = workload(keys=20, per_key=8, work=1.0)  # handlers sit between their steps most of the time
+    harness.produce(app_env["source"], records)
+    assert a.proc is not None and b.proc is not None
+    b_pid = b.proc.pid
+    harness.wait_for(lambda: sum(e["pid"] == b_pid for e in events(app_env["ledger"], "before")) >= 10,
+                     timeout=60, what="b to be mid-handler")
+    os.killpg(b_pid, signal.SIGSTOP)
+    stopped_at = time.time()
+    try:
+        harness.wait_for(lambda: a.get("/health")["ready"] and len(a.get("/health")["live_partitions"]) == 4,
+                         timeout=60, what="a to take over every partition", detail=a.tail)
+        harness.wait_for(lambda: sum(e["pid"] == a.proc.pid and float(e["time"]) > stopped_at  # type: ignore[union-attr]
+                                     for e in events(app_env["ledger"], "after")) >= 20,
+                         timeout=60, what="a to finish invocations b had started")
+    finally:
+        woke_at = time.time()
+        os.killpg(b_pid, signal.SIGCONT)
+    done = harness.wait_for(
+        lambda: len({e["tag"] for e in events(app_env["ledger"], "after")}) >= len(records)
+        and events(app_env["ledger"], "after"),
+        timeout=120, what="all invocations to complete", detail=lambda: a.tail() + "\n---\n" + b.tail(),
+    )
+    finished_by_a = {str(e["tag"]) for e in done if e["pid"] == a.proc.pid and float(e["time"]) < woke_at}
+    stale = [e for e in ledger(app_env["ledger"])
+             if e["pid"] == b_pid and float(e["time"]) >= woke_at and e["tag"] in finished_by_a]
+    assert stale == [], f"the woken worker ran steps of invocations a had finished: {stale[:5]}"
+    assert "stalled" in b.log(), b.tail()
+    check_order(done)

@@ -1,0 +1,49 @@
+"""Settings.from_env: values parse, and bad ones stop the worker with a message naming them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamapp.config import DEFAULT_SUBSCRIPTIONS, Settings
+
+
+def test_defaults_without_environment() -> None:
+    s = Settings.from_env({})
+    assert (s.web_host, s.web_port, s.partitions, s.session_timeout) == ("127.0.0.1", 8080, 8, 10.0)
+    assert s.subscriptions == DEFAULT_SUBSCRIPTIONS
+    assert s.data_dir == Path("data")
+
+
+def test_values_are_read_and_typed() -> None:
+    s = Settings.from_env({
+        "STREAMAPP_WEB_PORT": "0", "STREAMAPP_PARTITIONS": "3", "STREAMAPP_SESSION_TIMEOUT": "6.5",
+        "STREAMAPP_SUBSCRIPTIONS": "a=S/h, b=T/g", "STREAMAPP_SERVICES": "m:x, n:y",
+        "STREAMAPP_OPERATOR_TOKEN": "secret",
+    })
+    assert (s.web_port, s.partitions, s.session_timeout) == (0, 3, 6.5)
+    assert s.subscriptions == (("a", "S/h"), ("b", "T/g"))
+    assert s.extra_services == ("m:x", "n:y")
+    assert "secret" not in repr(s)
+
+
+@pytest.mark.parametrize(("name", "raw", "message"), [
+    ("STREAMAPP_WEB_PORT", "http", "is not a valid int"),
+    ("STREAMAPP_WEB_PORT", "70000", "must be between 0 and 65535"),
+    ("STREAMAPP_PARTITIONS", "0", "must be at least 1"),
+    ("STREAMAPP_SESSION_TIMEOUT", "2", "between 6 and 1800"),
+    ("STREAMAPP_SESSION_TIMEOUT", "nan", "between 6 and 1800"),
+    ("STREAMAPP_MAX_RUNNING", "-1", "at least 1"),
+    ("STREAMAPP_MAX_PENDING", "1.5", "is not a valid int"),
+    ("STREAMAPP_MODERATION_POLL_INTERVAL", "0", "at least 0.001"),
+    ("STREAMAPP_PRODUCER_LINGER", "-0.1", "between 0 and 10"),
+    ("STREAMAPP_MAX_BODY_BYTES", "0", "at least 1"),
+    ("STREAMAPP_SUBSCRIPTIONS", "topic-without-target", "must look like topic=Service/handler"),
+])
+def test_bad_values_stop_with_a_message_naming_the_setting(name: str, raw: str, message: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        Settings.from_env({name: raw})
+    text = str(exc.value)
+    assert message in text
+    assert name in text or name == "STREAMAPP_SUBSCRIPTIONS"
