@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections.abc import Sequence
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from tests import harness
 
@@ -24,12 +24,7 @@ async def produce_and_consume(topic: str, records: Sequence[tuple[bytes, bytes]]
     await consumer.start()
     await producer.start()
     try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
+        tps = await harness.assign_whole_topic(consumer, topic)
         await consumer.seek_to_end(*tps)
         for tp in tps:  # resolve the positions now, not after the records arrive
             await consumer.position(tp)

@@ -152,41 +152,51 @@ class Record:
         return json.loads(self.value or b"null")
 
 
+async def assign_whole_topic(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """Assign every partition of ``topic`` to ``consumer`` (asking for fresh metadata once if unknown)."""
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        await consumer._client.force_metadata_update()
+        parts = consumer.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in sorted(parts)]
+    if tps:
+        consumer.assign(tps)
+    return tps
+
+
+async def read_records(servers: str, topic: str, within: float, *, partial_ok: bool) -> list[Any]:
+    """aiokafka records of every partition of ``topic`` below its end offsets when called.
+
+    In partition/offset order. Past ``within`` seconds returns what was read when
+    ``partial_ok``, raises TimeoutError otherwise.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False,
+                                max_partition_fetch_bytes=16 * 1024 * 1024)
+    await consumer.start()
+    try:
+        tps = await assign_whole_topic(consumer, topic)
+        if not tps:
+            return []
+        await consumer.seek_to_beginning(*tps)
+        end = await consumer.end_offsets(tps)
+        out: list[Any] = []
+        deadline = time.monotonic() + within
+        while any([await consumer.position(tp) < end[tp] for tp in tps]):
+            if time.monotonic() > deadline:
+                if partial_ok:
+                    break
+                raise TimeoutError(f"reading {topic} took longer than {within:.0f}s")
+            for tp, msgs in (await consumer.getmany(timeout_ms=500)).items():
+                out.extend(m for m in msgs if m.offset < end[tp])
+        return sorted(out, key=lambda m: (m.partition, m.offset))
+    finally:
+        await consumer.stop()
+
+
 def read_topic(topic: str, *, timeout: float = 5.0) -> list[Record]:
     """Every record currently in ``topic`` (all partitions), in partition/offset order."""
-
-    async def go() -> list[Record]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap(), enable_auto_commit=False)
-        await consumer.start()
-        try:
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                await consumer._client.force_metadata_update()
-                parts = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in sorted(parts)]
-            if not tps:
-                return []
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-            out: list[Record] = []
-            deadline = time.monotonic() + timeout
-            async def behind() -> bool:
-                return any([await consumer.position(tp) < end[tp] for tp in tps])
-
-            while await behind():
-                if time.monotonic() > deadline:
-                    break
-                batch = await consumer.getmany(timeout_ms=500)
-                for msgs in batch.values():
-                    out.extend(
-                        Record(m.key, m.value, {k: v for k, v in m.headers}, m.partition, m.offset) for m in msgs
-                    )
-            return sorted(out, key=lambda r: (r.partition, r.offset))
-        finally:
-            await consumer.stop()
-
-    return run_async(go())  # type: ignore[no-any-return]
+    raw = run_async(read_records(bootstrap(), topic, timeout, partial_ok=True))
+    return [Record(m.key, m.value, dict(m.headers), m.partition, m.offset) for m in raw]
 
 
 # -- workers --------------------------------------------------------------
