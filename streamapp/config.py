@@ -32,6 +32,7 @@ class Settings:
     moderation_poll_interval: float = 5.0
     downstream_url: str | None = None  # None: in-process stubs print the seed's lines
     max_body_bytes: int = 1_048_576
+    results_retention: float = 86_400.0  # seconds a finished invocation's outcome is kept
     operator_token: str | None = dataclasses.field(default=None, repr=False)
     # extra services, "module:attribute" (a Service or a list of them)
     extra_services: tuple[str, ...] = ()
@@ -78,6 +79,7 @@ class Settings:
             ),
             downstream_url=env.get("STREAMAPP_DOWNSTREAM_URL") or None,
             max_body_bytes=int(num("STREAMAPP_MAX_BODY_BYTES", defaults.max_body_bytes, low=1)),
+            results_retention=num("STREAMAPP_RESULTS_RETENTION", defaults.results_retention, float, low=1),
             operator_token=env.get("STREAMAPP_OPERATOR_TOKEN") or None,
             extra_services=tuple(s.strip() for s in env.get("STREAMAPP_SERVICES", "").split(",") if s.strip()),
         )

@@ -377,12 +377,27 @@ class Runtime:
             await self.dead_letters.maybe_declare()
             await self.scheduler.run()
 
+        @app.timer(min(600.0, max(1.0, self.settings.results_retention / 4)))
+        async def expire_results() -> None:
+            await self.expire_results()
+
         @app.timer(0.25)
         async def flow_control() -> None:
             self.watch_stall()
             self.flow_control()
             for guard in self.guards.values():
                 await guard.tick()
+
+    async def expire_results(self) -> None:
+        """Ask each partition this worker drives to drop outcomes past the retention.
+
+        A command, not a direct delete: only the invocations agent writes the
+        tables. A redelivered source record or a repeated idempotency key older
+        than the retention runs again, as in Restate once its retention passed.
+        """
+        before = time.time() - self.settings.results_retention
+        for p in sorted(self.engine.live_partitions()):
+            await self.send(p, f"expire/{p}", {"op": "expire", "before": before})
 
     def backlog(self) -> int:
         """Commands in this worker's internal partitions not applied yet."""

@@ -18,6 +18,7 @@ per partition).
     fire      scheduler       a timer is due
     resume    operator        run a paused invocation again
     kill      operator        fail an invocation; it runs no more steps
+    expire    the owner       forget outcomes of invocations finished before ``before``
 """
 
 from __future__ import annotations

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 
 IN_FLIGHT = ("running", "sleeping", "retrying", "paused")
 RECENT_MAX = 20_000
+EXPIRE_MAX = 50_000  # outcomes dropped per expire command (the agent holds the partition meanwhile)
 
 
 @dataclass
@@ -364,6 +365,16 @@ class Engine:
         rec["status"] = "failed"
         rec["error"] = "KilledError: killed by an operator"
         self._finish(p, rec)
+
+    def _on_expire(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
+        """Drop outcomes older than the retention: their ids are no longer deduplicated."""
+        before = cmd["before"]
+        expired = [inv_id for inv_id, rec in Tables.partition_items(self.tables.results, p)
+                   if rec.get("finished", 0) < before][:EXPIRE_MAX]
+        for inv_id in expired:
+            del self.tables.results[inv_id]
+        if expired:
+            log.info("Expired finished invocations partition=%s count=%d", p, len(expired))
 
     # -- helpers -----------------------------------------------------------
     def _state(self, okey: str) -> dict[str, Any]:

@@ -307,6 +307,8 @@ _COMMON = {
             "attempts": {"type": "integer"},
             "wakeAt": {"type": "number", "nullable": True},
             "created": {"type": "number"},
+            "finished": {"type": "number", "nullable": True,
+                         "description": "When it finished; its outcome is kept STREAMAPP_RESULTS_RETENTION seconds."},
             "result": {"description": "The result of a completed invocation (any JSON)."},
             "error": {"type": "string", "nullable": True},
             "journal": {"type": "array", "items": {

@@ -277,7 +277,8 @@ def view(rec: dict[str, Any], journal: bool = True, running: bool = False) -> di
         "method": f"{rec['service']}/{rec['handler']}", "status": status, "attempts": rec["attempt"],
         "wakeAt": rec.get("wake_at") or rec.get("not_before") if rec["status"] in ("sleeping", "retrying",
                                                                                  "scheduled") else None,
-        "created": rec["created"], "result": rec.get("result"), "error": rec.get("error"),
+        "created": rec["created"], "finished": rec.get("finished"), "result": rec.get("result"),
+        "error": rec.get("error"),
     }
     if journal:
         out["journal"] = [{"type": e["t"], "name": e["name"]} for e in rec["journal"]]

@@ -92,3 +92,24 @@ def test_operator__paused_invocation_resumes_and_kill_lets_the_key_move_on(worke
                      what="the key to move on after the kill")
     killed = worker.invocation(blocked)
     assert killed["status"] == "failed" and "killed" in killed["error"]
+
+
+def test_retention__finished_outcomes_expire_and_an_expired_idempotency_key_runs_again(workers):
+    worker = workers.new(env={"STREAMAPP_RESULTS_RETENTION": "3"})
+    hdr = {"idempotency-key": "once"}
+    assert worker.request("POST", "/Test/ret/Nap", {"tag": "r"}, headers=hdr) == (200, {"tag": "r", "count": 1})
+    assert worker.request("POST", "/Test/ret/Nap", {"tag": "r"}, headers=hdr) == (200, {"tag": "r", "count": 1})
+    _, sent = worker.request("POST", "/Test/ret/Nap/send", {"tag": "s"})
+    inv = sent["invocationId"]
+    info = harness.wait_for(lambda: worker.invocation(inv)["status"] == "completed" and worker.invocation(inv),
+                            timeout=30, what="the send")
+    last_seen = time.time()  # when its outcome was last readable
+    while worker.request("GET", f"/invocations/{inv}")[0] == 200:
+        last_seen = time.time()
+        assert last_seen < info["finished"] + 30, "the finished invocation never expired"
+        time.sleep(0.2)
+    assert last_seen >= info["finished"] + 3 - 0.5, "expired before its retention"
+    assert "Expired finished invocations" in worker.log()
+    # Past the retention the key is no longer deduplicated: it runs again (count 3: r, s, r).
+    assert worker.request("POST", "/Test/ret/Nap", {"tag": "r"}, headers=hdr) == (200, {"tag": "r", "count": 3})
+    assert worker.get("/state/Test/ret")["state"] == {"count": 3}

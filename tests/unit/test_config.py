@@ -39,6 +39,7 @@ def test_values_are_read_and_typed() -> None:
     ("STREAMAPP_MODERATION_POLL_INTERVAL", "0", "at least 0.001"),
     ("STREAMAPP_PRODUCER_LINGER", "-0.1", "between 0 and 10"),
     ("STREAMAPP_MAX_BODY_BYTES", "0", "at least 1"),
+    ("STREAMAPP_RESULTS_RETENTION", "0.5", "at least 1"),
     ("STREAMAPP_SUBSCRIPTIONS", "topic-without-target", "must look like topic=Service/handler"),
 ])
 def test_bad_values_stop_with_a_message_naming_the_setting(name: str, raw: str, message: str) -> None:
