@@ -30,6 +30,8 @@ import asyncio
 import logging
 import time
 import uuid
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -56,6 +58,7 @@ class StreamApp(faust.App):
     """faust.App that lets the runtime add raw aiohttp routes."""
 
     runtime: Runtime
+    ack_gate: Callable[[Any], bool] | None = None  # consulted by the consumer (runtime/tuning.py)
 
     def on_webserver_init(self, web: Any) -> None:
         # Faust calls this more than once for the same aiohttp app.
@@ -156,6 +159,10 @@ class Runtime:
             for name in ("invocations", "sources")
         }
         self.generation: int | None = None  # the consumer generation of the last assignment
+        # Records the agents handled (or had handled before): only their acks count.
+        self.handled: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.gated_topics: set[str] = set()
+        self.app.ack_gate = self.ackable
         self._admin: AIOKafkaAdminClient | None = None
         self._wire()
 
@@ -218,6 +225,15 @@ class Runtime:
             await self.app.consumer.seek_wait({tp: offset})
         except Exception as exc:  # the partition moved meanwhile: the next owner reads it
             log.warning("Seek failed partition=%s offset=%s error=%r", tp, offset, exc)
+
+    def ackable(self, message: Any) -> bool:
+        """Whether the consumer may count ``message`` as processed (see runtime/tuning.py)."""
+        if message.topic not in self.gated_topics:
+            return True
+        if message in self.handled:
+            self.handled.discard(message)
+            return True
+        return False
 
     async def start_offset(self, tp: TP) -> int | None:
         """Where this group starts reading ``tp``: its committed offset, else the log start."""
@@ -344,11 +360,14 @@ class Runtime:
             async for event in stream.events():
                 msg = event.message
                 if not await guard.admit(msg):
+                    if not msg.acked:
+                        self.handled.add(msg)  # applied before this rebalance
                     continue
                 try:
                     cmd = commands.decode(event.value)
                 except ValueError:
                     log.error("Skipping undecodable command partition=%s offset=%s", msg.partition, msg.offset)
+                    self.handled.add(msg)
                     continue
                 try:
                     self.engine.apply(msg.partition, msg.offset, cmd)
@@ -357,19 +376,33 @@ class Runtime:
                     # the partition flowing and say loudly which command was skipped.
                     log.exception("Could not apply command op=%s id=%s partition=%s offset=%s",
                                   cmd.get("op"), cmd.get("id"), msg.partition, msg.offset)
+                self.handled.add(msg)
 
         source_topics = [topic for topic, _ in self.settings.subscriptions]
         # Declared so that a missing source topic is created (1 partition, as
         # the seed's compose file does) instead of silently never assigned.
         sources = app.topic(*source_topics, partitions=1, internal=True, key_serializer="raw", value_serializer="raw")
+        self.gated_topics = {self.internal.get_topic_name(), *source_topics}
 
         @app.agent(sources, name="sources")
         async def sources_agent(stream: Any) -> None:
             source_guard = self.guards["sources"]
             async for events in stream.take_events(500, within=0.005):
-                admitted = [event for event in events if await source_guard.admit(event.message)]
+                admitted = []
+                for event in events:
+                    if await source_guard.admit(event.message):
+                        admitted.append(event)
+                    elif not event.message.acked:
+                        self.handled.add(event.message)  # made durable before this rebalance
                 await self.admit()
-                await self.ingest.batch(admitted)
+                try:
+                    await self.ingest.batch(admitted)
+                except BaseException:
+                    # Not durable: read these again from the commit, not as replays.
+                    source_guard.forget({event.message.tp for event in admitted})
+                    raise
+                for event in admitted:
+                    self.handled.add(event.message)
 
         @app.task
         async def scheduler() -> None:

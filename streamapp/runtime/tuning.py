@@ -1,4 +1,7 @@
-"""Transport tuning that Faust does not expose as settings.
+"""Transport tuning and fixes that Faust does not expose as settings.
+
+Fetch wait
+----------
 
 Faust builds its aiokafka consumer with ``fetch_max_wait_ms=1500``. aiokafka
 keeps one fetch request in flight per broker and leaves out partitions that
@@ -7,13 +10,26 @@ waits until the in-flight fetch returns, up to the full 1.5 s. Our commands
 make round trips through the internal topic (actor -> log -> agent), so that
 wait is paid on every step. A short maximum wait keeps a step's round trip
 in milliseconds; the cost is a few more (cheap) fetch requests while idle.
+
+Ack gate
+--------
+Faust's stream skips a record that arrives while flow is suspended (a
+rebalance is starting) or that was fetched under an older consumer generation,
+and acks it all the same; the record then counts as processed, and the next
+commit can pass it although no agent ever saw it (chaos runs lost invocations
+this way). With the gate installed, the consumer asks ``app.ack_gate(message)``
+before it takes an ack into account: a record the gate refuses is done with
+for this delivery (so rebalances do not wait for it) but its offset is never
+committable, and it is read again from the committed offset later.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types.tuples import ack_lock
 
 FETCH_MAX_WAIT_MS = 10
 
@@ -26,5 +42,18 @@ def _create_worker_consumer(self: Any, transport: Any) -> Any:
     return consumer
 
 
+_original_ack = faust_consumer.Consumer.ack
+
+
+def _gated_ack(self: Any, message: Any) -> bool:
+    gate = getattr(self.app, "ack_gate", None)
+    if gate is not None and not gate(message):
+        with ack_lock:
+            message.acked = True
+        return False
+    return _original_ack(self, message)  # type: ignore[no-any-return]
+
+
 def install() -> None:
     faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
+    faust_consumer.Consumer.ack = _gated_ack  # type: ignore[method-assign]
