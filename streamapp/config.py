@@ -27,6 +27,7 @@ class Settings:
     dead_letter_topic: str = "streamapp-dead-letters"
     producer_linger: float = 0.002   # seconds a produce request waits to batch records
     session_timeout: float = 10.0     # consumer group session (seconds)
+    broker_wait: float = 60.0         # seconds a starting worker waits for the broker
     max_running: int = 1000          # invocations executing at once per worker
     max_pending: int = 10_000        # queued invocations before the sources pause
     moderation_poll_interval: float = 5.0
@@ -72,6 +73,7 @@ class Settings:
             producer_linger=num("STREAMAPP_PRODUCER_LINGER", defaults.producer_linger, float, high=10),
             session_timeout=num("STREAMAPP_SESSION_TIMEOUT", defaults.session_timeout, float, 6, 1800,
                                 " (Kafka's group.min/max.session.timeout.ms defaults)"),
+            broker_wait=num("STREAMAPP_BROKER_WAIT", defaults.broker_wait, float),
             max_running=int(num("STREAMAPP_MAX_RUNNING", defaults.max_running, low=1)),
             max_pending=int(num("STREAMAPP_MAX_PENDING", defaults.max_pending, low=1)),
             moderation_poll_interval=num(

@@ -215,7 +215,7 @@ class Worker:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
 
-    def start(self, wait: bool = True, timeout: float = 90.0) -> Worker:
+    def start(self, wait: bool = True, timeout: float = 90.0, broker: str | None = None) -> Worker:
         assert self.proc is None or self.proc.poll() is not None, "worker already running"
         env = dict(os.environ)
         env.update(self.env)
@@ -223,7 +223,7 @@ class Worker:
             STREAMAPP_APP_ID=self.app_id,
             STREAMAPP_DATA_DIR=str(self.data_dir),
             STREAMAPP_WEB_PORT=str(self.web_port),
-            STREAMAPP_BROKER=broker_url(),
+            STREAMAPP_BROKER=broker or broker_url(),
             PYTHONUNBUFFERED="1",
         )
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0

@@ -70,6 +70,10 @@ class StreamApp(faust.App):
         web.web_app._streamapp_routes = True
 
 
+    async def on_first_start(self) -> None:
+        await super().on_first_start()
+        await wait_for_broker(self.runtime.settings.broker, self.runtime.settings.broker_wait)
+
     async def on_stop(self) -> None:
         # Stop the actors while the producer still runs, so a step that ran
         # gets its journal entry out; then Faust stops the consumer (commit),
@@ -83,6 +87,31 @@ class StreamApp(faust.App):
 def bootstrap_servers(broker: str) -> list[str]:
     """``kafka://h1:9092;kafka://h2:9092`` (Faust's broker setting) as host:port pairs."""
     return [part.split("://", 1)[-1] for part in broker.replace(",", ";").split(";") if part.strip()]
+
+
+async def wait_for_broker(broker: str, patience: float) -> None:
+    """Wait up to ``patience`` seconds for the broker to answer, instead of exiting at once.
+
+    A worker started while Kafka is still starting (or restarting) would
+    otherwise fail to bootstrap and exit.
+    """
+    deadline = time.monotonic() + patience
+    said = 0.0
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(broker), request_timeout_ms=5000)
+        try:
+            await admin.start()
+            return
+        except (KafkaError, OSError) as exc:
+            now = time.monotonic()
+            if now >= deadline:
+                raise SystemExit(f"Broker {broker} did not answer within {patience:g}s: {exc!r}") from None
+            if now - said >= 5:
+                log.warning("Waiting for the broker %s (up to %.0fs more): %r", broker, deadline - now, exc)
+                said = now
+        finally:
+            await admin.close()
+        await asyncio.sleep(1.0)
 
 
 class _RebalanceSensor(Sensor):
