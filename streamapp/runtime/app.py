@@ -184,7 +184,7 @@ class Runtime:
         self.activation: asyncio.Future[None] | None = None
         self.reclaiming: asyncio.Future[None] | None = None
         self.guards = {
-            name: OffsetGuard(name, self.seek, self.start_offset, self.forget_faust_gap)
+            name: OffsetGuard(name, self.seek, self.start_offset, self.forget_faust_gap, self.overtaken)
             for name in ("invocations", "sources")
         }
         self.generation: int | None = None  # the consumer generation of the last assignment
@@ -254,6 +254,11 @@ class Runtime:
             await self.app.consumer.seek_wait({tp: offset})
         except Exception as exc:  # the partition moved meanwhile: the next owner reads it
             log.warning("Seek failed partition=%s offset=%s error=%r", tp, offset, exc)
+
+    def overtaken(self, message: Any) -> bool:
+        """Whether a rebalance began after ``message`` was fetched (Faust delivers it again)."""
+        return bool(message.generation_id != self.app.consumer_generation_id
+                    or not self.app.flow_control.is_active())
 
     def ackable(self, message: Any) -> bool:
         """Whether the consumer may count ``message`` as processed (see runtime/tuning.py)."""
@@ -350,11 +355,15 @@ class Runtime:
         """
         now, last = time.monotonic(), self.engine.alive_at
         self.engine.alive_at = now
-        live = self.engine.live_partitions()
-        if last is None or now - last <= self.engine.stall_limit or not live:
+        if last is None or now - last <= self.engine.stall_limit:
             return
+        for guard in self.guards.values():
+            guard.forget()  # others may have read on meanwhile: start again from the group's commits
+        live = self.engine.live_partitions()
         log.warning("Worker stalled for %.1fs (limit %.1fs): stopping partitions=%s until ownership is confirmed",
                     now - last, self.engine.stall_limit, sorted(live))
+        if not live:
+            return
         self.engine.stop_partitions(live)
         self.recovering = asyncio.ensure_future(self._after_stall(self.app.consumer_generation_id))
 

@@ -11,22 +11,23 @@ discard the late records of a partition it kept.
 An ``OffsetGuard`` keeps, for each partition the agent has been consuming,
 the next offset it must see; for a partition it knows nothing of yet, that is
 the group's committed offset (or the log start), asked for when the first
-record arrives. A record
+record arrives (and asked again until the broker answers). A record
 
 - at that offset is accepted;
 - below it was handled already (Faust delivers the uncommitted records of a
   partition kept through a rebalance again): skipped and acked as usual;
-- above it, within the consumer generation of the partition's last accepted
-  record, skips offsets that hold no records (transaction markers,
-  compaction): Faust's fetcher reads a partition from one position within a
-  generation, so the jump is real and the record is accepted;
-- above it in a new generation (or as the first record after the baseline)
-  reveals a hole: the guard seeks the partition back to the expected
+- above it reveals a hole: the guard seeks the partition back to the expected
   offset and drops records until that offset arrives. A dropped record is
   marked done without being acked to the consumer, so the committed offset
   cannot pass it; it is read again after the seek. If the broker answers the
   seek with the same later offset again, nothing lies in between
   (transaction markers, compaction, retention) and the hole is accepted.
+
+Holes are not only a rebalance matter: Faust also drops records inside one
+consumer generation (records queued when a rebalance starts, a fetch cut
+short when the generation changes, a worker frozen and woken), so every jump
+is checked against the broker. On a topic with transaction markers that costs
+one seek per marker.
 
 While a hole is open the guard seeks again every ``RESEEK_AFTER`` seconds:
 records already in Faust's pipeline when it sought can move Faust's read
@@ -39,6 +40,7 @@ group, so another one may have consumed them meanwhile).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -64,13 +66,14 @@ class Hole:
 class OffsetGuard:
     def __init__(self, name: str, seek: Callable[[TP, int], Awaitable[None]],
                  baseline: Callable[[TP], Awaitable[int | None]],
-                 on_close: Callable[[TP, int, int], None] | None = None) -> None:
+                 on_close: Callable[[TP, int, int], None] | None = None,
+                 stale: Callable[[Any], bool] | None = None) -> None:
         self.name = name
         self._seek = seek
         self._baseline = baseline
+        self._stale = stale  # whether Faust will deliver this record again (a rebalance began)
         self._on_close = on_close
         self.next: dict[TP, int] = {}
-        self.generation: dict[TP, int | None] = {}  # consumer generation of the last accepted record
         self.holes: dict[TP, Hole] = {}
         self.replayed = 0  # records skipped because they were handled already
         self.dropped = 0  # records dropped past a hole
@@ -81,35 +84,29 @@ class OffsetGuard:
         """Drop what the guard expects of ``tps`` (all partitions when None)."""
         if tps is None:
             self.next.clear()
-            self.generation.clear()
             self.holes.clear()
             return
         for tp in tps:
             self.next.pop(tp, None)
-            self.generation.pop(tp, None)
             self.holes.pop(tp, None)
 
     async def admit(self, message: Any) -> bool:
         """Whether to process ``message`` now. Call once per record, in delivery order."""
         tp, offset = message.tp, message.offset
-        generation = getattr(message, "generation_id", None)
         expected = self.next.get(tp)
         if expected is None:
-            expected = await self._baseline(tp)
-            if expected is None:  # the broker could not say: trust the delivery
-                expected = offset
-            self.next[tp] = expected
+            found = await self._start_of(message)
+            if found is None:  # a rebalance overtook this record: Faust delivers it again
+                message.acked = True
+                return False
+            expected = self.next[tp] = found
         if offset == expected:
-            self._accept(tp, offset, generation)
+            self._accept(tp, offset)
             return True
         if offset < expected:
             self.replayed += 1
             return False
         hole = self.holes.get(tp)
-        if hole is None and generation is not None and self.generation.get(tp) == generation:
-            self.real_holes += 1  # read on from the same fetch position: nothing lies in between
-            self._accept(tp, offset, generation)
-            return True
         if hole is None or hole.expected != expected:
             hole = self.holes[tp] = Hole(expected, offset, offset)
             log.warning("Offset hole agent=%s partition=%s expected=%d got=%d: seeking back",
@@ -121,7 +118,7 @@ class OffsetGuard:
             self.real_holes += 1
             log.info("Offset gap confirmed agent=%s partition=%s from=%d to=%d",
                      self.name, tp.partition, expected, offset)
-            self._accept(tp, offset, generation)
+            self._accept(tp, offset)
             return True
         hole.last = max(hole.last, offset)
         self.dropped += 1
@@ -137,9 +134,22 @@ class OffsetGuard:
             if now - hole.sought_at > RESEEK_AFTER:
                 await self._seek_back(tp, hole)
 
-    def _accept(self, tp: TP, offset: int, generation: int | None) -> None:
+    async def _start_of(self, message: Any) -> int | None:
+        """The partition's start offset; None once a rebalance overtook the record."""
+        delay = 0.2
+        while True:
+            start = await self._baseline(message.tp)
+            if start is not None:
+                log.info("Reading from offset agent=%s partition=%s start=%d first=%d",
+                         self.name, message.tp.partition, start, message.offset)
+                return start
+            if self._stale is not None and self._stale(message):
+                return None
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _accept(self, tp: TP, offset: int) -> None:
         self.next[tp] = offset + 1
-        self.generation[tp] = generation
         hole = self.holes.pop(tp, None)
         if hole is not None:
             log.info("Offset hole closed agent=%s partition=%s at=%d dropped_up_to=%d seeks=%d",

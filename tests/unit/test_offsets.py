@@ -86,13 +86,14 @@ async def test_a_jump_after_a_rebalance_seeks_back_to_the_first_missing_offset()
     assert [o for _, o in h.processed] == list(range(10))
 
 
-async def test_a_jump_within_one_generation_is_a_gap_in_the_log() -> None:
-    # Transaction markers or compaction: offsets 3..6 hold no records.
+async def test_a_jump_within_one_generation_is_checked_against_the_broker_too() -> None:
+    # Faust drops records inside a generation as well (a rebalance starting, a frozen worker waking).
     h = Harness({TP0: 0})
     await h.deliver(TP0, 0, 1, 2, 7, 8)
-    assert [o for _, o in h.processed] == [0, 1, 2, 7, 8]
-    assert h.seeks == []
-    assert h.guard.real_holes == 1
+    assert h.seeks == [(TP0, 3)]
+    assert [o for _, o in h.processed] == [0, 1, 2]
+    await h.deliver(TP0, 3, 4, 5, 6, 7, 8)
+    assert [o for _, o in h.processed] == list(range(9))
 
 
 async def test_a_hole_the_broker_confirms_after_the_seek_is_accepted() -> None:
@@ -116,16 +117,30 @@ async def test_an_open_hole_is_sought_again_by_tick(monkeypatch: pytest.MonkeyPa
     assert h.seeks == [(TP0, 5), (TP0, 5)]
 
 
-async def test_an_unknown_baseline_trusts_the_first_delivery() -> None:
+async def test_the_start_offset_is_asked_again_until_the_broker_answers() -> None:
     h = Harness()
-    h.committed = {}
+    answers: list[int | None] = [None, None, 17]
 
-    async def unknown(tp: TP) -> int | None:
+    async def flaky(tp: TP) -> int | None:
+        return answers.pop(0)
+
+    h.guard._baseline = flaky
+    await h.deliver(TP0, 19, 17, 18, 19)
+    assert [o for _, o in h.processed] == [17, 18, 19]
+    assert h.seeks == [(TP0, 17)]
+
+
+async def test_a_record_overtaken_by_a_rebalance_is_dropped_while_the_broker_is_unreachable() -> None:
+    h = Harness()
+
+    async def unreachable(tp: TP) -> int | None:
         return None
 
-    h.guard._baseline = unknown
-    await h.deliver(TP0, 17, 18)
-    assert [o for _, o in h.processed] == [17, 18]
+    h.guard._baseline = unreachable
+    h.guard._stale = lambda message: message.generation_id < 2
+    dropped = await h.deliver(TP0, 5, gen=1)
+    assert h.processed == [] and dropped[0].acked  # not committable; Faust delivers it again
+    assert TP0 not in h.guard.next
 
 
 async def test_forget_makes_the_guard_ask_for_the_baseline_again() -> None:
