@@ -315,7 +315,7 @@ class Runtime:
         else:
             for guard in self.guards.values():
                 guard.forget([tp for tp in list(guard.next) if tp not in assigned])
-        self.engine.release(set(self.engine.partitions) - kept)
+        self.engine.release((set(self.engine.partitions) | set(self.engine.applied)) - kept)
 
     # -- rebalance -------------------------------------------------------------
     def reclaim(self, p: int) -> None:
@@ -426,19 +426,21 @@ class Runtime:
         async def sources_agent(stream: Any) -> None:
             source_guard = self.guards["sources"]
             async for events in stream.take_events(500, within=0.005):
-                admitted = []
-                for event in events:
-                    if await source_guard.admit(event.message):
-                        admitted.append(event)
-                    elif not event.message.acked:
-                        self.handled.add(event.message)  # made durable before this rebalance
                 await self.admit()
+                durable = False
+                admitted = []
                 try:
+                    for event in events:
+                        if await source_guard.admit(event.message):
+                            admitted.append(event)
+                        elif not event.message.acked:
+                            self.handled.add(event.message)  # made durable before this rebalance
                     await self.ingest.batch(admitted)
-                except BaseException:
-                    # Not durable: read these again from the commit, not as replays.
-                    source_guard.forget({event.message.tp for event in admitted})
-                    raise
+                    durable = True
+                finally:
+                    if not durable:
+                        # Not durable (cancelled, failed): read these again from the commit, not as replays.
+                        source_guard.forget({event.message.tp for event in admitted})
                 for event in admitted:
                     self.handled.add(event.message)
 
