@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from faust.sensors import Sensor
@@ -82,6 +83,8 @@ class StreamApp(faust.App):
         await super().on_stop()
         if self.runtime._admin is not None:
             await self.runtime._admin.close()
+        if self.runtime._prober is not None:
+            await self.runtime._prober.stop()
 
 
 def bootstrap_servers(broker: str) -> list[str]:
@@ -184,7 +187,7 @@ class Runtime:
         self.activation: asyncio.Future[None] | None = None
         self.reclaiming: asyncio.Future[None] | None = None
         self.guards = {
-            name: OffsetGuard(name, self.seek, self.start_offset, self.forget_faust_gap, self.overtaken)
+            name: OffsetGuard(name, self.seek, self.start_offset, self.forget_faust_gap, self.overtaken, self.probe)
             for name in ("invocations", "sources")
         }
         self.generation: int | None = None  # the consumer generation of the last assignment
@@ -193,6 +196,8 @@ class Runtime:
         self.gated_topics: set[str] = set()
         self.app.ack_gate = self.ackable
         self._admin: AIOKafkaAdminClient | None = None
+        self._prober: AIOKafkaConsumer | None = None
+        self._probing = asyncio.Lock()
         self._wire()
 
     # -- producing -----------------------------------------------------------
@@ -285,6 +290,28 @@ class Runtime:
         except Exception as exc:
             log.warning("Could not read the start offset partition=%s error=%r", tp, exc)
             return None
+
+    async def probe(self, tp: TP, offset: int) -> int | None:
+        """The offset of the first record the broker holds at or after ``offset`` in ``tp``.
+
+        Read with a reader of its own (no group), so Faust's pipeline cannot
+        blur the answer. None when the broker could not say in time.
+        """
+        async with self._probing:
+            try:
+                if self._prober is None:
+                    self._prober = AIOKafkaConsumer(
+                        bootstrap_servers=bootstrap_servers(self.settings.broker), enable_auto_commit=False,
+                        auto_offset_reset="earliest", max_partition_fetch_bytes=self.app.conf.consumer_max_fetch_size)
+                    await self._prober.start()
+                self._prober.assign([tp])
+                self._prober.seek(tp, offset)
+                records = await self._prober.getmany(tp, timeout_ms=5000, max_records=1)
+                found = records.get(tp)  # type: ignore[call-overload]
+                return int(found[0].offset) if found else None
+            except Exception as exc:
+                log.warning("Could not probe partition=%s offset=%s error=%r", tp, offset, exc)
+                return None
 
     def forget_faust_gap(self, tp: TP, start: int, last: int) -> None:
         """Faust counts a jump in offsets as a compaction gap that may be committed

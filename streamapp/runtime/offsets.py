@@ -19,15 +19,18 @@ record arrives (and asked again until the broker answers). A record
 - above it reveals a hole: the guard seeks the partition back to the expected
   offset and drops records until that offset arrives. A dropped record is
   marked done without being acked to the consumer, so the committed offset
-  cannot pass it; it is read again after the seek. If the broker answers the
-  seek with the same later offset again, nothing lies in between
-  (transaction markers, compaction, retention) and the hole is accepted.
+  cannot pass it; it is read again after the seek. Before seeking, the guard
+  asks the broker directly (a separate reader) where the log continues: when
+  nothing lies in between (transaction markers, compaction, retention), the
+  jump is real and the record is accepted. Faust's own pipeline cannot answer
+  that: it may drop the re-read records as old and hand over the later one
+  again.
 
 Holes are not only a rebalance matter: Faust also drops records inside one
 consumer generation (records queued when a rebalance starts, a fetch cut
 short when the generation changes, a worker frozen and woken), so every jump
 is checked against the broker. On a topic with transaction markers that costs
-one seek per marker.
+one probe per marker.
 
 While a hole is open the guard seeks again every ``RESEEK_AFTER`` seconds:
 records already in Faust's pipeline when it sought can move Faust's read
@@ -61,17 +64,20 @@ class Hole:
     last: int  # highest offset dropped while the hole is open
     sought_at: float = 0.0
     sought: int = 0
+    probed: bool = True  # whether the broker said where the log continues (else ask again on the next seek)
 
 
 class OffsetGuard:
     def __init__(self, name: str, seek: Callable[[TP, int], Awaitable[None]],
                  baseline: Callable[[TP], Awaitable[int | None]],
                  on_close: Callable[[TP, int, int], None] | None = None,
-                 stale: Callable[[Any], bool] | None = None) -> None:
+                 stale: Callable[[Any], bool] | None = None,
+                 probe: Callable[[TP, int], Awaitable[int | None]] | None = None) -> None:
         self.name = name
         self._seek = seek
         self._baseline = baseline
         self._stale = stale  # whether Faust will deliver this record again (a rebalance began)
+        self._probe_fn = probe  # the broker's first offset at or after one (None: could not tell)
         self._on_close = on_close
         self.next: dict[TP, int] = {}
         self.holes: dict[TP, Hole] = {}
@@ -108,18 +114,20 @@ class OffsetGuard:
             return False
         hole = self.holes.get(tp)
         if hole is None or hole.expected != expected:
-            hole = self.holes[tp] = Hole(expected, offset, offset)
+            present = await self._probe(tp, expected)
+            if present is not None and present > expected:
+                # The broker holds nothing from the expected offset up to ``present``.
+                self.real_holes += 1
+                log.info("Offset gap in the log agent=%s partition=%s from=%d to=%d",
+                         self.name, tp.partition, expected, present)
+                expected = self.next[tp] = present
+                if offset == expected:
+                    self._accept(tp, offset)
+                    return True
+            hole = self.holes[tp] = Hole(expected, offset, offset, probed=present is not None)
             log.warning("Offset hole agent=%s partition=%s expected=%d got=%d: seeking back",
                         self.name, tp.partition, expected, offset)
             await self._seek_back(tp, hole)
-        elif offset == hole.first and hole.sought:
-            # Read again from the expected offset, the broker skips to here: the
-            # offsets in between hold no records.
-            self.real_holes += 1
-            log.info("Offset gap confirmed agent=%s partition=%s from=%d to=%d",
-                     self.name, tp.partition, expected, offset)
-            self._accept(tp, offset)
-            return True
         hole.last = max(hole.last, offset)
         self.dropped += 1
         message.acked = True  # done with this delivery, but not acked: the commit stays below the hole
@@ -148,6 +156,9 @@ class OffsetGuard:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
+    async def _probe(self, tp: TP, offset: int) -> int | None:
+        return await self._probe_fn(tp, offset) if self._probe_fn is not None else None
+
     def _accept(self, tp: TP, offset: int) -> None:
         self.next[tp] = offset + 1
         hole = self.holes.pop(tp, None)
@@ -158,6 +169,14 @@ class OffsetGuard:
                 self._on_close(tp, hole.expected, hole.last)
 
     async def _seek_back(self, tp: TP, hole: Hole) -> None:
+        if not hole.probed and hole.sought:
+            present = await self._probe(tp, hole.expected)
+            hole.probed = present is not None
+            if present is not None and present > hole.expected:
+                self.real_holes += 1
+                log.info("Offset gap in the log agent=%s partition=%s from=%d to=%d",
+                         self.name, tp.partition, hole.expected, present)
+                hole.expected = self.next[tp] = present
         hole.sought_at = time.monotonic()
         hole.sought += 1
         self.seeks += 1

@@ -23,13 +23,27 @@ class Msg:
 
 
 class Harness:
-    def __init__(self, committed: dict[TP, int | None] | None = None) -> None:
+    """A guard over fake partitions whose logs hold every offset except ``missing`` (None: probes fail)."""
+
+    def __init__(self, committed: dict[TP, int | None] | None = None, missing: set[int] | None = None,
+                 probes_fail: bool = False) -> None:
         self.committed = committed or {}
+        self.missing: set[int] | None = None if probes_fail else (missing or set())
         self.seeks: list[tuple[TP, int]] = []
+        self.probes: list[tuple[TP, int]] = []
         self.closed: list[tuple[TP, int, int]] = []
         self.baseline_calls: list[TP] = []
-        self.guard = OffsetGuard("test", self.seek, self.baseline, lambda tp, a, b: self.closed.append((tp, a, b)))
+        self.guard = OffsetGuard("test", self.seek, self.baseline, lambda tp, a, b: self.closed.append((tp, a, b)),
+                                 probe=self.probe)
         self.processed: list[tuple[int, int]] = []
+
+    async def probe(self, tp: TP, offset: int) -> int | None:
+        self.probes.append((tp, offset))
+        if self.missing is None:
+            return None
+        while offset in self.missing:
+            offset += 1
+        return offset
 
     async def seek(self, tp: TP, offset: int) -> None:
         self.seeks.append((tp, offset))
@@ -90,21 +104,51 @@ async def test_a_jump_within_one_generation_is_checked_against_the_broker_too() 
     # Faust drops records inside a generation as well (a rebalance starting, a frozen worker waking).
     h = Harness({TP0: 0})
     await h.deliver(TP0, 0, 1, 2, 7, 8)
-    assert h.seeks == [(TP0, 3)]
+    assert h.probes == [(TP0, 3)] and h.seeks == [(TP0, 3)]
     assert [o for _, o in h.processed] == [0, 1, 2]
     await h.deliver(TP0, 3, 4, 5, 6, 7, 8)
     assert [o for _, o in h.processed] == list(range(9))
 
 
-async def test_a_hole_the_broker_confirms_after_the_seek_is_accepted() -> None:
+async def test_a_gap_the_broker_confirms_is_accepted_without_seeking() -> None:
+    # Transaction markers or compaction: offsets 3..6 hold no records.
+    h = Harness({TP0: 0}, missing={3, 4, 5, 6})
+    await h.deliver(TP0, 0, 1, 2, 7, 8)
+    assert [o for _, o in h.processed] == [0, 1, 2, 7, 8]
+    assert h.seeks == []
+    assert h.guard.real_holes == 1 and h.guard.holes == {}
+
+
+async def test_part_of_a_jump_is_a_gap_and_the_rest_is_read_again() -> None:
+    h = Harness({TP0: 0}, missing={3, 4})
+    await h.deliver(TP0, 0, 1, 2, 9)
+    assert h.seeks == [(TP0, 5)]  # 3 and 4 hold nothing; 5..8 exist and were skipped by the delivery
+    await h.deliver(TP0, 5, 6, 7, 8, 9)
+    assert [o for _, o in h.processed] == [0, 1, 2, 5, 6, 7, 8, 9]
+
+
+async def test_the_same_later_record_delivered_again_does_not_close_a_hole_the_broker_denies() -> None:
+    # Faust may drop the re-read range as old and hand over the later record again.
     h = Harness({TP0: 0})
     await h.deliver(TP0, 0, 1, 2, gen=1)
     await h.deliver(TP0, 7, gen=2)
-    await h.deliver(TP0, 7, 8, gen=2)  # after the seek back to 3, the broker answers with 7 again
-    assert h.seeks == [(TP0, 3)]
+    await h.deliver(TP0, 7, 8, gen=2)
+    assert [o for _, o in h.processed] == [0, 1, 2]
+    assert h.guard.holes[TP0].expected == 3
+    await h.deliver(TP0, 3, 4, 5, 6, 7, 8, gen=2)
+    assert [o for _, o in h.processed] == list(range(9))
+
+
+async def test_a_failed_probe_is_repeated_when_the_guard_seeks_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness({TP0: 0}, probes_fail=True)
+    await h.deliver(TP0, 0, 1, 2, 7)
+    assert h.seeks == [(TP0, 3)] and h.guard.holes[TP0].expected == 3
+    h.missing = {3, 4, 5, 6}  # the broker answers now: nothing lies between 2 and 7
+    monkeypatch.setattr(offsets, "RESEEK_AFTER", -1.0)
+    await h.guard.tick()
+    assert h.seeks == [(TP0, 3), (TP0, 7)]
+    await h.deliver(TP0, 7, 8)
     assert [o for _, o in h.processed] == [0, 1, 2, 7, 8]
-    assert h.guard.real_holes == 1
-    assert h.guard.holes == {}
 
 
 async def test_an_open_hole_is_sought_again_by_tick(monkeypatch: pytest.MonkeyPatch) -> None:
