@@ -22,6 +22,14 @@ Commit order for an internal command: the agent applies it to the tables
 (changelog records are buffered), acks it; Faust's commit flushes the
 changelog records, then commits the command's offset. A crash before that
 replays the command; applying is idempotent (ids, statuses, journal indexes).
+
+Two guards keep Faust's delivery honest around rebalances and stalls:
+  * each agent admits a partition's records once and in offset order
+    (``runtime/offsets.py``): a jump seeks back instead of running ahead;
+  * only records an agent handled become committable (the ack gate in
+    ``runtime/tuning.py``): Faust acks records its stream skips.
+A worker that finds it was frozen past most of its session stops its actors
+and partitions until the group confirms what it owns (``watch_stall``).
 """
 
 from __future__ import annotations
