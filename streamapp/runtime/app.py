@@ -432,24 +432,11 @@ class Runtime:
         async def invocations(stream: Any) -> None:
             async for event in stream.events():
                 msg = event.message
-                if not await guard.admit(msg):
-                    if not msg.acked:
-                        self.handled.add(msg)  # applied before this rebalance
-                    continue
-                try:
-                    cmd = commands.decode(event.value)
-                except ValueError:
-                    log.error("Skipping undecodable command partition=%s offset=%s", msg.partition, msg.offset)
-                    self.handled.add(msg)
-                    continue
-                try:
-                    self.engine.apply(msg.partition, msg.offset, cmd)
-                except Exception:
-                    # Values are checked before they are sent, so this is a bug; keep
-                    # the partition flowing and say loudly which command was skipped.
-                    log.exception("Could not apply command op=%s id=%s partition=%s offset=%s",
-                                  cmd.get("op"), cmd.get("id"), msg.partition, msg.offset)
-                self.handled.add(msg)
+                if await guard.admit(msg):
+                    self.apply_command(msg, event.value)
+                elif msg.acked:
+                    continue  # dropped past a hole: read again after the seek
+                self.handled.add(msg)  # applied now, or before this rebalance
 
         source_topics = [topic for topic, _ in self.settings.subscriptions]
         # Declared so that a missing source topic is created (1 partition, as
@@ -506,6 +493,20 @@ class Runtime:
         before = time.time() - self.settings.results_retention
         for p in sorted(self.engine.live_partitions()):
             await self.send(p, f"expire/{p}", {"op": "expire", "before": before})
+
+    def apply_command(self, msg: Any, value: bytes) -> None:
+        try:
+            cmd = commands.decode(value)
+        except ValueError:
+            log.error("Skipping undecodable command partition=%s offset=%s", msg.partition, msg.offset)
+            return
+        try:
+            self.engine.apply(msg.partition, msg.offset, cmd)
+        except Exception:
+            # Values are checked before they are sent, so this is a bug; keep
+            # the partition flowing and say loudly which command was skipped.
+            log.exception("Could not apply command op=%s id=%s partition=%s offset=%s",
+                          cmd.get("op"), cmd.get("id"), msg.partition, msg.offset)
 
     def backlog(self) -> int:
         """Commands in this worker's internal partitions not applied yet."""

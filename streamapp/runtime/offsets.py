@@ -60,7 +60,6 @@ RESEEK_AFTER = 1.0
 @dataclass
 class Hole:
     expected: int  # first offset not seen yet
-    first: int  # the offset that revealed the hole
     last: int  # highest offset dropped while the hole is open
     sought_at: float = 0.0
     sought: int = 0
@@ -82,9 +81,7 @@ class OffsetGuard:
         self.next: dict[TP, int] = {}
         self.holes: dict[TP, Hole] = {}
         self.replayed = 0  # records skipped because they were handled already
-        self.dropped = 0  # records dropped past a hole
-        self.seeks = 0
-        self.real_holes = 0
+        self.real_holes = 0  # jumps the broker confirmed (nothing in between)
 
     def forget(self, tps: Iterable[TP] | None = None) -> None:
         """Drop what the guard expects of ``tps`` (all partitions when None)."""
@@ -114,22 +111,15 @@ class OffsetGuard:
             return False
         hole = self.holes.get(tp)
         if hole is None or hole.expected != expected:
-            present = await self._probe(tp, expected)
-            if present is not None and present > expected:
-                # The broker holds nothing from the expected offset up to ``present``.
-                self.real_holes += 1
-                log.info("Offset gap in the log agent=%s partition=%s from=%d to=%d",
-                         self.name, tp.partition, expected, present)
-                expected = self.next[tp] = present
-                if offset == expected:
-                    self._accept(tp, offset)
-                    return True
-            hole = self.holes[tp] = Hole(expected, offset, offset, probed=present is not None)
+            expected, probed = await self._past_gap(tp, expected)
+            if offset == expected:
+                self._accept(tp, offset)
+                return True
+            hole = self.holes[tp] = Hole(expected, offset, probed=probed)
             log.warning("Offset hole agent=%s partition=%s expected=%d got=%d: seeking back",
                         self.name, tp.partition, expected, offset)
             await self._seek_back(tp, hole)
         hole.last = max(hole.last, offset)
-        self.dropped += 1
         message.acked = True  # done with this delivery, but not acked: the commit stays below the hole
         if time.monotonic() - hole.sought_at > RESEEK_AFTER:
             await self._seek_back(tp, hole)
@@ -156,8 +146,18 @@ class OffsetGuard:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    async def _probe(self, tp: TP, offset: int) -> int | None:
-        return await self._probe_fn(tp, offset) if self._probe_fn is not None else None
+    async def _past_gap(self, tp: TP, expected: int) -> tuple[int, bool]:
+        """Ask the broker where the log continues from ``expected``; move past offsets it does not hold.
+
+        Returns the offset to expect now, and whether the broker answered.
+        """
+        present = await self._probe_fn(tp, expected) if self._probe_fn is not None else None
+        if present is not None and present > expected:
+            self.real_holes += 1
+            log.info("Offset gap in the log agent=%s partition=%s from=%d to=%d",
+                     self.name, tp.partition, expected, present)
+            expected = self.next[tp] = present
+        return expected, present is not None
 
     def _accept(self, tp: TP, offset: int) -> None:
         self.next[tp] = offset + 1
@@ -170,18 +170,7 @@ class OffsetGuard:
 
     async def _seek_back(self, tp: TP, hole: Hole) -> None:
         if not hole.probed and hole.sought:
-            present = await self._probe(tp, hole.expected)
-            hole.probed = present is not None
-            if present is not None and present > hole.expected:
-                self.real_holes += 1
-                log.info("Offset gap in the log agent=%s partition=%s from=%d to=%d",
-                         self.name, tp.partition, hole.expected, present)
-                hole.expected = self.next[tp] = present
+            hole.expected, hole.probed = await self._past_gap(tp, hole.expected)
         hole.sought_at = time.monotonic()
         hole.sought += 1
-        self.seeks += 1
         await self._seek(tp, hole.expected)
-
-    def stats(self) -> dict[str, int]:
-        return {"open_holes": len(self.holes), "replayed": self.replayed, "dropped": self.dropped,
-                "seeks": self.seeks, "real_holes": self.real_holes}
