@@ -187,7 +187,7 @@ class Engine:
         st.live = True
         st.inflight.clear()
         st.queues.clear()
-        entries = sorted((rec for _, rec in Tables.partition_items(self.tables.invocations, p)),
+        entries = sorted((rec for _, rec in self.tables.partition_items(self.tables.invocations, p)),
                          key=lambda rec: rec["seq"])
         resumed = 0
         for rec in entries:
@@ -369,7 +369,7 @@ class Engine:
     def _on_expire(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
         """Drop outcomes older than the retention: their ids are no longer deduplicated."""
         before = cmd["before"]
-        expired = [inv_id for inv_id, rec in Tables.partition_items(self.tables.results, p)
+        expired = [inv_id for inv_id, rec in self.tables.partition_items(self.tables.results, p)
                    if rec.get("finished", 0) < before][:EXPIRE_MAX]
         for inv_id in expired:
             del self.tables.results[inv_id]

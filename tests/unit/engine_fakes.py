@@ -1,0 +1,132 @@
+"""Broker-free stand-ins for what the engine touches: tables, actor pool, scheduler.
+
+``FakeTables`` keeps each row with the partition it was written in, the way
+Faust's per-partition RocksDB stores do when the invocations agent writes
+inside its stream iteration; ``EngineRig.apply`` plays that agent, one
+command at a time, with increasing offsets per partition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from streamapp.runtime.engine import Engine
+
+
+class FakeTable:
+    def __init__(self, rig: FakeTables) -> None:
+        self.rig = rig
+        self.rows: dict[str, tuple[int, Any]] = {}
+        self.writes = 0
+
+    def get(self, key: str, default: Any = None) -> Any:
+        row = self.rows.get(key)
+        return row[1] if row is not None else default
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        assert self.rig.current is not None, "table written outside the agent's iteration"
+        self.rows[key] = (self.rig.current, value)
+        self.writes += 1
+
+    def __delitem__(self, key: str) -> None:
+        assert self.rig.current is not None, "table written outside the agent's iteration"
+        del self.rows[key]
+        self.writes += 1
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.rows
+
+    def items_of(self, partition: int) -> Iterator[tuple[str, Any]]:
+        for key, (p, value) in sorted(self.rows.items()):
+            if p == partition:
+                yield key, value
+
+
+class FakeTables:
+    def __init__(self) -> None:
+        self.current: int | None = None
+        self.invocations = FakeTable(self)
+        self.results = FakeTable(self)
+        self.timers = FakeTable(self)
+        self.state = FakeTable(self)
+        self.meta = FakeTable(self)
+
+    @staticmethod
+    def partition_items(table: Any, partition: int) -> Iterator[tuple[str, Any]]:
+        return table.items_of(partition)  # type: ignore[no-any-return]
+
+
+class FakeActors:
+    """Records what the engine asks of the actor pool."""
+
+    def __init__(self) -> None:
+        self.started: list[tuple[int, str, str]] = []  # (partition, epoch, invocation id)
+        self.running: dict[str, str] = {}  # invocation id -> epoch
+        self.cancelled: list[str] = []
+
+    def start(self, p: int, epoch: str | None, rec: dict[str, Any], state: dict[str, Any]) -> None:
+        assert epoch is not None
+        self.started.append((p, epoch, rec["id"]))
+        self.running[rec["id"]] = epoch
+
+    def cancel(self, inv_id: str) -> None:
+        self.cancelled.append(inv_id)
+        self.running.pop(inv_id, None)
+
+    def cancel_partitions(self, partitions: set[int]) -> None:
+        for inv_id, _epoch in list(self.running.items()):
+            self.running.pop(inv_id, None)
+
+    def waiting(self) -> int:
+        return 0
+
+    def finished(self, inv_id: str) -> None:
+        """The actor of ``inv_id`` ended (its outcome command is on its way)."""
+        self.running.pop(inv_id, None)
+
+
+class FakeScheduler:
+    def __init__(self) -> None:
+        self.timers: dict[str, tuple[int, str, float]] = {}
+
+    def add(self, p: int, epoch: str | None, inv_id: str, wake_at: float, *rest: Any) -> None:
+        assert epoch is not None
+        self.timers[inv_id] = (p, epoch, wake_at)
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        self.timers = {i: t for i, t in self.timers.items() if t[0] not in partitions}
+
+    def count(self, p: int) -> int:
+        return sum(1 for t in self.timers.values() if t[0] == p)
+
+
+class EngineRig:
+    """An engine over fake tables, fed commands the way the invocations agent feeds it."""
+
+    def __init__(self) -> None:
+        self.tables = FakeTables()
+        self.actors = FakeActors()
+        self.scheduler = FakeScheduler()
+        self.engine = Engine(self.tables, self.actors, self.scheduler)  # type: ignore[arg-type]
+        self.offsets: dict[int, int] = {}
+
+    def apply(self, p: int, cmd: dict[str, Any], offset: int | None = None) -> int:
+        if offset is None:
+            offset = self.offsets.get(p, -1) + 1
+        self.offsets[p] = max(offset, self.offsets.get(p, -1))
+        self.tables.current = p
+        try:
+            self.engine.apply(p, offset, cmd)
+        finally:
+            self.tables.current = None
+        return offset
+
+    def activate(self, p: int, epoch: str = "e1") -> str:
+        self.engine.expect_activation(p, epoch)
+        self.apply(p, {"op": "activate", "epoch": epoch, "at": 0.0})
+        return epoch
+
+    def status(self, inv_id: str) -> str | None:
+        rec = self.tables.invocations.get(inv_id) or self.tables.results.get(inv_id)
+        return None if rec is None else str(rec["status"])
