@@ -56,6 +56,7 @@ class _Sink:
         # activation of the partition, through the same producer).
         await self.pool.shielded(self.pool.send(self.p, okey, {
             "op": "entry", "id": self.rec["id"], "epoch": self.epoch, "index": len(self.journal), "entry": entry,
+            "attempt": self.rec["attempt"] + 1,
         }))
 
     async def send(self, target: dict[str, Any]) -> None:
@@ -90,7 +91,11 @@ class ActorPool:
         return len(self.tasks)
 
     def start(self, p: int, epoch: str | None, rec: dict[str, Any], state: dict[str, Any]) -> None:
+        """Run an attempt of ``rec``, unless it already has an actor (one invocation, one actor)."""
         assert epoch is not None
+        if rec["id"] in self.tasks or any(r[2]["id"] == rec["id"] for r in self.ready):
+            log.warning("Invocation already has an actor, not starting another invocationID=%s", rec["id"])
+            return
         if len(self.tasks) >= self.max_running:
             self.ready.append((p, epoch, rec, state))
             return
@@ -169,7 +174,8 @@ class ActorPool:
                                       "state": outcome.state_changes})
             log.info("Invocation completed successfully method=%s invocationID=%s", method, inv_id)
         elif isinstance(outcome, executor.Parked):
-            await self.send(p, okey, {**base, "op": "suspend", "wake_at": outcome.wake_at})
+            # The sleep entry is the journal's last: its index tells a late copy from the next sleep.
+            await self.send(p, okey, {**base, "op": "suspend", "wake_at": outcome.wake_at, "index": len(journal) - 1})
         elif isinstance(outcome, executor.Retry):
             log.warning(
                 "Invocation attempt failed, retrying method=%s invocationID=%s attempt=%d retryIn=%.3fs error=%s",

@@ -54,13 +54,15 @@ from streamapp.durable import mute
 from streamapp.durable.service import Registry
 from streamapp.runtime import commands, tuning
 from streamapp.runtime.actors import ActorPool
-from streamapp.runtime.engine import Engine
+from streamapp.runtime.engine import ApplyError, Engine, invalid
 from streamapp.runtime.offsets import OffsetGuard
 from streamapp.runtime.scheduler import Scheduler
 from streamapp.runtime.sources import Ingest
 from streamapp.runtime.store import Tables
 
 log = logging.getLogger(__name__)
+
+EX_SOFTWARE = 70  # exit status of a worker stopped because a command could not be applied
 
 
 class StreamApp(faust.App):
@@ -188,6 +190,7 @@ class Runtime:
         # A heartbeat may be up to one interval old when the process freezes.
         self.engine.stall_limit = settings.session_timeout * 0.8
         self.recovering: asyncio.Future[None] | None = None
+        self.stalled = False  # woke from a stall; no command is applied until the group reassigns
         self.actors.owns = self.engine.owns
         self.ingest = Ingest(self)
         self.capacity = asyncio.Event()
@@ -237,8 +240,8 @@ class Runtime:
         origin = source or ({"parent": parent} if parent else None)
         await self.send(p, okey, {"op": "invoke", **target, "source": origin})
 
-    async def fire(self, p: int, epoch: str, inv_id: str) -> None:
-        await self.send(p, f"timer/{inv_id}", {"op": "fire", "id": inv_id, "epoch": epoch})
+    async def fire(self, p: int, epoch: str, inv_id: str, wake_at: float) -> None:
+        await self.send(p, f"timer/{inv_id}", {"op": "fire", "id": inv_id, "epoch": epoch, "at": wake_at})
 
     async def dead_letter(self, key: bytes | None, value: bytes | None, headers: dict[str, str]) -> None:
         fut = await self.app.producer.send(
@@ -339,7 +342,8 @@ class Runtime:
         meanwhile: treat them all as lost, and activate them afresh.
         """
         generation = self.app.consumer_generation_id
-        skipped = self.generation is not None and generation != self.generation + 1
+        skipped = self.stalled or (self.generation is not None and generation != self.generation + 1)
+        self.stalled = False  # the group has spoken: the fence ends with this assignment
         self.generation = generation
         topic = self.internal.get_topic_name()
         kept = set() if skipped else {tp.partition for tp in assigned if tp.topic == topic}
@@ -379,14 +383,24 @@ class Runtime:
         log.info("Requested activation of partitions=%s", assigned)
 
     def watch_stall(self) -> None:
-        """Called every tick: after a stall, stop acting until the group says who owns what.
+        """Called every tick (and before applying a command): after a stall, stop until the group reassigns.
 
         A process frozen (SIGSTOP, a VM pause) past its session wakes up with
         actors mid-handler while another worker may already drive its
-        partitions. ``Engine.owns`` refuses their next step from the moment the
-        process wakes; here the partitions stop, and once a few heartbeats had
-        their chance, either a rebalance is under way (it activates what stays
-        assigned) or membership held and this worker activates them again.
+        partitions, and with tables that lack what that worker wrote (they are
+        restored from the changelogs only on a rebalance). So from the moment
+        it wakes, nothing this worker believes about ownership counts:
+          1. ``Engine.owns`` refuses every actor's next step (it sees the gap);
+          2. the invocations agent applies no command (``fenced``): records
+             read meanwhile are not handled, so never committed here;
+          3. every partition is released (actors, timers, applied offsets) and
+             the offset guards forget where they were;
+          4. the worker asks the group for a new assignment (a rejoin), and
+             asks again every session timeout until one arrives.
+        The assignment ends the fence (``on_assignment``); Faust restores the
+        tables from the changelogs, the agents read on from the group's
+        commits, and what is assigned is activated afresh. Ownership is
+        never resumed on this worker's own say-so.
         """
         now, last = time.monotonic(), self.engine.alive_at
         self.engine.alive_at = now
@@ -395,19 +409,25 @@ class Runtime:
         for guard in self.guards.values():
             guard.forget()  # others may have read on meanwhile: start again from the group's commits
         live = self.engine.live_partitions()
-        log.warning("Worker stalled for %.1fs (limit %.1fs): stopping partitions=%s until ownership is confirmed",
+        log.warning("Worker stalled for %.1fs (limit %.1fs): stopping partitions=%s until the group reassigns them",
                     now - last, self.engine.stall_limit, sorted(live))
-        if not live:
-            return
-        self.engine.stop_partitions(live)
-        self.recovering = asyncio.ensure_future(self._after_stall(self.app.consumer_generation_id))
+        self.stalled = True
+        self.engine.release(set(self.engine.partitions) | set(self.engine.applied))
+        if self.recovering is None or self.recovering.done():
+            self.recovering = asyncio.ensure_future(self._rejoin_after_stall())
 
-    async def _after_stall(self, generation: int) -> None:
-        await asyncio.sleep(3 * self.app.conf.broker_heartbeat_interval + 1.0)
-        if self.app.rebalancing or self.app.consumer_generation_id != generation:
-            return  # the rebalance activates what this worker keeps
-        log.info("Still in the group after the stall (generation %s): reactivating", generation)
-        await self.activate_assigned()
+    def fenced(self) -> bool:
+        """Whether the worker must not apply commands: it woke from a stall and was not reassigned since."""
+        alive_at = self.engine.alive_at
+        if not self.stalled and alive_at is not None and time.monotonic() - alive_at > self.engine.stall_limit:
+            self.watch_stall()  # woke with commands buffered: the tick has not run yet
+        return self.stalled
+
+    async def _rejoin_after_stall(self) -> None:
+        while self.stalled:
+            if tuning.request_rejoin(self.app.consumer):
+                log.info("Asked the group for a new assignment after the stall")
+            await asyncio.sleep(self.settings.session_timeout)
 
     def ready(self) -> bool:
         """True once this worker drives every partition it was assigned."""
@@ -432,8 +452,12 @@ class Runtime:
         async def invocations(stream: Any) -> None:
             async for event in stream.events():
                 msg = event.message
+                if self.fenced():
+                    continue  # not handled: never committed, read again once the group says who owns it
                 if await guard.admit(msg):
-                    self.apply_command(msg, event.value)
+                    reason = self.apply_command(msg, event.value)
+                    if reason is not None:
+                        await self.dead_letter_command(msg, reason)
                 elif msg.acked:
                     continue  # dropped past a hole: read again after the seek
                 self.handled.add(msg)  # applied now, or before this rebalance
@@ -494,19 +518,37 @@ class Runtime:
         for p in sorted(self.engine.live_partitions()):
             await self.send(p, f"expire/{p}", {"op": "expire", "before": before})
 
-    def apply_command(self, msg: Any, value: bytes) -> None:
+    def apply_command(self, msg: Any, value: bytes) -> str | None:
+        """Apply one internal record; the reason it can never be applied, if it cannot.
+
+        A command that is well formed but fails to apply stops the worker
+        (fail-stop): its offset is never committed (the record is not marked
+        handled), so the next owner of the partition applies it again.
+        Skipping it would lose an ``invoke`` or strand a key behind a lost
+        ``complete``, with rows half written.
+        """
         try:
             cmd = commands.decode(value)
         except ValueError:
-            log.error("Skipping undecodable command partition=%s offset=%s", msg.partition, msg.offset)
-            return
+            return "undecodable command"
+        reason = invalid(cmd)
+        if reason is not None:
+            return reason
         try:
             self.engine.apply(msg.partition, msg.offset, cmd)
-        except Exception:
-            # Values are checked before they are sent, so this is a bug; keep
-            # the partition flowing and say loudly which command was skipped.
-            log.exception("Could not apply command op=%s id=%s partition=%s offset=%s",
-                          cmd.get("op"), cmd.get("id"), msg.partition, msg.offset)
+        except ApplyError as exc:
+            log.critical("Stopping the worker: could not apply %s", exc, exc_info=exc.__cause__)
+            raise SystemExit(EX_SOFTWARE) from exc
+        return None
+
+    async def dead_letter_command(self, msg: Any, reason: str) -> None:
+        """A command that can never be applied: skipped, and kept in the dead-letter topic."""
+        log.error("Skipping command that cannot be applied partition=%s offset=%s reason=%s",
+                  msg.partition, msg.offset, reason)
+        await self.dead_letter(msg.key, msg.value, {
+            "streamapp.error": reason, "streamapp.source.topic": msg.topic,
+            "streamapp.source.partition": str(msg.partition), "streamapp.source.offset": str(msg.offset),
+        })
 
     def backlog(self) -> int:
         """Commands in this worker's internal partitions not applied yet."""

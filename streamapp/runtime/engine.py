@@ -14,6 +14,23 @@ before that command has been applied by then, so no journaled step is lost.
 Fencing: actor and scheduler commands carry the epoch (activation token) they
 were issued under; a command from an older epoch (a worker that lost the
 partition) is ignored.
+
+Staleness: any command may arrive twice or late (the producer resends after a
+timeout). Each carries what makes a late copy recognisable, and applying
+ignores it then:
+
+    entry     journal ``index`` and ``attempt``: only the next entry of the running attempt
+    suspend   ``index`` of the sleep entry: only while that sleep has not fired
+    retry     ``attempt``: only the outcome of the running attempt (rec.attempt + 1)
+    complete  ``attempt``: likewise
+    fail      ``attempt``: likewise
+    fire      ``at``: only the timer armed for that wake-up time
+    activate  the epoch: a second copy of the live epoch's activation changes nothing
+
+Fields missing from a command (written by an older version) are not checked.
+
+Applying never advances the partition's applied offset unless the command was
+applied: a command that raises is applied again (``ApplyError``).
 """
 
 from __future__ import annotations
@@ -40,6 +57,11 @@ RECENT_MAX = 20_000
 EXPIRE_MAX = 50_000  # outcomes dropped per expire command (the agent holds the partition meanwhile)
 
 
+def started(rec: dict[str, Any]) -> bool:
+    """Whether an invocation was under way: in flight, or dispatched and journaled or retried."""
+    return rec["status"] in IN_FLIGHT or bool(rec["journal"]) or rec["attempt"] > 0
+
+
 @dataclass
 class PartitionState:
     epoch: str | None = None
@@ -49,6 +71,49 @@ class PartitionState:
 
     def queued(self) -> int:
         return sum(len(q) for q in self.queues.values())
+
+
+class ApplyError(Exception):
+    """A valid command could not be applied; its offset must not be committed."""
+
+
+# Fields each command needs; a command missing one can never be applied.
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "invoke": ("id", "service", "handler", "key"),
+    "activate": ("epoch",),
+    "entry": ("id", "epoch", "index", "entry"),
+    "suspend": ("id", "epoch", "wake_at"),
+    "retry": ("id", "epoch", "wake_at", "error"),
+    "complete": ("id", "epoch"),
+    "fail": ("id", "epoch", "error"),
+    "fire": ("id", "epoch"),
+    "resume": ("id",),
+    "kill": ("id",),
+    "expire": ("before",),
+}
+
+
+NUMBERS = ("wake_at", "not_before", "before", "at", "index", "attempt")
+
+
+def invalid(cmd: dict[str, Any]) -> str | None:
+    """Why ``cmd`` can never be applied, or None when it is well formed."""
+    op = cmd.get("op")
+    if op not in REQUIRED:
+        return f"unknown command op={op!r}"
+    missing = [name for name in REQUIRED[op] if cmd.get(name) is None]
+    if missing:
+        return f"command op={op} lacks {', '.join(missing)}"
+    for name in NUMBERS:
+        value = cmd.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"command op={op} has a non-numeric {name}"
+    if op in ("invoke", "entry", "suspend", "retry", "complete", "fail", "fire", "resume", "kill") \
+            and not isinstance(cmd["id"], str):
+        return f"command op={op} has a non-string id"
+    if op == "complete" and not isinstance(cmd.get("state") or {}, dict):
+        return "command op=complete has state changes that are not an object"
+    return None
 
 
 class Engine:
@@ -127,26 +192,32 @@ class Engine:
 
     # -- apply -------------------------------------------------------------
     def apply(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
+        """Apply one well-formed command (see ``invalid``) at ``offset`` of partition ``p``.
+
+        Raises ``ApplyError`` when applying failed; the offset then counts as
+        not applied, so the same command is applied again when read again.
+        """
         # Faust drops uncommitted acks on every rebalance, so a partition this
         # worker keeps is consumed again from its last commit. Those commands
         # are already in the tables and in the live actor map: skip them.
         if offset <= self.applied.get(p, -1):
             return
-        self.applied[p] = offset
-        op = cmd.get("op")
-        handler = getattr(self, f"_on_{op}", None)
-        if handler is None:
-            log.warning("Ignoring unknown command op=%s partition=%s offset=%s", op, p, offset)
-            return
-        if op in ("entry", "suspend", "retry", "complete", "fail", "fire"):
-            st = self.part(p)
-            if st.epoch is None:
-                meta = self.tables.meta.get(f"p{p}")
-                st.epoch = meta["epoch"] if meta else None
-            if cmd.get("epoch") != st.epoch:
+        op = cmd["op"]
+        try:
+            if op in ("entry", "suspend", "retry", "complete", "fail", "fire") and not self._current_epoch(p, cmd):
                 log.debug("Ignoring stale command op=%s id=%s epoch=%s", op, cmd.get("id"), cmd.get("epoch"))
-                return
-        handler(p, offset, cmd)
+            else:
+                getattr(self, f"_on_{op}")(p, offset, cmd)
+        except Exception as exc:
+            raise ApplyError(f"command op={op} id={cmd.get('id')} partition={p} offset={offset}: {exc!r}") from exc
+        self.applied[p] = offset
+
+    def _current_epoch(self, p: int, cmd: dict[str, Any]) -> bool:
+        st = self.part(p)
+        if st.epoch is None:
+            meta = self.tables.meta.get(f"p{p}")
+            st.epoch = meta["epoch"] if meta else None
+        return bool(cmd.get("epoch") == st.epoch)
 
     def _record(self, inv_id: str) -> dict[str, Any] | None:
         rec = self.recent.get(inv_id)
@@ -170,6 +241,8 @@ class Engine:
 
     def _on_activate(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
         st = self.part(p)
+        if st.live and st.epoch == cmd["epoch"]:
+            return  # a second copy of the activation this partition runs under
         st.epoch = cmd["epoch"]
         self.tables.meta[f"p{p}"] = {"epoch": cmd["epoch"]}
         if self.my_tokens.get(p) != cmd["epoch"]:
@@ -187,8 +260,11 @@ class Engine:
         st.live = True
         st.inflight.clear()
         st.queues.clear()
+        # Per key: what was already under way (in flight, or dispatched and
+        # journaled or retried before the last owner stopped) resumes first;
+        # the rest queue in arrival order.
         entries = sorted((rec for _, rec in self.tables.partition_items(self.tables.invocations, p)),
-                         key=lambda rec: rec["seq"])
+                         key=lambda rec: (not started(rec), rec["seq"]))
         resumed = 0
         for rec in entries:
             okey = object_key(rec["service"], rec["key"])
@@ -202,7 +278,11 @@ class Engine:
                     self.scheduler.add(p, st.epoch, rec["id"], rec["wake_at"])
             elif status == "scheduled":
                 self.scheduler.add(p, st.epoch, rec["id"], rec["not_before"])
-            else:  # pending: queued, or dispatched when the last owner stopped
+            elif okey not in st.inflight and started(rec):  # dispatched and half done when the last owner stopped
+                st.inflight[okey] = rec["id"]
+                self.actors.start(p, st.epoch, rec, self._state(okey))
+                resumed += 1
+            else:  # pending: queued, or dispatched (nothing journaled) when the last owner stopped
                 st.queues.setdefault(okey, deque()).append(rec["id"])
         for okey in list(st.queues):
             if okey not in st.inflight:
@@ -249,6 +329,8 @@ class Engine:
         rec = self._record(cmd["id"])
         if rec is None or rec["status"] not in ("pending", "running"):
             return None
+        if cmd.get("attempt") is not None and cmd["attempt"] != rec["attempt"] + 1:
+            return None  # from an attempt that already ended
         return rec
 
     def _on_entry(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
@@ -269,6 +351,11 @@ class Engine:
 
     def _on_suspend(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
         rec = self._running(cmd)
+        index = cmd.get("index")
+        if rec is not None and index is not None:
+            journal = rec["journal"]
+            if len(journal) != index + 1 or journal[index].get("t") != "sleep" or journal[index].get("fired"):
+                return  # a copy of a suspension whose sleep already fired
         if rec is not None:
             self._park(p, rec, "sleeping", cmd["wake_at"])
 
@@ -319,6 +406,9 @@ class Engine:
         rec = self._record(cmd["id"])
         if rec is None:
             return
+        armed = rec["not_before"] if rec["status"] == "scheduled" else rec["wake_at"]
+        if cmd.get("at") is not None and cmd["at"] != armed:
+            return  # a copy of the fire of an earlier timer of this invocation
         st = self.part(p)
         if rec["status"] in ("sleeping", "retrying"):
             self._drop_timer(rec["id"])
@@ -333,6 +423,7 @@ class Engine:
         elif rec["status"] == "scheduled":
             self._drop_timer(rec["id"])
             rec["status"] = "pending"
+            rec["seq"] = offset  # it joins its key's queue now, behind what arrived before
             self._save(rec)
             okey = object_key(rec["service"], rec["key"])
             if st.live:

@@ -21,6 +21,17 @@ this way). With the gate installed, the consumer asks ``app.ack_gate(message)``
 before it takes an ack into account: a record the gate refuses is done with
 for this delivery (so rebalances do not wait for it) but its offset is never
 committable, and it is read again from the committed offset later.
+
+Rejoin
+------
+A worker that was frozen past its session may have been expelled without
+knowing it yet. ``request_rejoin`` makes the aiokafka consumer (it runs in
+Faust's consumer thread, on that thread's loop) join the group again, so
+ownership comes from a fresh assignment, not from what the worker believed.
+
+Checked against the pinned faust-streaming 0.15.3 and its aiokafka:
+``AIOKafkaConsumerThread._consumer``, ``.thread_loop`` and
+``GroupCoordinator.request_rejoin``.
 """
 
 from __future__ import annotations
@@ -52,6 +63,16 @@ def _gated_ack(self: Any, message: Any) -> bool:
             message.acked = True
         return False
     return _original_ack(self, message)  # type: ignore[no-any-return]
+
+
+def request_rejoin(consumer: Any) -> bool:
+    """Ask the group coordinator for a rejoin; False when the consumer is not running yet."""
+    thread = getattr(consumer, "_thread", None)
+    client = getattr(thread, "_consumer", None)
+    if thread is None or client is None:
+        return False
+    thread.thread_loop.call_soon_threadsafe(client._coordinator.request_rejoin)
+    return True
 
 
 def install() -> None:

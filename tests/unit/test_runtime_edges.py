@@ -1,0 +1,100 @@
+"""Runtime edges without a broker: one actor per invocation, fail-stop on a failed apply, the stall fence."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from streamapp.config import Settings
+from streamapp.durable.service import Registry
+from streamapp.runtime import tuning
+from streamapp.runtime.actors import ActorPool
+from streamapp.runtime.app import EX_SOFTWARE, Runtime
+from streamapp.runtime.engine import PartitionState
+
+
+async def test_actor_pool__starting_an_invocation_that_already_has_an_actor_runs_it_once() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def send(p: int, okey: str, cmd: dict[str, Any]) -> None:
+        sent.append(cmd)
+
+    async def nothing(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    pool = ActorPool(Registry(), send, nothing, nothing, max_running=10)
+    rec = {"id": "i1", "service": "Gone", "handler": "h", "key": "k", "attempt": 0, "journal": [], "payload": None}
+    pool.start(0, "e1", rec, {})
+    pool.start(0, "e1", dict(rec), {})  # e.g. a duplicate activation or fire
+    await asyncio.sleep(0.05)
+    assert [cmd["op"] for cmd in sent] == ["fail"], "one attempt, one outcome"
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
+    settings = Settings.from_env({"STREAMAPP_DATA_DIR": str(tmp_path), "STREAMAPP_APP_ID": "unit-edges",
+                                  "STREAMAPP_SESSION_TIMEOUT": "6"})
+    rt = Runtime(settings, Registry())
+    yield rt
+    if rt.recovering is not None:
+        rt.recovering.cancel()
+
+
+class Msg:
+    topic, key, partition, offset = "t", b"k", 0, 7
+
+
+async def test_apply_command__a_command_that_fails_to_apply_stops_the_worker(runtime: Runtime) -> None:
+    def broken(p: int, offset: int, cmd: dict[str, Any]) -> None:
+        from streamapp.runtime.engine import ApplyError
+        raise ApplyError("op=invoke: disk full")
+
+    runtime.engine.apply = broken  # type: ignore[method-assign]
+    with pytest.raises(SystemExit) as exited:
+        runtime.apply_command(Msg(), b'{"op":"invoke","id":"i","service":"S","handler":"h","key":"k"}')
+    assert exited.value.code == EX_SOFTWARE
+
+
+async def test_apply_command__a_malformed_command_is_reported_not_applied(runtime: Runtime) -> None:
+    assert runtime.apply_command(Msg(), b'{"op":"invoke","id":"i"}') == "command op=invoke lacks service, handler, key"
+    assert runtime.apply_command(Msg(), b"\xff") == "undecodable command"
+    assert runtime.engine.applied == {}
+
+
+async def test_stall__woken_worker_applies_nothing_and_waits_for_the_group_instead_of_reactivating(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rejoins: list[object] = []
+    activations: list[object] = []
+    monkeypatch.setattr(tuning, "request_rejoin", lambda consumer: rejoins.append(consumer) or True)
+
+    async def activate_assigned() -> None:
+        activations.append(True)
+
+    runtime.activate_assigned = activate_assigned  # type: ignore[method-assign]
+    runtime.engine.partitions[0] = PartitionState(epoch="e1", live=True)
+    runtime.engine.applied[0] = 41
+    runtime.engine.alive_at = time.monotonic() - 60  # frozen for a minute: expelled, for all it knows
+    runtime.watch_stall()
+    assert runtime.engine.live_partitions() == set()
+    # Old behaviour: after a few heartbeats with no rebalance seen, reactivate on its own belief.
+    await asyncio.sleep(3 * float(runtime.app.conf.broker_heartbeat_interval) + 1.5)
+    assert activations == [], "ownership must come from the group, not from what the worker believed"
+    assert rejoins, "the worker asks the group for a fresh assignment"
+    assert runtime.engine.applied == {}, "tables are restored on the next assignment; read again from the commits"
+    assert runtime.fenced(), "no command is applied meanwhile"
+    runtime.generation = None
+    runtime.on_assignment(set())
+    assert not runtime.fenced(), "the group's assignment ends the fence"
+
+
+async def test_stall__a_command_read_right_after_waking_is_fenced_before_the_tick_runs(runtime: Runtime) -> None:
+    runtime.engine.partitions[0] = PartitionState(epoch="e1", live=True)
+    runtime.engine.alive_at = time.monotonic() - 60
+    assert runtime.fenced()
+    assert runtime.engine.live_partitions() == set()
