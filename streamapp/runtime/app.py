@@ -413,8 +413,18 @@ class Runtime:
                     now - last, self.engine.stall_limit, sorted(live))
         self.stalled = True
         self.engine.release(set(self.engine.partitions) | set(self.engine.applied))
+        self.distrust_tables()
         if self.recovering is None or self.recovering.done():
             self.recovering = asyncio.ensure_future(self._rejoin_after_stall())
+
+    def distrust_tables(self) -> None:
+        """After a stall the local tables may lack what another worker wrote: restore them in full."""
+        try:
+            reset = self.tables.distrust_local()
+        except Exception as exc:  # a store not open yet has nothing to distrust
+            log.warning("Could not reset table offsets after the stall error=%r", exc)
+            return
+        log.warning("Tables will be restored from the start of their changelogs partitions=%d", len(reset))
 
     def fenced(self) -> bool:
         """Whether the worker must not apply commands: it woke from a stall and was not reassigned since."""
@@ -441,6 +451,11 @@ class Runtime:
     def _wire(self) -> None:
         app = self.app
         self.app.sensors.add(_RebalanceSensor(self))
+
+        @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+        async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+            if self.stalled:  # buffered writes sent after waking may have moved the offsets again
+                self.distrust_tables()
 
         @app.on_partitions_assigned.connect  # type: ignore[arg-type]
         async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:

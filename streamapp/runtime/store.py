@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import faust
+from faust.types import TP
 
 # One RocksDB per table and partition (5 tables x N partitions): Faust's
 # defaults (64 MB write buffers, a 2 GB block cache each) let memory grow with
@@ -42,6 +43,28 @@ class Tables:
         self.timers = table("timers", "scheduled timers")
         self.state = table("state", "per-key user state")
         self.meta = table("meta", "partition epochs")
+
+    def distrust_local(self) -> list[TP]:
+        """Make the next recovery read every changelog partition this worker holds from its start.
+
+        Faust restores a table partition from the offset this worker last
+        wrote to its changelog, assuming nobody else wrote before it. A
+        worker frozen past its session breaks that: another worker drives
+        its partitions meanwhile, and the frozen worker's buffered writes,
+        sent when it wakes, land after the other's and move its offset past
+        rows it never saw. Rows deleted meanwhile are deleted again by the
+        replay while the changelog keeps their tombstones (its
+        ``delete.retention.ms``, a day by default).
+        """
+        reset = []
+        for table in (self.invocations, self.results, self.timers, self.state, self.meta):
+            store = table.data
+            topic = table.changelog_topic.get_topic_name()
+            for partition in list(store._dbs):  # the partitions with a local DB open
+                tp = TP(topic, partition)
+                store.set_persisted_offset(tp, -1)
+                reset.append(tp)
+        return reset
 
     @staticmethod
     def partition_items(table: Any, partition: int) -> Iterator[tuple[str, Any]]:
