@@ -10,6 +10,11 @@ Evidence (gathered by the driver once the system is quiet):
     calls         the recording proxy: each backend call, the worker incarnation that made it,
                   when it arrived and when it was answered
     activations   from the worker logs: when each incarnation took over (activated) a partition
+    events        what the driver did (faults, undos) and the crashes it saw, with wall-clock times
+    entries,      the internal topic's journal ``entry`` and ``activate`` commands (log order):
+    epochs        which step executions the engine journaled under which activation
+
+Crashes, journaled re-runs and re-runs of steps: ``chaos.steps``.
 
 What each check can and cannot see:
 
@@ -43,14 +48,17 @@ What each check can and cannot see:
 
 from __future__ import annotations
 
-import datetime
 import itertools
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from chaos import steps
+from chaos.diagnosis import Admission, clock, late_admissions  # noqa: F401 (re-exported)
+from chaos.faults import FAULTS
 from chaos.proxy import Call
+from chaos.steps import Disturbance, Entry, EpochStart
 
 IN_FLIGHT = ("pending", "running", "sleeping", "retrying", "paused", "scheduled")
 NO_ANSWER = "no worker answered"  # a status: the engine could not be asked (counted as stuck)
@@ -91,6 +99,10 @@ class Evidence:
     calls: list[Call]
     activations: list[Activation]
     partition_of: Callable[[str], int]  # user -> partition of the internal topic
+    events: list[Disturbance] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)
+    epochs: list[EpochStart] = field(default_factory=list)
+    session_timeout: float = 10.0
 
     def to_json(self) -> dict[str, Any]:
         """Everything but ``partition_of``, for ``python -m chaos --recheck``."""
@@ -99,6 +111,8 @@ class Evidence:
             "dup_posts": self.dup_posts, "dup_feeds": self.dup_feeds,
             "dead_letters": [asdict(d) for d in self.dead_letters], "status": self.status,
             "calls": [asdict(c) for c in self.calls], "activations": [asdict(a) for a in self.activations],
+            "events": [asdict(d) for d in self.events], "entries": [asdict(e) for e in self.entries],
+            "epochs": [asdict(e) for e in self.epochs], "session_timeout": self.session_timeout,
         }
 
     @classmethod
@@ -108,7 +122,10 @@ class Evidence:
             dup_posts=data["dup_posts"], dup_feeds=data["dup_feeds"],
             dead_letters=[DeadLetter(**d) for d in data["dead_letters"]], status=data["status"],
             calls=[Call(**c) for c in data["calls"]], activations=[Activation(**a) for a in data["activations"]],
-            partition_of=partition_of,
+            partition_of=partition_of, events=[Disturbance(**d) for d in data.get("events", [])],
+            entries=[Entry(**e) for e in data.get("entries", [])],
+            epochs=[EpochStart(**e) for e in data.get("epochs", [])],
+            session_timeout=data.get("session_timeout", 10.0),
         )
 
 
@@ -137,6 +154,10 @@ class Report:
     dup_post_attempts: int = 0
     dup_feed_attempts: int = 0
     source_duplicates: int = 0
+    faults_effective: int = 0  # faults that changed something (a kill of a stopped worker does not)
+    crashes: int = 0
+    journaled_reruns: int = 0
+    reruns: int = 0  # steps run again before their entry was durable (allowed; unexplained ones are violations)
     violations: list[Violation] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     subjects: set[str] = field(default_factory=set)  # invocation ids involved in violations
@@ -150,6 +171,8 @@ class Report:
             f"faults={self.faults} events={self.events} lost={self.lost} duplicated={self.duplicated} "
             f"order_violations={self.order_violations} stuck={self.stuck} dead_lettered={self.dead_lettered} "
             f"serial_violations={self.serial_violations} overlaps={self.overlaps} stale_calls={self.stale_calls} "
+            f"crashes={self.crashes} journaled_reruns={self.journaled_reruns} reruns={self.reruns} "
+            f"faults_effective={self.faults_effective} "
             f"dup_attempts={self.dup_post_attempts + self.dup_feed_attempts} "
             f"(posts={self.dup_post_attempts} feeds={self.dup_feed_attempts})"
         )
@@ -165,10 +188,6 @@ def inv_of_key(key: str | None) -> str | None:
     return key.rsplit(":", 1)[0] if key and ":" in key else None
 
 
-def clock(t: float) -> str:
-    return datetime.datetime.fromtimestamp(t).strftime("%H:%M:%S.%f")[:-3]
-
-
 def describe_calls(calls: Iterable[Call]) -> str:
     return "; ".join(
         f"{clock(c.start)}-{clock(c.end)} {c.incarnation} {c.kind}"
@@ -179,9 +198,11 @@ def describe_calls(calls: Iterable[Call]) -> str:
 
 def check(ev: Evidence, faults: int) -> Report:
     r = Report(faults=faults, events=len(ev.source), dup_post_attempts=ev.dup_posts, dup_feed_attempts=ev.dup_feeds)
+    r.faults_effective = sum(1 for d in ev.events if d.effective and d.kind in FAULTS)
     done = _completion(ev, r)
     _order(ev, r, done)
     _overlaps(ev, r)
+    _steps(ev, r)
     return r
 
 
@@ -304,29 +325,9 @@ def _overlaps(ev: Evidence, r: Report) -> None:
     workers at overlapping times. A clean handover (the old owner stopped or died,
     then the new one activated and resumed) never produces intersecting spans.
     """
-    post_inv = {p["postId"]: inv_of_key(p["idempotencyKey"]) for p in ev.posts}
-    user_of = {e.inv: e.user for e in ev.source}
-    for p in ev.posts:
-        user_of.setdefault(inv_of_key(p["idempotencyKey"]) or "", p["userId"])
-    owners: dict[int, list[Activation]] = defaultdict(list)
-    for act in sorted(ev.activations, key=lambda a: a.time):
-        owners[act.partition].append(act)
-
-    def latest(partition: int, t: float, incarnation: str | None = None) -> Activation | None:
-        found = None
-        for act in owners.get(partition, []):
-            if act.time > t:
-                break
-            if incarnation is None or act.incarnation == incarnation:
-                found = act
-        return found
-
-    calls_by_inv: dict[str, list[Call]] = defaultdict(list)
-    for call in ev.calls:
-        inv = inv_of_key(call.key) if call.key else post_inv.get(call.post_id or "")
-        if inv is not None:
-            calls_by_inv[inv].append(call)
-    for inv, calls in calls_by_inv.items():
+    ownership = _Ownership(ev)
+    owners, latest, user_of = ownership.owners, ownership.latest, ownership.user_of
+    for inv, calls in ownership.calls_by_inv.items():
         user = user_of.get(inv)
         if user is None:
             continue
@@ -360,43 +361,62 @@ def _overlaps(ev: Evidence, r: Report) -> None:
             r.add("stale", where, "; ".join(parts) + f" (a step under a superseded epoch). {context}", inv)
 
 
-# -- diagnosis (not a check) -------------------------------------------------------
-@dataclass(frozen=True)
-class Admission:
-    """An ``invoke`` command of a source record on the internal topic."""
+class _Ownership:
+    """Calls by invocation, and which activation of the invocation's partition each call ran under."""
 
-    source_offset: int
-    time: float  # the command's record timestamp (set by the worker that produced it)
+    def __init__(self, ev: Evidence) -> None:
+        self.ev = ev
+        post_inv = {p["postId"]: inv_of_key(p["idempotencyKey"]) for p in ev.posts}
+        self.user_of = {e.inv: e.user for e in ev.source}
+        for p in ev.posts:
+            self.user_of.setdefault(inv_of_key(p["idempotencyKey"]) or "", p["userId"])
+        self.owners: dict[int, list[Activation]] = defaultdict(list)
+        for act in sorted(ev.activations, key=lambda a: a.time):
+            self.owners[act.partition].append(act)
+        self.calls_by_inv: dict[str, list[Call]] = defaultdict(list)
+        self.inv_of: dict[int, str] = {}
+        for call in ev.calls:
+            inv = inv_of_key(call.key) if call.key else post_inv.get(call.post_id or "")
+            if inv is not None:
+                self.calls_by_inv[inv].append(call)
+                self.inv_of[id(call)] = inv
+
+    def latest(self, partition: int, t: float, incarnation: str | None = None) -> Activation | None:
+        found = None
+        for act in self.owners.get(partition, []):
+            if act.time > t:
+                break
+            if incarnation is None or act.incarnation == incarnation:
+                found = act
+        return found
+
+    def execution_of(self, call: Call) -> tuple[str, float | None]:
+        """(incarnation, time of its last activation of the partition before the call)."""
+        user = self.user_of.get(self.inv_of.get(id(call), ""))
+        own = self.latest(self.ev.partition_of(user), call.start, call.incarnation) if user else None
+        return call.incarnation, own.time if own else None
 
 
-def late_admissions(admissions: Iterable[Admission], slack: float = 1.0) -> list[str]:
-    """Ranges of source records made into invocations only after later records were.
-
-    The sources agent admits records in offset order, so a source record whose first
-    ``invoke`` comes more than ``slack`` seconds after a later record's first ``invoke``
-    was skipped and read again later (after a rebalance): its key's later events can
-    then run before it.
-    """
-    first: dict[int, float] = {}
-    for a in admissions:
-        first[a.source_offset] = min(a.time, first.get(a.source_offset, a.time))
-    offsets = sorted(first)
-    later_min: dict[int, tuple[float, int]] = {}
-    best: tuple[float, int] = (float("inf"), -1)
-    for o in reversed(offsets):
-        later_min[o] = best
-        best = min(best, (first[o], o))
-    late = [o for o in offsets if later_min[o][0] < first[o] - slack]
-    ranges: list[list[int]] = []
-    for o in late:
-        if ranges and o == ranges[-1][-1] + 1:
-            ranges[-1].append(o)
-        else:
-            ranges.append([o])
-    out = []
-    for rng in ranges:
-        lo, hi = rng[0], rng[-1]
-        t_ahead, o_ahead = later_min[hi]
-        out.append(f"source offsets {lo}-{hi} admitted at {clock(first[lo])}, after offset {o_ahead} "
-                   f"(admitted {clock(t_ahead)}): skipped, then read again")
-    return out
+# -- crashes, re-run steps (chaos.steps) -----------------------------------------
+def _steps(ev: Evidence, r: Report) -> None:
+    for d in ev.events:
+        if d.kind == "crash":
+            r.crashes += 1
+            r.add("crash", d.target or "(worker)", f"exited on its own at {clock(d.time)}: {d.detail}")
+    journaled = set()
+    for first, later in steps.journaled_reruns(ev.entries, ev.epochs):
+        r.journaled_reruns += 1
+        journaled.add(f"{first.inv}:{first.index}")
+        r.add("journaled_rerun", first.inv, f"step {first.index} was journaled under epoch {first.epoch} (partition "
+              f"{first.partition}, offset {first.offset}) and run again under epoch {later.epoch}, activated after "
+              f"that entry (its entry at offset {later.offset})", first.inv)
+    ownership = _Ownership(ev)
+    for rr in steps.call_reruns(ev.calls, ownership.execution_of, ev.events, ev.session_timeout):
+        if rr.key in journaled:
+            continue
+        r.reruns += 1
+        if rr.explained_by is None and not rr.same_execution:
+            r.add("rerun", rr.key, f"{rr.again.incarnation} called it again at {clock(rr.again.start)} after "
+                  f"{rr.first.incarnation} at {clock(rr.first.start)}, with no fault or crash from "
+                  f"{steps.RERUN_WINDOW + ev.session_timeout:g}s before the first call to the repeat",
+                  inv_of_key(rr.key))

@@ -224,7 +224,7 @@ class Worker:
     paused: bool = False
     expected_exit: bool = True  # False while it runs; an exit then is a crash
     was_ready: bool = False  # this incarnation answered /health ready at least once
-    pids: dict[int, str] = field(default_factory=dict)  # pid -> incarnation, every start
+    incarnation_pids: dict[str, int] = field(default_factory=dict)  # every start (pids get reused)
 
     @property
     def url(self) -> str:
@@ -254,7 +254,7 @@ class Worker:
                 [sys.executable, "-m", "streamapp", "worker", "-l", "info"],
                 cwd=self.code_dir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        self.pids[self.proc.pid] = self.incarnation
+        self.incarnation_pids[self.incarnation] = self.proc.pid
         self.paused = False
         self.expected_exit = False
         self.was_ready = False

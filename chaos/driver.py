@@ -36,15 +36,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from chaos import checks, faults
+from chaos import checks, faults, logs
 from chaos.cluster import Broker, Downstream, Worker, http_json, snapshot_code
 from chaos.proxy import RecordingProxy
+from chaos.steps import Disturbance
 from chaos.topics import create_topics, read_topic
 from chaos.workload import Producer
-
-ACTIVATED = re.compile(
-    r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\] \[(\d+)\] \[\w+\] Partition activated partition=(\d+)", re.M
-)
 
 
 def say(text: str) -> None:
@@ -76,6 +73,8 @@ class ChaosRun:
         self.faults_done = 0
         self.fault_log: list[str] = []
         self.crashes: list[str] = []
+        self.events: list[Disturbance] = []  # what the run did to the cluster, and the crashes (evidence)
+        self.internal: list[Any] = []  # the internal topic's records, read once at the end
         self.stopping: list[tuple[float, Worker]] = []  # clean stops to enforce: (deadline, worker)
         self.t0 = 0.0
         self._last_progress = 0.0
@@ -155,6 +154,9 @@ class ChaosRun:
             time.sleep(0.1)
         self.log(f"fault phase over: {self.faults_done} faults")
 
+    def event(self, kind: str, target: str | None, effective: bool = True, detail: str = "") -> None:
+        self.events.append(Disturbance(time.time(), kind, target, effective, detail))
+
     def execute(self, action: faults.Action) -> None:
         assert self.broker is not None
         worker = self.workers.get(action.target or "")
@@ -162,6 +164,16 @@ class ChaosRun:
         if action.is_fault:
             self.faults_done += 1
         label = f"fault #{self.faults_done} {action}" if action.is_fault else f"undo {action}"
+        if kind == "kill_broker":
+            effective = self.broker.pid() is not None or self.broker.starting()
+        elif kind in ("restart_worker", "add_worker", "start_broker") or worker is None:
+            effective = True
+        elif kind == "resume_worker":
+            effective = worker.alive() and worker.paused
+        else:  # kill, pause, remove: only a running worker
+            effective = worker.alive() and not (kind == "pause_worker" and worker.paused)
+        self.event(kind, (worker.incarnation if kind not in ("restart_worker", "add_worker") else worker.slot)
+                   if worker else None, effective)
         if kind == "kill_broker":
             self.broker.wait_up()
             pid = self.broker.kill()
@@ -212,6 +224,7 @@ class ChaosRun:
             elif time.monotonic() > deadline:
                 self.stopping.remove((deadline, worker))
                 self.log(f"{worker.incarnation} did not stop within 30 s of SIGTERM; SIGKILL")
+                self.event("kill_worker", worker.incarnation, detail="did not stop within 30 s of SIGTERM")
                 worker.kill()
         for worker in self.workers.values():
             if worker.crashed():
@@ -220,6 +233,7 @@ class ChaosRun:
                 what = (f"{worker.incarnation} (pid {worker.proc.pid}) exited on its own with "
                         f"{worker.proc.returncode} {when}{last_error(worker.log_text(), worker.incarnation)}")
                 self.crashes.append(what)
+                self.event("crash", worker.incarnation, detail=what)
                 worker.expected_exit = True
                 self.log(f"CRASH: {what}; starting it again")
                 self.start_worker(worker)
@@ -249,10 +263,12 @@ class ChaosRun:
         a = self.args
         for worker in self.workers.values():
             if worker.paused:
+                self.event("resume_worker", worker.incarnation, detail="settle")
                 worker.resume()
         self.broker.wait_up()
         running = [w for w in self.workers.values() if w.alive()]
         if not running:
+            self.event("restart_worker", "w0", detail="settle: no worker left running")
             inc = self.start_worker(self.workers["w0"])
             self.log(f"no worker left running; started {inc}")
         deadline = time.monotonic() + a.settle
@@ -309,10 +325,12 @@ class ChaosRun:
         status = self.engine_status([e.inv for e in source if e.inv not in complete])
         activations = []
         for worker in self.workers.values():
-            for m in ACTIVATED.finditer(worker.log_text()):
-                t = time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000
-                inc = worker.pids.get(int(m.group(3)), f"{worker.slot}.pid{m.group(3)}")
-                activations.append(checks.Activation(t, inc, int(m.group(4))))
+            activations += logs.activations_from_log(worker.log_text(), worker.slot, worker.incarnation_pids)
+        self.internal = read_topic(self.broker.bootstrap, f"{self.app_id}-invocations", timeout=120)
+        entries, epochs = logs.internal_commands([
+            {"partition": rec.partition, "offset": rec.offset, "value": json.loads(rec.value)}
+            for rec in self.internal if rec.value and (b'"entry"' in rec.value or b'"activate"' in rec.value)
+        ])
         with (self.workdir / "activations.jsonl").open("w") as f:
             for act in sorted(activations, key=lambda a: a.time):
                 f.write(json.dumps({"time": checks.clock(act.time), "t": act.time, "incarnation": act.incarnation,
@@ -323,6 +341,7 @@ class ChaosRun:
             dup_posts=records["duplicatePostAttempts"], dup_feeds=records["duplicateFeedAttempts"],
             dead_letters=dead, status=status, calls=self.proxy.snapshot(), activations=activations,
             partition_of=lambda user: partition_for(f"UserFeed/{user}", partitions),
+            events=self.events, entries=entries, epochs=epochs, session_timeout=self.args.session_timeout,
         )
         (self.workdir / "evidence.json").write_text(json.dumps({"partitions": partitions, **evidence.to_json()}))
         return evidence
@@ -348,7 +367,7 @@ class ChaosRun:
         """Diagnosis from the internal topic: source records admitted out of offset order."""
         assert self.broker is not None
         found = []
-        for rec in read_topic(self.broker.bootstrap, f"{self.app_id}-invocations", timeout=120):
+        for rec in self.internal:
             if not rec.value or b'"invoke"' not in rec.value:
                 continue
             cmd = json.loads(rec.value)

@@ -20,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 from types import FrameType
 
-from chaos import checks, faults
+from chaos import checks, faults, logs
 from chaos.driver import ChaosRun, StopRequestedError, engine_functions, say
 from chaos.workload import events
 
@@ -73,12 +73,30 @@ def reproduce(args: argparse.Namespace) -> str:
 
 
 def recheck(workdir: Path) -> int:
-    """Run the checks again on a kept work dir's ``evidence.json`` (no broker needed)."""
+    """Run the checks again on a kept work dir's ``evidence.json`` (no broker needed).
+
+    Activations are read again from the worker logs when they are there (the
+    attribution to incarnations is the current one); faults, crashes and
+    journal entries of work dirs from older drivers come from report.txt and
+    evidence.jsonl. Without the run's code snapshot (``code/``), the engine's
+    partitioning comes from the code this command runs.
+    """
     data = json.loads((workdir / "evidence.json").read_text())
+    if not (workdir / "code").is_dir():
+        say(f"chaos: no code snapshot in {workdir}; partitioning by the current tree's streamapp")
     _, partition_for = engine_functions(workdir / "code")
     partitions = data.pop("partitions")
     evidence = checks.Evidence.from_json(data, lambda user: partition_for(f"UserFeed/{user}", partitions))
-    faults_done = sum(1 for line in (workdir / "report.txt").read_text().splitlines() if "] fault #" in line)
+    worker_logs = sorted(workdir.glob("w*.log"))
+    if worker_logs:
+        evidence.activations = [a for log in worker_logs
+                                for a in logs.activations_from_log(log.read_text(errors="replace"), log.stem)]
+    if "events" not in data:
+        evidence.events = logs.legacy_events(workdir)
+    if "entries" not in data:
+        evidence.entries, evidence.epochs = logs.legacy_internal_commands(workdir)
+    faults_done = sum(1 for line in (workdir / "report.txt").read_text().splitlines() if "] fault #" in line
+                      and "was not running" not in line)
     report = checks.check(evidence, faults_done)
     for v in report.violations:
         say(f"chaos: VIOLATION {v}")

@@ -45,7 +45,8 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 from faust.sensors import Sensor
 from faust.types import TP
 
@@ -84,6 +85,9 @@ class StreamApp(faust.App):
     async def on_first_start(self) -> None:
         await super().on_first_start()
         await wait_for_broker(self.runtime.settings.broker, self.runtime.settings.broker_wait)
+        # Faust's producer and consumer bootstrap after this returns; the
+        # broker may be killed or restarting by then.
+        patient_bootstrap(self.runtime.settings.broker, self.runtime.settings.broker_wait)
 
     async def on_stop(self) -> None:
         # Stop the actors while the producer still runs, so a step that ran
@@ -125,6 +129,41 @@ async def wait_for_broker(broker: str, patience: float) -> None:
         finally:
             await admin.close()
         await asyncio.sleep(1.0)
+
+
+_plain_bootstrap = AIOKafkaClient.bootstrap
+_bootstrap_until = 0.0  # monotonic deadline of the start-up window (patient_bootstrap)
+
+
+def patient_bootstrap(broker: str, patience: float) -> None:
+    """For ``patience`` seconds from now, a Kafka client's bootstrap waits for the broker instead of failing.
+
+    ``wait_for_broker`` proves the broker answered once; Faust's producer and
+    consumer bootstrap right after, and a broker killed or restarting in
+    between made the worker exit ("Unable to bootstrap"). Within the window a
+    failed bootstrap is tried again every second; after it, a bootstrap fails
+    at once as aiokafka's own does.
+    """
+    global _bootstrap_until
+    _bootstrap_until = time.monotonic() + patience
+
+    async def bootstrap(client: AIOKafkaClient) -> None:
+        said = 0.0
+        while True:
+            try:
+                await _plain_bootstrap(client)
+                return
+            except KafkaConnectionError as exc:
+                now = time.monotonic()
+                if now >= _bootstrap_until:
+                    raise
+                if now - said >= 5:
+                    log.warning("Waiting for the broker %s (up to %.0fs more): %r", broker, _bootstrap_until - now,
+                                exc)
+                    said = now
+            await asyncio.sleep(1.0)
+
+    AIOKafkaClient.bootstrap = bootstrap  # type: ignore[method-assign]
 
 
 class _RebalanceSensor(Sensor):

@@ -20,10 +20,11 @@ from chaos import faults
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED, DURATION, GAP, SESSION_TIMEOUT = 1, 60, "3,8", 6
-# Every invariant the driver checks; duplicate attempts with the same idempotency key
-# (a step re-run after a crash, deduplicated by the backend) are reported, not failed.
+# Every invariant the driver checks, crashes (a worker exiting on its own) and journaled
+# re-runs included; a step re-run before its entry was durable (after a fault) is counted
+# (``reruns``), not failed, and a re-run with no fault near it is a violation (exit code 1).
 ZERO = ("lost", "stuck", "dead_lettered", "duplicated", "order_violations", "serial_violations", "overlaps",
-        "stale_calls")
+        "stale_calls", "crashes", "journaled_reruns")
 
 
 def run_driver(args: list[str], timeout: float) -> tuple[int, str]:
@@ -52,6 +53,7 @@ def test_chaos__short_fixed_seed_run__every_invariant_holds(tmp_path):
     fields = dict(re.findall(r"(\w+)=(\d+)", summary.group(0)))
     print(summary.group(0))
     assert int(fields["faults"]) == len(planned)
+    assert 0 < int(fields["faults_effective"]) <= len(planned)
     assert int(fields["events"]) == 300
     violations = "\n".join(line for line in out.splitlines() if "VIOLATION" in line)
     assert {k: int(fields[k]) for k in ZERO} == dict.fromkeys(ZERO, 0), violations[:6000]

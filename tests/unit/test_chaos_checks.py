@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import datetime
 from collections import Counter
 from typing import Any
 
 import pytest
 
-from chaos import checks, faults
+from chaos import checks, faults, logs
 from chaos.proxy import Call
+from chaos.steps import Disturbance, Entry, EpochStart
 
 T0 = 1_800_000_000.0
 
@@ -46,10 +48,14 @@ class World:
                     Call("w0.1", "POST", f"/feeds/{user}", f"{inv(n)}:2", f"p{n}", t + 0.2, t + 0.21, 200),
                 ]
         self.activations = [checks.Activation(T0, "w0.1", 0), checks.Activation(T0, "w0.1", 1)]
+        self.events: list[Disturbance] = []
+        self.entries: list[Entry] = []
+        self.epochs: list[EpochStart] = []
 
     def check(self) -> checks.Report:
         ev = checks.Evidence(self.source, self.posts, self.feeds, self.dup_posts, self.dup_feeds, self.dead,
-                             self.status, self.calls, self.activations, lambda user: int(user[1:]))
+                             self.status, self.calls, self.activations, lambda user: int(user[1:]),
+                             self.events, self.entries, self.epochs, session_timeout=6.0)
         return checks.check(ev, faults=3)
 
 
@@ -64,7 +70,8 @@ def test_checks__a_clean_run_passes_and_counts_duplicate_attempts_without_failin
     assert report.ok, report.violations
     assert report.summary() == (
         "faults=3 events=6 lost=0 duplicated=0 order_violations=0 stuck=0 dead_lettered=0 serial_violations=0 "
-        "overlaps=0 stale_calls=0 dup_attempts=3 (posts=2 feeds=1)"
+        "overlaps=0 stale_calls=0 crashes=0 journaled_reruns=0 reruns=0 faults_effective=0 "
+        "dup_attempts=3 (posts=2 feeds=1)"
     )
 
 
@@ -140,6 +147,7 @@ def test_checks__a_worker_resuming_an_invocation_another_worker_ran_meanwhile_is
     t = T0 + 10 + 4  # event 4 (user u0, partition 0); w0.1's calls at t, t+0.1, t+0.2
     world.calls = [c for c in world.calls if not (c.key == f"{inv(4)}:2")]
     world.activations.append(checks.Activation(t + 0.05, "w1.1", 0))
+    world.events.append(Disturbance(t - 7, "pause_worker", "w0.1"))  # its session expired at t
     world.calls += [
         Call("w1.1", "POST", "/posts", f"{inv(4)}:0", "p4", t + 0.06, t + 0.07, 200),
         Call("w1.1", "POST", "/feeds/u0", f"{inv(4)}:4", "p4", t + 0.08, t + 0.09, 200),
@@ -165,6 +173,7 @@ def test_checks__a_step_under_a_superseded_epoch_is_stale_even_when_the_new_owne
 def test_checks__a_handover_after_the_old_owner_stopped_calling_is_not_an_overlap():
     world = World()
     t = T0 + 10 + 4
+    world.events.append(Disturbance(t + 0.22, "kill_worker", "w0.1"))
     world.activations.append(checks.Activation(t + 0.25, "w1.1", 0))  # after w0.1's last call for event 4
     world.calls.append(Call("w1.1", "POST", "/feeds/u0", f"{inv(4)}:2", "p4", t + 0.3, t + 0.31, 200))
     report = world.check()
@@ -201,3 +210,106 @@ def test_plan__faults_only_when_possible():
             if action.kind in ("restart_worker", "resume_worker", "add_worker"):
                 running.add(action.target or "")
             broker = action.kind != "kill_broker" if action.kind in ("kill_broker", "start_broker") else broker
+
+
+# -- incarnations in the worker logs ----------------------------------------------
+def log_line(t: float, pid: int, text: str) -> str:
+    return f"[{datetime.datetime.fromtimestamp(t).strftime('%Y-%m-%d %H:%M:%S,%f')[:-3]}] [{pid}] [INFO] {text}"
+
+
+def test_activations_from_log__a_reused_pid_names_the_incarnation_that_logged_the_line():
+    # w0.1 (pid 2161) activates partition 0 and runs; much later w0.23 gets pid 2161 again.
+    log = "\n".join([
+        f"==== chaos: starting w0.1 at {T0 - 5:.3f}",
+        log_line(T0, 2161, "Partition activated partition=0 unfinished=0 resumed=0 sleeping=0"),
+        f"==== chaos: starting w0.2 at {T0 + 100:.3f}",
+        log_line(T0 + 101, 4022, "Partition activated partition=1 unfinished=0 resumed=0 sleeping=0"),
+        f"==== chaos: starting w0.23 at {T0 + 1000:.3f}",
+        log_line(T0 + 1001, 2161, "Partition activated partition=0 unfinished=0 resumed=0 sleeping=0"),
+    ]) + "\n"
+    pids = {"w0.1": 2161, "w0.2": 4022, "w0.23": 2161}
+    acts = logs.activations_from_log(log, "w0", pids)
+    assert [(a.incarnation, a.partition, round(a.time - T0)) for a in acts] == [
+        ("w0.1", 0, 0), ("w0.2", 1, 101), ("w0.23", 0, 1001)]
+    # The checks then see w0.1's calls (from T0 + 10 on) under w0.1's own activation: none is stale.
+    world = World()
+    world.activations = [a for a in acts if a.partition == 0] + [checks.Activation(T0, "w0.1", 1)]
+    report = world.check()
+    assert (report.stale_calls, report.overlaps) == (0, 0), report.violations
+
+
+def test_activations_from_log__a_line_of_a_pid_not_the_incarnations_is_not_attributed_to_it():
+    log = f"==== chaos: starting w1.3 at {T0:.3f}\n" + log_line(T0 + 1, 999, "Partition activated partition=2 x") + "\n"
+    assert [a.incarnation for a in logs.activations_from_log(log, "w1", {"w1.3": 1234})] == ["w1.pid999?"]
+
+
+# -- crashes, faults that took effect, re-run steps ----------------------------------
+def test_checks__a_worker_that_exits_on_its_own_fails_the_run():
+    world = World()
+    world.events.append(Disturbance(T0 + 5, "crash", "w0.4", detail="exited with 1: Unable to bootstrap"))
+    report = world.check()
+    assert report.crashes == 1 and kinds(report) == {"crash": 1}
+    assert "Unable to bootstrap" in report.violations[0].detail
+
+
+def test_checks__faults_that_took_effect_are_counted_beside_the_faults_run():
+    world = World()
+    world.events += [Disturbance(T0 + 1, "kill_worker", "w0.1"), Disturbance(T0 + 2, "kill_worker", "w0.2", False),
+                     Disturbance(T0 + 3, "restart_worker", "w0"), Disturbance(T0 + 4, "kill_broker", None)]
+    report = world.check()
+    assert report.ok, report.violations
+    assert (report.faults, report.faults_effective) == (3, 2)
+    assert "faults=3 " in report.summary() and "faults_effective=2 " in report.summary()
+
+
+def journaled_world(second_epoch_at: int) -> World:
+    """Event 4's create-post (step 0) journaled by epoch A at offset 10; epoch B activated at ``second_epoch_at``
+    ran the invocation again and journaled step 0 itself (offset 20)."""
+    world = World()
+    world.epochs = [EpochStart(0, 1, "A"), EpochStart(0, second_epoch_at, "B")]
+    world.entries = [Entry(0, 10, inv(4), 0, "A"), Entry(0, 20, inv(4), 0, "B")]
+    return world
+
+
+def test_checks__a_step_run_again_by_an_epoch_activated_after_its_entry_is_a_journaled_rerun():
+    report = journaled_world(second_epoch_at=15).check()
+    assert report.journaled_reruns == 1 and kinds(report) == {"journaled_rerun": 1}
+    assert "step 0 was journaled under epoch A" in report.violations[0].detail
+
+
+@pytest.mark.parametrize("second_epoch_at", [5, 8])
+def test_checks__a_step_whose_entry_was_not_applied_may_run_again(second_epoch_at):
+    # B activated before A's entry reached the log: the engine ignores A's entry (stale epoch), B must re-run.
+    world = journaled_world(second_epoch_at)
+    report = world.check()
+    assert report.journaled_reruns == 0 and report.ok, report.violations
+
+
+def rerun_world(fault_at: float | None) -> World:
+    """w1.1 takes partition 0 over and calls event 4's create-post key again (the entry was not durable)."""
+    world = World()
+    t = T0 + 10 + 4
+    world.calls = [c for c in world.calls if c.post_id != "p4" or c.key == f"{inv(4)}:0"]
+    world.activations.append(checks.Activation(t + 30, "w1.1", 0))
+    world.calls += [
+        Call("w1.1", "POST", "/posts", f"{inv(4)}:0", "p4", t + 31, t + 31.01, 200),
+        Call("w1.1", "GET", "/posts/p4/status", None, "p4", t + 31.1, t + 31.11, 200),
+        Call("w1.1", "POST", "/feeds/u0", f"{inv(4)}:2", "p4", t + 31.2, t + 31.21, 200),
+    ]
+    if fault_at is not None:
+        world.events.append(Disturbance(t + fault_at, "kill_worker", "w0.1"))
+    return world
+
+
+@pytest.mark.parametrize("fault_at", [0.005, -10.0, 25.0])
+def test_checks__a_step_run_again_after_a_fault_before_its_entry_was_durable_is_allowed(fault_at):
+    report = rerun_world(fault_at).check()
+    assert report.ok, report.violations
+    assert report.reruns == 1
+
+
+@pytest.mark.parametrize("fault_at", [None, -30.0, 40.0])
+def test_checks__a_step_run_again_with_no_fault_or_crash_near_it_is_a_violation(fault_at):
+    report = rerun_world(fault_at).check()
+    assert report.reruns == 1 and kinds(report) == {"rerun": 1}
+    assert "w1.1 called it again" in report.violations[0].detail
