@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar, overload
 
 from streamapp.durable import codec, mute
-from streamapp.durable.errors import NonDeterminismError, Suspended, TerminalError
+from streamapp.durable.errors import NonDeterminismError, Suspended, TerminalError, TooLargeError
 
 T = TypeVar("T")
 _DELETED = object()
@@ -161,7 +161,12 @@ class ObjectContext(SharedContext):
                     # Retrying would run ``fn``'s side effect again for the same outcome.
                     raise TerminalError(f"step '{name}' returned a result that is not JSON: {exc}") from exc
                 entry = {"t": "run", "name": name, "value": value}
-            await self._sink.append(entry)
+            try:
+                await self._sink.append(entry)
+            except TooLargeError as exc:
+                # ``fn`` ran: journal the step as failed, so no retry runs its side effect again.
+                entry = {"t": "run", "name": name, "failure": f"step '{name}' could not be journaled: {exc}"}
+                await self._sink.append(entry)
             self._journal.append(entry)
         self._advance()
         if "failure" in entry:

@@ -4,6 +4,7 @@
     ├── TerminalError               fails the invocation, never retried
     │   ├── NonDeterminismError     replay asked for a different step than journaled
     │   ├── InvalidInputError       payload does not match the handler's input type
+    │   ├── TooLargeError           a step result, state or result too large for the log
     │   └── KilledError             an operator killed the invocation
     └── RetryableError              retried after ``retry_after`` seconds (or by policy)
 
@@ -51,6 +52,10 @@ class NonDeterminismError(TerminalError):
 
 class InvalidInputError(TerminalError):
     """The payload cannot be decoded into the handler's input type."""
+
+
+class TooLargeError(TerminalError):
+    """A journal entry, a state or a result is larger than the broker accepts in one record."""
 
 
 class KilledError(TerminalError):

@@ -16,8 +16,12 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from aiokafka.errors import MessageSizeTooLargeError
+
 from streamapp.durable import executor
+from streamapp.durable.errors import TooLargeError
 from streamapp.durable.service import Registry
+from streamapp.runtime import limits
 from streamapp.runtime.commands import object_key
 
 log = logging.getLogger(__name__)
@@ -38,6 +42,8 @@ class _Sink:
 
     def __init__(self, pool: ActorPool, p: int, epoch: str, rec: dict[str, Any], journal: list[Any]) -> None:
         self.pool, self.p, self.epoch, self.rec, self.journal = pool, p, epoch, rec, journal
+        self.journaled = len(journal)  # entries counted in ``row_bytes``
+        self.row_bytes = limits.row_size({**rec, "journal": journal}) if pool.limits.rows else 0
 
     def before_step(self) -> None:
         """Refuse to start a step once this actor's partition is driven by another activation.
@@ -50,17 +56,37 @@ class _Sink:
             raise asyncio.CancelledError(f"partition {self.p} is no longer driven by epoch {self.epoch}")
 
     async def append(self, entry: dict[str, Any]) -> None:
+        """Journal ``entry``; raise ``TooLargeError`` (nothing sent) if the log would refuse it."""
         okey = object_key(self.rec["service"], self.rec["key"])
+        self.check_row(entry)
         # Shielded: if the actor is stopped now, the step's effect already
         # happened, so its journal entry is still sent (ahead of any later
         # activation of the partition, through the same producer).
-        await self.pool.shielded(self.pool.send(self.p, okey, {
-            "op": "entry", "id": self.rec["id"], "epoch": self.epoch, "index": len(self.journal), "entry": entry,
-            "attempt": self.rec["attempt"] + 1,
-        }))
+        try:
+            await self.pool.shielded(self.pool.send(self.p, okey, {
+                "op": "entry", "id": self.rec["id"], "epoch": self.epoch, "index": len(self.journal),
+                "entry": entry, "attempt": self.rec["attempt"] + 1,
+            }))
+        except MessageSizeTooLargeError as exc:
+            raise TooLargeError(limits.reason(exc)) from None
+
+    def check_row(self, entry: dict[str, Any]) -> None:
+        """Refuse an entry that would make the invocation's record too large for its changelog."""
+        if not self.pool.limits.rows:
+            return
+        for earlier in self.journal[self.journaled:]:
+            self.row_bytes += limits.row_size(earlier) + 1
+        self.journaled = len(self.journal)
+        error = self.pool.limits.row_error("invocations", self.rec["id"], self.row_bytes + limits.row_size(entry) + 1)
+        if error is not None:
+            raise TooLargeError(error)
 
     async def send(self, target: dict[str, Any]) -> None:
-        await self.pool.invoke(target, parent=self.rec["id"])
+        try:
+            await self.pool.invoke(target, parent=self.rec["id"])
+        except MessageSizeTooLargeError as exc:
+            method = f"{target['service']}/{target['handler']}"
+            raise TooLargeError(f"invocation of {method}: {limits.reason(exc)}") from None
 
 
 class ActorPool:
@@ -83,6 +109,7 @@ class ActorPool:
         self.sending: set[asyncio.Future[None]] = set()  # journal entries on their way to the log
         self.owns: Callable[[int, str], bool] = lambda p, epoch: True
         self.ready: deque[tuple[int, str, dict[str, Any], dict[str, Any]]] = deque()
+        self.limits = limits.Limits()  # the broker's record limits, once the runtime read them
 
     def waiting(self) -> int:
         return len(self.ready)
@@ -169,27 +196,54 @@ class ActorPool:
             handler, invocation_id=inv_id, key=rec["key"], payload=rec["payload"], attempt=attempt,
             journal=journal, state=state, sink=_Sink(self, p, epoch, rec, journal), clock=self.clock,
         )
-        if isinstance(outcome, executor.Completed):
-            await self.send(p, okey, {**base, "op": "complete", "result": outcome.result,
-                                      "state": outcome.state_changes})
-            log.info("Invocation completed successfully method=%s invocationID=%s", method, inv_id)
-        elif isinstance(outcome, executor.Parked):
-            # The sleep entry is the journal's last: its index tells a late copy from the next sleep.
-            await self.send(p, okey, {**base, "op": "suspend", "wake_at": outcome.wake_at, "index": len(journal) - 1})
-        elif isinstance(outcome, executor.Retry):
-            log.warning(
-                "Invocation attempt failed, retrying method=%s invocationID=%s attempt=%d retryIn=%.3fs error=%s",
-                method, inv_id, attempt, outcome.wake_at - self.clock.now(), outcome.error,
-            )
-            await self.send(p, okey, {**base, "op": "retry", "wake_at": outcome.wake_at, "error": outcome.error})
-        else:
-            assert isinstance(outcome, executor.Failed)
-            pause = outcome.exhausted and handler.retry.on_exhausted == "pause"
-            if pause:
-                log.error("Invocation paused after exhausting retries method=%s invocationID=%s error=%s",
-                          method, inv_id, outcome.error)
+        try:
+            if isinstance(outcome, executor.Completed):
+                self._check_completion(rec, journal, state, outcome)
+                await self.send(p, okey, {**base, "op": "complete", "result": outcome.result,
+                                          "state": outcome.state_changes})
+                log.info("Invocation completed successfully method=%s invocationID=%s", method, inv_id)
+            elif isinstance(outcome, executor.Parked):
+                # The sleep entry is the journal's last: its index tells a late copy from the next sleep.
+                await self.send(p, okey, {**base, "op": "suspend", "wake_at": outcome.wake_at,
+                                          "index": len(journal) - 1})
+            elif isinstance(outcome, executor.Retry):
+                error = limits.clip(outcome.error)
+                log.warning(
+                    "Invocation attempt failed, retrying method=%s invocationID=%s attempt=%d retryIn=%.3fs "
+                    "error=%s", method, inv_id, attempt, outcome.wake_at - self.clock.now(), error,
+                )
+                self.limits.check_row("invocations", inv_id, {**rec, "journal": journal, "error": error}, rec)
+                await self.send(p, okey, {**base, "op": "retry", "wake_at": outcome.wake_at, "error": error})
             else:
-                log.error("Invocation failed method=%s invocationID=%s error=%s", method, inv_id, outcome.error)
-                await self.dead_letter(rec, outcome.error)
-            await self.send(p, okey, {**base, "op": "fail", "error": outcome.error, "pause": pause,
-                                      "code": outcome.status_code})
+                assert isinstance(outcome, executor.Failed)
+                error = limits.clip(outcome.error)
+                pause = outcome.exhausted and handler.retry.on_exhausted == "pause"
+                if pause:
+                    log.error("Invocation paused after exhausting retries method=%s invocationID=%s error=%s",
+                              method, inv_id, error)
+                    self.limits.check_row("invocations", inv_id, {**rec, "journal": journal, "error": error}, rec)
+                else:
+                    log.error("Invocation failed method=%s invocationID=%s error=%s", method, inv_id, error)
+                    await self.dead_letter(rec, error)
+                await self.send(p, okey, {**base, "op": "fail", "error": error, "pause": pause,
+                                          "code": outcome.status_code})
+        except (TooLargeError, MessageSizeTooLargeError) as exc:
+            # The outcome cannot be recorded as it is: end the invocation, failed, with the reason.
+            error = f"TooLargeError: {limits.reason(exc)}"
+            log.error("Invocation failed method=%s invocationID=%s error=%s", method, inv_id, error)
+            await self.dead_letter(rec, error)
+            await self.send(p, okey, {**base, "op": "fail", "error": error, "code": 500})
+
+    def _check_completion(self, rec: dict[str, Any], journal: list[Any], state: dict[str, Any],
+                          outcome: executor.Completed) -> None:
+        """Raise ``TooLargeError`` if the outcome row or the key's new state would not fit their changelogs."""
+        if not self.limits.rows:
+            return
+        inv_id = rec["id"]
+        self.limits.check_row(
+            "results", inv_id, {**rec, "journal": journal, "status": "completed", "result": outcome.result}, rec)
+        if outcome.state_changes:
+            new_state = {name: value for name, value in {**state, **outcome.state_changes}.items()
+                         if value is not None}
+            if new_state:
+                self.limits.check_row("state", object_key(rec["service"], rec["key"]), new_state, rec)

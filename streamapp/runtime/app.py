@@ -46,16 +46,16 @@ import faust
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 from faust.sensors import Sensor
 from faust.types import TP
 
 from streamapp.config import Settings
 from streamapp.durable import mute
 from streamapp.durable.service import Registry
-from streamapp.runtime import commands, tuning
+from streamapp.runtime import commands, limits, tuning
 from streamapp.runtime.actors import ActorPool
-from streamapp.runtime.engine import ApplyError, Engine, invalid
+from streamapp.runtime.engine import Engine, invalid
 from streamapp.runtime.offsets import OffsetGuard
 from streamapp.runtime.scheduler import Scheduler
 from streamapp.runtime.sources import Ingest
@@ -248,6 +248,10 @@ class Runtime:
         self._admin: AIOKafkaAdminClient | None = None
         self._prober: AIOKafkaConsumer | None = None
         self._probing = asyncio.Lock()
+        self.limits: limits.Limits | None = None  # read from the broker before the first command is applied
+        self._reading_limits = asyncio.Lock()
+        self._dead_lettering: set[asyncio.Future[None]] = set()
+        self.engine.on_dead_letter = self.dead_letter_soon
         self._wire()
 
     # -- producing -----------------------------------------------------------
@@ -260,6 +264,8 @@ class Runtime:
         its own key.
         """
         value = commands.encode(cmd)
+        if self.limits is not None:
+            self.limits.check_command(okey.encode(), value, cmd.get("op"))
         delay = 0.1
         while True:
             try:
@@ -301,7 +307,42 @@ class Runtime:
             if name in source:
                 headers[f"streamapp.source.{name}"] = str(source[name])
         value = commands.encode(rec["payload"]) if "raw" not in source else source["raw"].encode()
-        await self.dead_letter(rec["key"].encode(), value, headers)
+        try:
+            await self.dead_letter(rec["key"].encode(), value, headers)
+        except MessageSizeTooLargeError:  # keep the reason and coordinates, leave the value out
+            await self.dead_letter(rec["key"].encode(), None, {**headers, "streamapp.value.bytes": str(len(value))})
+
+    def dead_letter_soon(self, rec: dict[str, Any], error: str) -> None:
+        """Dead-letter an invocation the engine ended (it cannot wait for the broker)."""
+        fut = asyncio.ensure_future(self.dead_letter_invocation(rec, error))
+        self._dead_lettering.add(fut)
+
+        def done(f: asyncio.Future[None]) -> None:
+            self._dead_lettering.discard(f)
+            if not f.cancelled() and f.exception() is not None:
+                log.error("Could not dead-letter invocationID=%s", rec["id"], exc_info=f.exception())
+
+        fut.add_done_callback(done)
+
+    async def read_limits(self) -> limits.Limits:
+        """The broker's record limits for the internal topic and the changelogs, asked once."""
+        async with self._reading_limits:
+            delay = 1.0
+            while self.limits is None:
+                topics = {"command": self.internal.get_topic_name()}
+                for name in ("invocations", "results", "state"):
+                    topics[name] = getattr(self.tables, name).changelog_topic.get_topic_name()
+                try:
+                    found = await asyncio.wait_for(
+                        limits.read(await self.admin(), topics, self.app.conf.producer_max_request_size), 30)
+                except (KafkaError, OSError, LookupError) as exc:  # OSError covers TimeoutError
+                    log.warning("Could not read the broker's record limits, retrying in=%.0fs error=%r", delay, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                    continue
+                self.limits = self.engine.limits = self.actors.limits = found
+                log.info("Record limits command=%d rows=%s", found.command, dict(found.rows))
+            return self.limits
 
     # -- offsets ---------------------------------------------------------------
     async def seek(self, tp: TP, offset: int) -> None:
@@ -324,14 +365,18 @@ class Runtime:
             return True
         return False
 
+    async def admin(self) -> AIOKafkaAdminClient:
+        if self._admin is None:
+            self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(self.settings.broker))
+            await self._admin.start()
+        return self._admin
+
     async def start_offset(self, tp: TP) -> int | None:
         """Where this group starts reading ``tp``: its committed offset, else the log start."""
         try:
-            if self._admin is None:
-                self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(self.settings.broker))
-                await self._admin.start()
+            admin = await self.admin()
             offsets = await asyncio.wait_for(
-                self._admin.list_consumer_group_offsets(self.app.conf.id, partitions=[tp]), timeout=10)
+                admin.list_consumer_group_offsets(self.app.conf.id, partitions=[tp]), timeout=10)
             meta = offsets.get(tp)
             if meta is not None and meta.offset >= 0:
                 return int(meta.offset)
@@ -478,6 +523,10 @@ class Runtime:
                 log.info("Asked the group for a new assignment after the stall")
             await asyncio.sleep(self.settings.session_timeout)
 
+    def changelog_topics(self) -> set[str]:
+        return {getattr(self.tables, name).changelog_topic.get_topic_name()
+                for name in ("invocations", "results", "timers", "state", "meta")}
+
     def ready(self) -> bool:
         """True once this worker drives every partition it was assigned."""
         if self.app.rebalancing or self.activation is None or not self.activation.done():
@@ -490,6 +539,7 @@ class Runtime:
     def _wire(self) -> None:
         app = self.app
         self.app.sensors.add(_RebalanceSensor(self))
+        self.app.sensors.add(limits.ChangelogGuard(self.changelog_topics))
 
         @app.on_partitions_revoked.connect  # type: ignore[arg-type]
         async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
@@ -504,6 +554,7 @@ class Runtime:
 
         @app.agent(self.internal, name="invocations")
         async def invocations(stream: Any) -> None:
+            await self.read_limits()  # no row is written before the size checks know the limits
             async for event in stream.events():
                 msg = event.message
                 if self.fenced():
@@ -590,8 +641,8 @@ class Runtime:
             return reason
         try:
             self.engine.apply(msg.partition, msg.offset, cmd)
-        except ApplyError as exc:
-            log.critical("Stopping the worker: could not apply %s", exc, exc_info=exc.__cause__)
+        except Exception as exc:  # ApplyError, or a failure while failing an invocation
+            log.critical("Stopping the worker: could not apply %s", exc, exc_info=exc.__cause__ or exc)
             raise SystemExit(EX_SOFTWARE) from exc
         return None
 

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from streamapp.runtime.commands import object_key
+from streamapp.runtime.limits import Limits, RowTooLargeError
 from streamapp.runtime.store import Tables
 
 if TYPE_CHECKING:
@@ -134,6 +135,8 @@ class Engine:
         # enough to have been expelled from the group without noticing yet.
         self.alive_at: float | None = None  # None until the timer first ran
         self.stall_limit = float("inf")
+        self.limits = Limits()  # the broker's record limits (runtime/limits.py), set before the first apply
+        self.on_dead_letter: Callable[[dict[str, Any], str], None] | None = None
 
     # -- partition lifecycle ---------------------------------------------
     def part(self, p: int) -> PartitionState:
@@ -208,6 +211,8 @@ class Engine:
                 log.debug("Ignoring stale command op=%s id=%s epoch=%s", op, cmd.get("id"), cmd.get("epoch"))
             else:
                 getattr(self, f"_on_{op}")(p, offset, cmd)
+        except RowTooLargeError as exc:  # raised before the row was written
+            self._fail_too_large(p, exc)
         except Exception as exc:
             raise ApplyError(f"command op={op} id={cmd.get('id')} partition={p} offset={offset}: {exc!r}") from exc
         self.applied[p] = offset
@@ -227,6 +232,7 @@ class Engine:
 
     def _save(self, rec: dict[str, Any]) -> None:
         rec["updated"] = time.time()
+        self.limits.check_row("invocations", rec["id"], rec, rec)
         self.tables.invocations[rec["id"]] = rec
         self._remember(rec)
 
@@ -371,6 +377,7 @@ class Engine:
         if rec is None:
             return
         okey = object_key(rec["service"], rec["key"])
+        self.limits.check_row("results", rec["id"], {**rec, "status": "completed", "result": cmd.get("result")}, rec)
         changes = cmd.get("state") or {}
         if changes:
             state = dict(self.tables.state.get(okey) or {})
@@ -379,6 +386,7 @@ class Engine:
                     state.pop(name, None)
                 else:
                     state[name] = value
+            self.limits.check_row("state", okey, state, rec)  # before any write: a refusal leaves state as it was
             if state:
                 self.tables.state[okey] = state
             elif self.tables.state.get(okey) is not None:
@@ -478,13 +486,13 @@ class Engine:
     def _finish(self, p: int, rec: dict[str, Any]) -> None:
         self.finished[rec["status"]] += 1
         now = time.time()
-        self.tables.results[rec["id"]] = {
+        self.tables.results[rec["id"]] = self.limits.fit_outcome(rec["id"], {
             "id": rec["id"], "service": rec["service"], "handler": rec["handler"], "key": rec["key"],
             "status": rec["status"], "result": rec.get("result"), "error": rec.get("error"),
             "code": rec.get("code"), "attempt": rec["attempt"], "created": rec["created"], "finished": now,
             "source": rec.get("source"),
             "journal": rec["journal"], "wake_at": None, "payload": rec.get("payload"),
-        }
+        })
         del self.tables.invocations[rec["id"]]
         self.recent.pop(rec["id"], None)
         self._drop_timer(rec["id"])
@@ -514,3 +522,26 @@ class Engine:
             break
         if queue is not None and not queue:
             del st.queues[okey]
+
+    def _fail_too_large(self, p: int, exc: RowTooLargeError) -> None:
+        """A row of this invocation would be refused by its changelog: end it, failed, and move the key on.
+
+        Nothing of the command that raised was written. The invocation keeps
+        the last record that fit; its actor (if any) stops.
+        """
+        inv_id = exc.rec["id"]
+        error = f"TooLargeError: {exc}"
+        rec = self._record(inv_id)
+        if rec is None:  # a new invocation whose record never fit: give _finish one to remove
+            rec = {**exc.rec, "payload": None, "journal": []}
+            self.tables.invocations[inv_id] = rec
+        log.error("Invocation failed method=%s/%s invocationID=%s error=%s", rec["service"], rec["handler"],
+                  inv_id, error)
+        self.actors.cancel(inv_id)
+        queue = self.part(p).queues.get(object_key(rec["service"], rec["key"]))
+        if queue and inv_id in queue:
+            queue.remove(inv_id)
+        if self.on_dead_letter is not None:
+            self.on_dead_letter({**rec, "payload": exc.rec.get("payload")}, error)
+        rec.update(status="failed", error=error, code=500, result=None)
+        self._finish(p, rec)
