@@ -54,7 +54,7 @@ from streamapp.durable import mute
 from streamapp.durable.service import Registry
 from streamapp.runtime import commands, tuning
 from streamapp.runtime.actors import ActorPool
-from streamapp.runtime.engine import Engine
+from streamapp.runtime.engine import EXPIRE_EVERY, Engine
 from streamapp.runtime.offsets import OffsetGuard
 from streamapp.runtime.scheduler import Scheduler
 from streamapp.runtime.sources import Ingest
@@ -472,7 +472,7 @@ class Runtime:
             await self.dead_letters.maybe_declare()
             await self.scheduler.run()
 
-        @app.timer(min(600.0, max(1.0, self.settings.results_retention / 4)))
+        @app.timer(min(EXPIRE_EVERY, self.settings.results_retention / 4))
         async def expire_results() -> None:
             await self.expire_results()
 
@@ -489,6 +489,8 @@ class Runtime:
         A command, not a direct delete: only the invocations agent writes the
         tables. A redelivered source record or a repeated idempotency key older
         than the retention runs again, as in Restate once its retention passed.
+        Each command does bounded work (``engine.EXPIRE_MAX`` outcomes, oldest
+        first); sent every ``EXPIRE_EVERY`` seconds, they outpace the finishes.
         """
         before = time.time() - self.settings.results_retention
         for p in sorted(self.engine.live_partitions()):
