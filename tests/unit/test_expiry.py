@@ -6,7 +6,6 @@ drops the oldest ones up to the retention, with bounded work.
 
 from __future__ import annotations
 
-import time
 import types
 from typing import Any
 
@@ -21,10 +20,15 @@ P = 0
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The engine's wall clock (finish times), set by the test; monotonic time stays real."""
-    now = [1_000.0]
-    fake = types.SimpleNamespace(time=lambda: now[0], monotonic=time.monotonic)
-    monkeypatch.setattr(engine_module, "time", fake)
+    """The engine's clocks: wall time (finish times) set by the test; monotonic time [1] a second
+    further on at each reading unless the test sets a step [2] (the worker's expiry budget refills)."""
+    now = [1_000.0, 0.0, 1.0]
+
+    def monotonic() -> float:
+        now[1] += now[2]
+        return now[1]
+
+    monkeypatch.setattr(engine_module, "time", types.SimpleNamespace(time=lambda: now[0], monotonic=monotonic))
     return now
 
 
@@ -130,3 +134,32 @@ def test_expire__outcomes_written_before_the_index_are_swept_in_bounded_steps(cl
     assert sorted(rig.tables.expiry.rows) == sorted(expiry_key(2_000.0, f"new{i}") for i in range(5))
     expire(rig, before=2_500.0)
     assert rig.tables.results.rows == {} and rig.tables.expiry.rows == {}
+
+
+def test_expire__a_worker_drops_at_most_expire_rate_a_second_over_all_its_partitions(clock, monkeypatch):
+    monkeypatch.setattr(engine_module, "EXPIRE_MAX", 10)
+    monkeypatch.setattr(engine_module, "EXPIRE_RATE", 80)
+    rig = EngineRig()
+    for p, epoch in ((0, "e0"), (1, "e1")):
+        rig.engine.expect_activation(p, epoch)
+        rig.apply(p, {"op": "activate", "epoch": epoch, "at": 0.0})
+        rig.apply(p, {"op": "expire", "before": 0.0})
+        clock[0] = 1_000.0
+        for i in range(30):
+            rig.apply(p, invoke(f"p{p}-{i}", f"k{p}-{i}"))
+            rig.apply(p, {"op": "complete", "id": f"p{p}-{i}", "epoch": epoch, "attempt": 1, "result": None,
+                          "state": {}})
+
+    def left(p: int) -> int:
+        return sum(1 for i in rig.tables.results.rows if i.startswith(f"p{p}-"))
+
+    clock[2] = 0.0  # no time passes
+    rig.apply(0, {"op": "expire", "before": 2_000.0})
+    rig.apply(1, {"op": "expire", "before": 2_000.0})
+    assert (left(0), left(1)) == (20, 30), "the worker's budget is one command's worth at most"
+    clock[1] += 0.0625  # 5 rows' worth at 80/s
+    rig.apply(1, {"op": "expire", "before": 2_000.0})
+    assert (left(0), left(1)) == (20, 25)
+    clock[1] += 1.0
+    rig.apply(1, {"op": "expire", "before": 2_000.0})
+    assert left(1) == 15, "never more than EXPIRE_MAX per command"
