@@ -443,8 +443,9 @@ class Engine:
                 continue  # done by the last command
             visited += 1
             cursor = inv_id
-            key = expiry_key(rec["finished"], inv_id)
-            if rec["finished"] < before:
+            finished = rec.get("finished", 0.0)
+            key = expiry_key(finished, inv_id)
+            if finished < before:
                 del self.tables.results[inv_id]
                 if key in self.tables.expiry:
                     del self.tables.expiry[key]
