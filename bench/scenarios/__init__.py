@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bench.common import Result, Run
-from bench.scenarios import hol, latency, recovery, scaleout, throughput, timers
+from bench.scenarios import expiry, hol, latency, recovery, scaleout, throughput, timers
 
 SCENARIOS: dict[str, Callable[[Run, Result], None]] = {
     "head-of-line": hol.run,
@@ -14,4 +14,5 @@ SCENARIOS: dict[str, Callable[[Run, Result], None]] = {
     "timers": timers.run,
     "recovery": recovery.run,
     "scale-out": scaleout.run,
+    "expiry": expiry.run,
 }

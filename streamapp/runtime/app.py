@@ -55,7 +55,7 @@ from streamapp.durable import mute
 from streamapp.durable.service import Registry
 from streamapp.runtime import commands, limits, tuning
 from streamapp.runtime.actors import ActorPool
-from streamapp.runtime.engine import Engine, invalid
+from streamapp.runtime.engine import EXPIRE_EVERY, Engine, invalid
 from streamapp.runtime.offsets import OffsetGuard
 from streamapp.runtime.scheduler import Scheduler
 from streamapp.runtime.sources import Ingest
@@ -226,6 +226,7 @@ class Runtime:
         self.actors = ActorPool(registry, self.send, self.invoke, self.dead_letter_invocation, settings.max_running)
         self.engine = Engine(self.tables, self.actors, self.scheduler)
         self.engine.on_foreign_activation = self.reclaim
+        self.expire_turn = 0  # which live partition gets the first expire command of the next round
         # A heartbeat may be up to one interval old when the process freezes.
         self.engine.stall_limit = settings.session_timeout * 0.8
         self.recovering: asyncio.Future[None] | None = None
@@ -601,7 +602,7 @@ class Runtime:
             await self.dead_letters.maybe_declare()
             await self.scheduler.run()
 
-        @app.timer(min(600.0, max(1.0, self.settings.results_retention / 4)))
+        @app.timer(min(EXPIRE_EVERY, self.settings.results_retention / 4))
         async def expire_results() -> None:
             await self.expire_results()
 
@@ -618,10 +619,16 @@ class Runtime:
         A command, not a direct delete: only the invocations agent writes the
         tables. A redelivered source record or a repeated idempotency key older
         than the retention runs again, as in Restate once its retention passed.
+        Each command does bounded work (``engine.EXPIRE_MAX`` outcomes, oldest
+        first; ``EXPIRE_RATE`` a second per worker); sent every ``EXPIRE_EVERY``
+        seconds, they outpace the finishes.
         """
         before = time.time() - self.settings.results_retention
-        for p in sorted(self.engine.live_partitions()):
-            await self.send(p, f"expire/{p}", {"op": "expire", "before": before})
+        live = sorted(self.engine.live_partitions())
+        self.expire_turn += 1
+        first = self.expire_turn % len(live) if live else 0  # the worker's budget goes first come first served
+        await asyncio.gather(*(self.send(p, f"expire/{p}", {"op": "expire", "before": before})
+                               for p in live[first:] + live[:first]))
 
     def apply_command(self, msg: Any, value: bytes) -> str | None:
         """Apply one internal record; the reason it can never be applied, if it cannot.

@@ -9,11 +9,18 @@ iteration, so each write lands in the partition of the command being applied
                   also what deduplicates redelivered records
     timers        id -> {"wake_at", "p"}: the scheduled timers
     state         "Service/key" -> {name: value}, the key's user state
-    meta          "p<N>" -> {"epoch"}: which activation drives partition N
+    expiry        "<finish time, ms, 15 digits>/<id>" -> id: the finished
+                  invocations by finish time (RocksDB keeps keys sorted, so
+                  expiry reads the oldest first and stops at the retention);
+                  written and deleted with the results row, in the same apply
+    meta          "p<N>" -> {"epoch"}: which activation drives partition N;
+                  "expiry/p<N>" -> {"swept": <last results id> | true}: how far
+                  results rows written before the expiry index are indexed
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -41,6 +48,7 @@ class Tables:
         self.invocations = table("invocations", "unfinished invocations")
         self.results = table("results", "finished invocations")
         self.timers = table("timers", "scheduled timers")
+        self.expiry = table("expiry", "finished invocations by finish time")
         self.state = table("state", "per-key user state")
         self.meta = table("meta", "partition epochs")
 
@@ -67,13 +75,40 @@ class Tables:
         return reset
 
     @staticmethod
-    def partition_items(table: Any, partition: int) -> Iterator[tuple[str, Any]]:
-        """Items of one partition's RocksDB store.
+    def partition_items(table: Any, partition: int, start: str | None = None) -> Iterator[tuple[str, Any]]:
+        """Items of one partition's RocksDB store, in key order, from ``start`` (inclusive).
 
         Uses the store's per-partition DBs (Faust's RocksDB store keeps one DB
         per partition; its public ``items()`` spans all active partitions).
+        Lazy: a value is read and decoded only when the caller gets to it.
         """
         store = table.data
         db = store._db_for_partition(partition)
-        for raw_key, raw_value in store._visible_items(db):
-            yield store._decode_key(raw_key), store._decode_value(raw_value)
+        from_key = None if start is None else store._encode_key(start)
+        for raw_key, raw_value in db.items(from_key=from_key):
+            if raw_key != store.offset_key:
+                yield store._decode_key(raw_key), store._decode_value(raw_value)
+
+    @staticmethod
+    def partition_keys(table: Any, partition: int, start: str | None = None) -> Iterator[str]:
+        """Keys of one partition's RocksDB store, in key order, from ``start``; no value is read."""
+        store = table.data
+        db = store._db_for_partition(partition)
+        from_key = None if start is None else store._encode_key(start)
+        # Faust stores these str keys JSON-encoded; its codec registry costs
+        # more than the RocksDB read, so decode with json when that is the
+        # encoding (checked on a probe key), else through the store.
+        decode = json.loads if store._encode_key('k/"') == json.dumps('k/"').encode() else store._decode_key
+        for raw_key in db.keys(from_key=from_key):
+            if raw_key != store.offset_key:
+                yield decode(raw_key)
+
+
+def expiry_key(finished: float, inv_id: str) -> str:
+    """The expiry index key: sorts by finish time (whole ms, rounded down), then id."""
+    return f"{int(finished * 1000):015d}/{inv_id}"
+
+
+def expiry_bound(before: float) -> str:
+    """Index keys below this one are of invocations finished before ``before``."""
+    return f"{int(before * 1000):015d}"

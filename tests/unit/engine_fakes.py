@@ -19,6 +19,8 @@ class FakeTable:
         self.rig = rig
         self.rows: dict[str, tuple[int, Any]] = {}
         self.writes = 0
+        self.scans = 0  # iterations begun
+        self.visited = 0  # rows handed out by iterations (what a store would read)
 
     def get(self, key: str, default: Any = None) -> Any:
         row = self.rows.get(key)
@@ -37,9 +39,12 @@ class FakeTable:
     def __contains__(self, key: str) -> bool:
         return key in self.rows
 
-    def items_of(self, partition: int) -> Iterator[tuple[str, Any]]:
+    def items_of(self, partition: int, start: str | None = None) -> Iterator[tuple[str, Any]]:
+        """Like a RocksDB iterator: key order, seeking to ``start`` (inclusive), over a snapshot."""
+        self.scans += 1
         for key, (p, value) in sorted(self.rows.items()):
-            if p == partition:
+            if p == partition and (start is None or key >= start):
+                self.visited += 1
                 yield key, value
 
 
@@ -48,13 +53,18 @@ class FakeTables:
         self.current: int | None = None
         self.invocations = FakeTable(self)
         self.results = FakeTable(self)
+        self.expiry = FakeTable(self)
         self.timers = FakeTable(self)
         self.state = FakeTable(self)
         self.meta = FakeTable(self)
 
     @staticmethod
-    def partition_items(table: Any, partition: int) -> Iterator[tuple[str, Any]]:
-        return table.items_of(partition)  # type: ignore[no-any-return]
+    def partition_items(table: Any, partition: int, start: str | None = None) -> Iterator[tuple[str, Any]]:
+        return table.items_of(partition, start)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def partition_keys(table: Any, partition: int, start: str | None = None) -> Iterator[str]:
+        return (key for key, _ in table.items_of(partition, start))
 
 
 class FakeActors:
