@@ -624,7 +624,7 @@ class Runtime:
         seconds, they outpace the finishes.
         """
         before = time.time() - self.settings.results_retention
-        live = sorted(self.engine.live_partitions())
+        live = [p for p in sorted(self.engine.live_partitions()) if self.engine.expiry_due(p, before)]
         self.expire_turn += 1
         first = self.expire_turn % len(live) if live else 0  # the worker's budget goes first come first served
         await asyncio.gather(*(self.send(p, f"expire/{p}", {"op": "expire", "before": before})

@@ -480,6 +480,21 @@ class Engine:
         rec["error"] = "KilledError: killed by an operator"
         self._finish(p, rec)
 
+    def expiry_due(self, p: int, before: float) -> bool:
+        """Whether an expire command for ``p`` would drop or sweep anything (a read, no write).
+
+        Lets the owner send expire commands only where there is work: an idle
+        partition costs no record on the internal topic.
+        """
+        mark = self.tables.meta.get(f"expiry/p{p}")
+        if mark is None or mark["swept"] is not True:
+            return True
+        hint = self.expired_to.get(p)
+        start = hint[1] if hint is not None and hint[0] == self.part(p).epoch else None
+        for key in self.tables.partition_keys(self.tables.expiry, p, start):
+            return key < expiry_bound(before)
+        return False
+
     def _on_expire(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
         """Drop outcomes older than the retention: their ids are no longer deduplicated.
 

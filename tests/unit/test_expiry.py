@@ -6,11 +6,13 @@ drops the oldest ones up to the retention, with bounded work.
 
 from __future__ import annotations
 
+import time
 import types
 from typing import Any
 
 import pytest
 
+from streamapp.runtime import commands
 from streamapp.runtime import engine as engine_module
 from streamapp.runtime.store import expiry_key
 from tests.unit.engine_fakes import EngineRig
@@ -163,3 +165,18 @@ def test_expire__a_worker_drops_at_most_expire_rate_a_second_over_all_its_partit
     clock[1] += 1.0
     rig.apply(1, {"op": "expire", "before": 2_000.0})
     assert left(1) == 15, "never more than EXPIRE_MAX per command"
+
+
+def test_expiry_due__only_partitions_holding_outcomes_past_the_retention_get_an_expire_command() -> None:
+    rig = EngineRig()
+    p = commands.partition_for("Svc/k", 4)
+    epoch = rig.activate(p)
+    rig.apply(p, {"op": "expire", "before": 0.0})  # first command: the one-time sweep of unindexed rows ends
+    assert not rig.engine.expiry_due(p, time.time()), "nothing finished: no command, no record"
+    rig.apply(p, {"op": "invoke", "id": "i1", "service": "Svc", "handler": "h", "key": "k", "payload": None})
+    rig.apply(p, {"op": "complete", "id": "i1", "epoch": epoch, "attempt": 1, "result": 1, "state": {}})
+    assert not rig.engine.expiry_due(p, time.time() - 60), "finished within the retention"
+    assert rig.engine.expiry_due(p, time.time() + 1)
+    rig.apply(p, {"op": "expire", "before": time.time() + 1})
+    assert rig.status("i1") is None
+    assert not rig.engine.expiry_due(p, time.time() + 1)
