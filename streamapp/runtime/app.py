@@ -93,6 +93,7 @@ class StreamApp(faust.App):
             await self.runtime._admin.close()
         if self.runtime._prober is not None:
             await self.runtime._prober.stop()
+        await self.runtime.ingest.close()
 
 
 def bootstrap_servers(broker: str) -> list[str]:
@@ -425,6 +426,7 @@ class Runtime:
         @app.on_partitions_assigned.connect  # type: ignore[arg-type]
         async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
             self.on_assignment(assigned)
+            await self.ingest.on_assigned(assigned)  # source topic ids, before the records are fetched
 
         guard = self.guards["invocations"]
 
@@ -449,6 +451,7 @@ class Runtime:
             source_guard = self.guards["sources"]
             async for events in stream.take_events(500, within=0.005):
                 await self.admit()
+                events = await self.ingest.confirm(events)  # which topic incarnation the records are from
                 durable = False
                 admitted = []
                 try:
