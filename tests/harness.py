@@ -96,14 +96,20 @@ def create_topics(names: Iterable[str], partitions: int = 1) -> None:
     run_async(go())
 
 
-def recreate_topic(name: str, partitions: int = 1, timeout: float = 60.0) -> None:
-    """Delete ``name`` and create it again (a new incarnation: new topic id, offsets from 0)."""
+def recreate_topic(name: str, partitions: int = 1, timeout: float = 60.0,
+                   while_deleted: Callable[[], object] | None = None) -> None:
+    """Delete ``name`` and create it again (a new incarnation: new topic id, offsets from 0).
+
+    ``while_deleted`` runs between the two (say, to wait until a worker noticed).
+    """
 
     async def go() -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap())
         await admin.start()
         try:
             await admin.delete_topics([name])
+            if while_deleted is not None:
+                while_deleted()
             deadline = time.monotonic() + timeout
             while True:  # the controller refuses the name while the deletion is in progress
                 response = await admin.create_topics([NewTopic(name, partitions, 1)])

@@ -479,6 +479,10 @@ class Runtime:
         async def expire_results() -> None:
             await self.expire_results()
 
+        @app.timer(2.0)
+        async def source_incarnations() -> None:
+            await self.ingest.watch()  # a recreated source topic, also when no record reveals it
+
         @app.timer(0.25)
         async def flow_control() -> None:
             self.watch_stall()

@@ -23,6 +23,8 @@ records fetched in it. When the batch's answer differs, the topic was
 recreated while assigned here: the batch may hold records of either
 incarnation, so none of it is used; the topic's partitions are read again
 from the start of the new incarnation, whose records nobody attributed yet.
+A timer asks too (``watch``), for a recreated topic whose records all lie
+below the read position and so never reach a batch.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class Ingest:
         self._topic_ids = TopicIds(bootstrap_servers(runtime.settings.broker))
         self.lookup = lookup or self._topic_ids.lookup  # topic name -> topic id, asked of the broker now
         self.topic_ids: dict[str, str] = {}  # the incarnation each source topic is read as
+        self.changes: dict[str, int] = {}  # how often each source topic was found recreated
 
     async def close(self) -> None:
         await self._topic_ids.close()
@@ -81,6 +84,7 @@ class Ingest:
             known = self.topic_ids.get(topic)
             if known is not None and known != topic_id:
                 log.warning("Source topic recreated topic=%s was=%s now=%s", topic, known, topic_id)
+                self.changes[topic] = self.changes.get(topic, 0) + 1
                 self.runtime.guards["sources"].forget([tp for tp in assigned if tp.topic == topic])
             self.topic_ids[topic] = topic_id
 
@@ -95,18 +99,15 @@ class Ingest:
         topics = sorted({event.message.topic for event in events})
         if not topics:
             return events
+        before = {topic: self.changes.get(topic, 0) for topic in topics}
         found = await self._current(topics, events)
         if found is None:  # a rebalance overtook the batch: Faust delivers it again
             for event in events:
                 event.message.acked = True
             return []
-        recreated = set()
-        for topic, topic_id in found.items():
-            known = self.topic_ids.setdefault(topic, topic_id)
-            if known != topic_id:
-                recreated.add(topic)
-                self.topic_ids[topic] = topic_id
-                await self.restart(topic, known, topic_id)
+        await self._compare(found)
+        # Changed now, or by ``watch`` while the lookup ran: either way the batch is of unknown incarnation.
+        recreated = {topic for topic in topics if self.changes.get(topic, 0) != before[topic]}
         kept = []
         for event in events:
             if event.message.topic in recreated:
@@ -114,6 +115,31 @@ class Ingest:
             else:
                 kept.append(event)
         return kept
+
+    async def watch(self) -> None:
+        """Look for assigned source topics recreated meanwhile, also when no record arrives.
+
+        The recreated topic's records may all lie below the read position
+        (say one record at offset 0 while the consumer waits at offset 1):
+        no batch would ever come to reveal the new incarnation.
+        """
+        assignment = self.runtime.app.consumer.assignment()
+        topics = sorted({tp.topic for tp in assignment if tp.topic in self.routes})
+        if not topics:
+            return
+        try:
+            found = await asyncio.wait_for(self.lookup(topics), timeout=10)
+        except (TimeoutError, KafkaError, OSError):
+            return  # deleted, or no answer: the next tick or batch asks again
+        await self._compare(found)
+
+    async def _compare(self, found: dict[str, str]) -> None:
+        for topic, topic_id in found.items():
+            known = self.topic_ids.setdefault(topic, topic_id)
+            if known != topic_id:
+                self.topic_ids[topic] = topic_id
+                self.changes[topic] = self.changes.get(topic, 0) + 1
+                await self.restart(topic, known, topic_id)
 
     async def _current(self, topics: list[str], events: list[Any]) -> dict[str, str] | None:
         delay = 0.1

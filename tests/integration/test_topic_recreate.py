@@ -37,6 +37,29 @@ def test_topic_recreate__record_at_a_reused_offset_runs_while_the_worker_consume
     assert tags(app_env["ledger"]).count("first-life") == 1
 
 
+def test_topic_recreate__record_at_a_reused_offset_runs_after_the_worker_saw_the_topic_go(workers, app_env):
+    """The worker rebalances without the deleted topic, then gets the new one assigned."""
+    worker = workers.new()
+    source = app_env["source"]
+    harness.produce(source, [("k", nap("first-life"))])
+    harness.wait_for(lambda: "first-life" in tags(app_env["ledger"]), timeout=30,
+                     what="the first record to run", detail=worker.tail)
+
+    def rebalanced_without_it() -> bool:
+        text = worker.log()
+        gone = text.find(f"Topic {source} not found in cluster metadata")
+        return gone >= 0 and "Successfully synced group" in text[gone:]
+
+    harness.recreate_topic(source, while_deleted=lambda: harness.wait_for(
+        rebalanced_without_it, timeout=60, what="the worker to rebalance without the topic", detail=worker.tail))
+    harness.produce(source, [("k", nap("second-life"))])
+
+    harness.wait_for(lambda: "second-life" in tags(app_env["ledger"]), timeout=90,
+                     what="the record of the recreated topic to run", detail=worker.tail)
+    assert "Duplicate invocation ignored" not in worker.log()
+    assert tags(app_env["ledger"]).count("first-life") == 1
+
+
 def test_topic_recreate__record_at_a_reused_offset_runs_after_a_restart(workers, app_env):
     worker = workers.new()
     harness.produce(app_env["source"], [("k", nap("first-life"))])

@@ -64,6 +64,9 @@ class FakeRuntime:
 
     async def lookup(self, topics: list[str]) -> dict[str, str]:
         answer = self.answers.pop(0)
+        if callable(answer):  # something else runs while this lookup waits for the broker
+            await answer()
+            answer = self.answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
         return {t: answer[t] for t in topics}
@@ -165,3 +168,27 @@ async def test_on_assigned__no_answer_keeps_the_known_id__first_batch_detects_th
     assert await ing.confirm(batch) == []
     assert rt.seeks == [(SRC, 0)]
     assert ing.topic_ids["src"] == NEW
+
+
+async def test_watch__recreated_topic_found_without_any_record_arriving() -> None:
+    # The new topic's only record lies below the consumer's read position: no batch reveals it.
+    rt = FakeRuntime(answers=[{"src": OLD}, {"src": OLD, "other": "o1"}, {"src": NEW, "other": "o1"}])
+    ing = ingest(rt)
+    await ing.on_assigned({SRC})
+    rt.guards["sources"].next[SRC] = 1
+    await ing.watch()
+    assert rt.seeks == []
+    await ing.watch()
+    assert rt.seeks == [(SRC, 0)]
+    assert rt.guards["sources"].next[SRC] == 0
+
+
+async def test_confirm__recreation_found_by_watch_during_the_lookup__batch_dropped() -> None:
+    rt = FakeRuntime(answers=[{"src": OLD}])
+    ing = ingest(rt)
+    await ing.on_assigned({SRC})
+    rt.answers += [ing.watch, {"src": NEW, "other": "o1"}, {"src": NEW}]  # watch sees NEW first, then the batch
+    batch = [event(SRC, 4)]
+    assert await ing.confirm(batch) == []
+    assert batch[0].message.acked
+    assert rt.seeks == [(SRC, 0)]
