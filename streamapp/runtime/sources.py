@@ -167,7 +167,11 @@ class Ingest:
         guard.forget(tps)
         if not tps:
             return
-        earliest = await self.runtime.app.consumer.earliest_offsets(*tps)
+        try:
+            earliest = await asyncio.wait_for(self.runtime.app.consumer.earliest_offsets(*tps), timeout=10)
+        except Exception as exc:  # offset 0: the guard then asks the broker where the log starts
+            log.warning("Could not read the start of the recreated topic topic=%s error=%r", topic, exc)
+            earliest = dict.fromkeys(tps, 0)
         for tp in tps:
             # Not the group's commit: one made for the old topic may have landed on the new one.
             guard.next[tp] = int(earliest[tp])
