@@ -96,6 +96,49 @@ def create_topics(names: Iterable[str], partitions: int = 1) -> None:
     run_async(go())
 
 
+def recreate_topic(name: str, partitions: int = 1, timeout: float = 60.0,
+                   while_deleted: Callable[[], object] | None = None) -> None:
+    """Delete ``name`` and create it again (a new incarnation: new topic id, offsets from 0).
+
+    ``while_deleted`` runs between the two (say, to wait until a worker noticed).
+    """
+
+    async def go() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap())
+        await admin.start()
+        try:
+            await admin.delete_topics([name])
+            if while_deleted is not None:
+                while_deleted()
+            deadline = time.monotonic() + timeout
+            while True:  # the controller refuses the name while the deletion is in progress
+                response = await admin.create_topics([NewTopic(name, partitions, 1)])
+                errors = [code for _, code, *_ in response.topic_errors if code]
+                if not errors:
+                    return
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"could not create {name} again: error codes {errors}")
+                await asyncio.sleep(0.2)
+        finally:
+            await admin.close()
+
+    run_async(go())
+
+
+def topic_id(topic: str) -> str:
+    """The topic's id (KIP-516), part of the invocation ids of its records."""
+    from streamapp.runtime.topic_ids import TopicIds
+
+    async def go() -> str:
+        lookup = TopicIds([bootstrap()])
+        try:
+            return (await lookup.lookup([topic]))[topic]
+        finally:
+            await lookup.close()
+
+    return run_async(go())  # type: ignore[no-any-return]
+
+
 def produce(topic: str, records: Iterable[tuple[bytes | str | None, bytes | str | None]]) -> None:
     """Produce key/value records with a Python client and wait for the acks."""
 

@@ -1,7 +1,10 @@
 """Invocation ids: ``inv_`` + 26 base32 characters.
 
 Ids of Kafka-fed invocations are derived from the source coordinates, so a
-redelivered record maps to the same id and is not run twice.
+redelivered record maps to the same id and is not run twice. The coordinates
+include the topic id (KIP-516): a topic deleted and created again under the
+same name, or a topic of the same name on another cluster, numbers its
+offsets from 0 again but has another topic id, so its records get new ids.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ def _encode(data: bytes) -> str:
     return "inv_" + base64.b32encode(hashlib.sha256(data).digest()).decode().lower()[:26]
 
 
-def for_record(app_id: str, topic: str, partition: int, offset: int) -> str:
-    return _encode(f"kafka:{app_id}:{topic}:{partition}:{offset}".encode())
+def for_record(app_id: str, topic: str, topic_id: str, partition: int, offset: int) -> str:
+    return _encode(json.dumps(["kafka", app_id, topic, topic_id, partition, offset]).encode())
 
 
 def for_idempotency_key(app_id: str, method: str, key: str, idempotency_key: str) -> str:

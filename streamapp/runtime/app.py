@@ -99,6 +99,7 @@ class StreamApp(faust.App):
             await self.runtime._admin.close()
         if self.runtime._prober is not None:
             await self.runtime._prober.stop()
+        await self.runtime.ingest.close()
 
 
 def bootstrap_servers(broker: str) -> list[str]:
@@ -550,6 +551,7 @@ class Runtime:
         @app.on_partitions_assigned.connect  # type: ignore[arg-type]
         async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
             self.on_assignment(assigned)
+            await self.ingest.on_assigned(assigned)  # source topic ids, before the records are fetched
 
         guard = self.guards["invocations"]
 
@@ -579,6 +581,7 @@ class Runtime:
             source_guard = self.guards["sources"]
             async for events in stream.take_events(500, within=0.005):
                 await self.admit()
+                events = await self.ingest.confirm(events)  # which topic incarnation the records are from
                 durable = False
                 admitted = []
                 try:
@@ -605,6 +608,10 @@ class Runtime:
         @app.timer(min(EXPIRE_EVERY, self.settings.results_retention / 4))
         async def expire_results() -> None:
             await self.expire_results()
+
+        @app.timer(2.0)
+        async def source_incarnations() -> None:
+            await self.ingest.watch()  # a recreated source topic, also when no record reveals it
 
         @app.timer(0.25)
         async def flow_control() -> None:

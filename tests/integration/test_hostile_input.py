@@ -155,7 +155,7 @@ def test_hostile_records__each_dead_lettered_with_reason_and_coordinates__valid_
     valid = [(topic, c) for topic, c in everything if c.reason is None]
 
     def inv_id(topic: str, case: Case) -> str:
-        return ids.for_record(worker.app_id, topic, 0, case.offset)
+        return ids.for_record(worker.app_id, topic, harness.topic_id(topic), 0, case.offset)
 
     def dead() -> dict[tuple[str, int], harness.Record]:
         return {(r.headers.get("streamapp.source.topic", b"").decode(),
