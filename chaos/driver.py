@@ -23,6 +23,8 @@ is removed after a clean run unless ``--keep``; it is kept after a failure.
 
 from __future__ import annotations
 
+import asyncio
+
 import argparse
 import json
 import logging
@@ -306,12 +308,14 @@ class ChaosRun:
     # -- phase 4 ---------------------------------------------------------------------
     def collect(self) -> checks.Evidence:
         assert self.broker is not None and self.downstream is not None and self.proxy is not None
-        for_record, partition_for = engine_functions(self.workdir / "code")
+        for_record, partition_for, topic_id = engine_functions(self.workdir / "code")
         source = []
+        source_id = topic_id(self.broker.bootstrap, self.source_topic)  # ids name the topic's incarnation
         for rec in read_topic(self.broker.bootstrap, self.source_topic):
             value = json.loads(rec.value or b"null")
             source.append(checks.SourceEvent(rec.offset, (rec.key or b"").decode(), value["content"],
-                                             for_record(self.app_id, rec.topic, rec.partition, rec.offset)))
+                                             for_record(self.app_id, rec.topic, source_id, rec.partition,
+                                                        rec.offset)))
         dead = []
         for rec in read_topic(self.broker.bootstrap, self.dead_letter_topic):
             h = {k: v.decode("utf-8", "replace") for k, v in rec.headers.items()}
@@ -427,12 +431,26 @@ def last_error(log: str, incarnation: str | None) -> str:
     return f": {lines[-1][:200]}" if lines else ""
 
 
-def engine_functions(code_dir: Path) -> tuple[Callable[..., str], Callable[[str, int], int]]:
-    """The engine's own invocation-id and partitioning functions, from the code under test."""
+def engine_functions(
+    code_dir: Path,
+) -> tuple[Callable[..., str], Callable[[str, int], int], Callable[[str, str], str]]:
+    """The engine's own invocation-id, partitioning and topic-id functions, from the code under test."""
     sys.path.insert(0, str(code_dir))
     try:
         from streamapp.durable.ids import for_record
         from streamapp.runtime.commands import partition_for
     finally:
         sys.path.remove(str(code_dir))
-    return for_record, partition_for
+
+    def topic_id(bootstrap: str, topic: str) -> str:
+        from streamapp.runtime.topic_ids import TopicIds  # the code snapshot's, imported above with the rest
+
+        async def ask() -> str:
+            ids = TopicIds([bootstrap])
+            try:
+                return (await ids.lookup([topic]))[topic]
+            finally:
+                await ids.close()
+        return asyncio.run(ask())
+
+    return for_record, partition_for, topic_id

@@ -84,7 +84,7 @@ def recheck(workdir: Path) -> int:
     data = json.loads((workdir / "evidence.json").read_text())
     if not (workdir / "code").is_dir():
         say(f"chaos: no code snapshot in {workdir}; partitioning by the current tree's streamapp")
-    _, partition_for = engine_functions(workdir / "code")
+    _, partition_for, _ = engine_functions(workdir / "code")
     partitions = data.pop("partitions")
     evidence = checks.Evidence.from_json(data, lambda user: partition_for(f"UserFeed/{user}", partitions))
     worker_logs = sorted(workdir.glob("w*.log"))
