@@ -23,9 +23,8 @@ is removed after a clean run unless ``--keep``; it is kept after a failure.
 
 from __future__ import annotations
 
-import asyncio
-
 import argparse
+import asyncio
 import json
 import logging
 import re
