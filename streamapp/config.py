@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
+from urllib.parse import urlsplit
 
 DEFAULT_SUBSCRIPTIONS = (
     ("social-media-posts", "UserFeed/ProcessPost"),
@@ -20,6 +22,8 @@ class Settings:
     broker: str = "kafka://localhost:9092"
     web_host: str = "127.0.0.1"
     web_port: int = 8080
+    # the base URL peers use to reach this worker (forwarded calls, lookups); None: from web_host/web_port
+    advertised_url: str | None = None
     data_dir: Path = Path("data")
     partitions: int = 8
     # topic -> "Service/handler"
@@ -38,6 +42,10 @@ class Settings:
     # extra services, "module:attribute" (a Service or a list of them)
     extra_services: tuple[str, ...] = ()
 
+    @property
+    def table_dir(self) -> Path:
+        """Where this app's RocksDB tables live: apps sharing a data dir never share files."""
+        return self.data_dir / "apps" / self.app_id
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -61,11 +69,18 @@ class Settings:
         subs = defaults.subscriptions
         if env.get("STREAMAPP_SUBSCRIPTIONS"):
             subs = tuple(_parse_subscription(s) for s in env["STREAMAPP_SUBSCRIPTIONS"].split(","))
+        web_port = int(num("STREAMAPP_WEB_PORT", defaults.web_port, high=65535))
+        advertised = env.get("STREAMAPP_ADVERTISED_URL") or None
+        app_id = env.get("STREAMAPP_APP_ID", defaults.app_id)
+        if not _APP_ID.match(app_id) or app_id in (".", ".."):
+            raise SystemExit(f"STREAMAPP_APP_ID={app_id!r} must be letters, digits, '.', '_' or '-' "
+                             "(it names topics and a directory)")
         return cls(
-            app_id=env.get("STREAMAPP_APP_ID", defaults.app_id),
+            app_id=app_id,
             broker=env.get("STREAMAPP_BROKER", defaults.broker),
             web_host=env.get("STREAMAPP_WEB_HOST", defaults.web_host),
-            web_port=int(num("STREAMAPP_WEB_PORT", defaults.web_port, high=65535)),
+            web_port=web_port,
+            advertised_url=_parse_advertised_url(advertised, web_port) if advertised else None,
             data_dir=Path(env.get("STREAMAPP_DATA_DIR", str(defaults.data_dir))),
             partitions=int(num("STREAMAPP_PARTITIONS", defaults.partitions, low=1)),
             subscriptions=subs,
@@ -85,6 +100,24 @@ class Settings:
             operator_token=env.get("STREAMAPP_OPERATOR_TOKEN") or None,
             extra_services=tuple(s.strip() for s in env.get("STREAMAPP_SERVICES", "").split(",") if s.strip()),
         )
+
+
+_APP_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+def _parse_advertised_url(text: str, web_port: int) -> str:
+    """``http(s)://host[:port]`` (the port defaults to STREAMAPP_WEB_PORT), normalised."""
+    bad = f"STREAMAPP_ADVERTISED_URL={text!r} must look like http://host:port"
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError:
+        raise SystemExit(bad) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
+            or parts.query or parts.fragment or parts.username or parts.password:
+        raise SystemExit(bad)
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}:{port if port is not None else web_port}"
 
 
 def _parse_subscription(text: str) -> tuple[str, str]:

@@ -59,6 +59,7 @@ from streamapp.runtime.engine import EXPIRE_EVERY, Engine, invalid
 from streamapp.runtime.offsets import OffsetGuard
 from streamapp.runtime.scheduler import Scheduler
 from streamapp.runtime.sources import Ingest
+from streamapp.runtime.startup import advertised_url, check_partitions
 from streamapp.runtime.store import Tables
 
 log = logging.getLogger(__name__)
@@ -83,11 +84,15 @@ class StreamApp(faust.App):
 
 
     async def on_first_start(self) -> None:
+        settings = self.runtime.settings
+        settings.table_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
         await super().on_first_start()
-        await wait_for_broker(self.runtime.settings.broker, self.runtime.settings.broker_wait)
+        await wait_for_broker(settings.broker, settings.broker_wait)
         # Faust's producer and consumer bootstrap after this returns; the
         # broker may be killed or restarting by then.
-        patient_bootstrap(self.runtime.settings.broker, self.runtime.settings.broker_wait)
+        patient_bootstrap(settings.broker, settings.broker_wait)
+        topic = self.runtime.internal.get_topic_name()
+        await check_partitions(bootstrap_servers(settings.broker), topic, settings.partitions)
 
     async def on_stop(self) -> None:
         # Stop the actors while the producer still runs, so a step that ran
@@ -181,15 +186,16 @@ class Runtime:
         tuning.install()
         self.settings = settings
         self.registry = registry
-        host = settings.web_host if settings.web_host not in ("0.0.0.0", "::") else "127.0.0.1"
+        advertised = advertised_url(settings)
         self.app = StreamApp(
             settings.app_id,
             broker=settings.broker,
             store="rocksdb://",
-            datadir=str(settings.data_dir),
+            datadir=str(settings.table_dir),  # per app id: two apps never share table files
             web_bind=settings.web_host,
-            web_host=host,
+            web_host=str(advertised.host),
             web_port=settings.web_port,
+            canonical_url=str(advertised),  # what peers forward to (assignor metadata)
             topic_partitions=settings.partitions,
             topic_replication_factor=1,
             table_standby_replicas=0,

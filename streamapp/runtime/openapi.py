@@ -9,7 +9,8 @@ types (see ``streamapp.durable.codec``); each becomes a JSON Schema under
     exclusive handler   POST /{S}/{key}/{h}        call: 200 + result
                         POST /{S}/{key}/{h}/send   send: 202 {"invocationId"}
     shared handler      GET|POST /{S}/{key}/{h}    read-only call: 200 + result
-    inspection          /invocations, /invocations/{id}, /state/{S}/{key},
+    inspection          /invocations, /invocations/{id}, /state/{S}/{key}
+                        (bearer token beyond loopback),
                         /subscriptions, /health, /openapi.json
     operator            POST /invocations/{id}/resume|kill (bearer token
                         beyond loopback)
@@ -206,33 +207,42 @@ def _static_paths(registry: Registry) -> dict[str, Any]:
     inv_id = _param("id", "path", "An invocation id (inv_...).", {"type": "string", "minLength": 1,
                                                                    "pattern": KEY_PATTERN})
     service = _param("service", "path", "A registered service.", {"type": "string", "enum": sorted(registry.services)})
+    # Beyond loopback a token is required; on loopback none is needed.
+    guarded: dict[str, Any] = {"security": [{}, {"operatorToken": []}]}
+    refused = {
+        "401": _error("The server has an operator token and the request does not carry it."),
+        "403": _error("The server listens beyond loopback and has no operator token: these views are off."),
+    }
+    unreachable = _error("Not held by this worker, and a peer did not answer in time; retry.")
     operate = {
         "tags": ["operate"],
         "parameters": [inv_id],
-        # Beyond loopback a token is required; on loopback none is needed.
-        "security": [{}, {"operatorToken": []}],
+        **guarded,
         "responses": {
             "202": _ok("Accepted: the action is durable.", {"$ref": "#/components/schemas/OperatorAction"}),
-            "401": _error("The server has an operator token and the request does not carry it."),
-            "403": _error("The server listens beyond loopback and has no operator token: operator actions are off."),
+            **refused,
             "404": _error("Unknown invocation."),
+            "504": unreachable,
         },
     }
     return {
         "/invocations": {"get": {
             "tags": ["inspect"], "operationId": "invocations.list",
-            "summary": "Unfinished invocations of every worker",
+            "summary": "Unfinished invocations of every worker", **guarded,
             "responses": {"200": _ok("Unfinished invocations, oldest first.", {
                 "type": "object", "required": ["invocations"],
                 "properties": {"invocations": {"type": "array",
-                                               "items": {"$ref": "#/components/schemas/Invocation"}}}})},
+                                               "items": {"$ref": "#/components/schemas/Invocation"}},
+                               "unreachable": {"type": "array", "items": {"type": "string"},
+                                               "description": "Peers that did not answer in time."}}}),
+                          **refused},
         }},
         "/invocations/{id}": {"get": {
             "tags": ["inspect"], "operationId": "invocations.get",
             "summary": "An invocation's status, result or error, and journal",
-            "parameters": [inv_id],
+            "parameters": [inv_id], **guarded,
             "responses": {"200": _ok("The invocation.", {"$ref": "#/components/schemas/Invocation"}),
-                          "404": _error("Unknown invocation.")},
+                          **refused, "404": _error("Unknown invocation."), "504": unreachable},
         }},
         "/invocations/{id}/resume": {"post": {
             **operate, "operationId": "invocations.resume", "summary": "Run a paused invocation again"}},
@@ -240,8 +250,9 @@ def _static_paths(registry: Registry) -> dict[str, Any]:
             **operate, "operationId": "invocations.kill", "summary": "Fail an invocation; its key moves on"}},
         "/state/{service}/{key}": {"get": {
             "tags": ["inspect"], "operationId": "state.get", "summary": "A key's state (streamapp kv get)",
-            "parameters": [service, KEY_PARAM],
+            "parameters": [service, KEY_PARAM], **guarded,
             "responses": {
+                **refused,
                 "200": _ok("The key's state (empty when it has none).", {
                     "type": "object", "required": ["service", "key", "state"],
                     "properties": {"service": {"type": "string"}, "key": {"type": "string"},
@@ -338,7 +349,8 @@ def document(registry: Registry, title: str = "streamapp ingress", version: str 
             "schemas": {**_COMMON, **builder.components},
             "securitySchemes": {"operatorToken": {
                 "type": "http", "scheme": "bearer",
-                "description": "STREAMAPP_OPERATOR_TOKEN; required when the server binds beyond loopback.",
+                "description": "STREAMAPP_OPERATOR_TOKEN; required for operator actions and inspection "
+                               "(state, invocations) when the server binds beyond loopback.",
             }},
         },
     }

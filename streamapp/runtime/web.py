@@ -3,13 +3,17 @@
     POST /{Service}/{key}/{handler}             call: wait, 200 + JSON result
     POST /{Service}/{key}/{handler}/send        send: 202 {"invocationId"} [?delay=10s]
     GET  /{Service}/{key}/{handler}             shared (read-only) handlers only
-    GET  /invocations, /invocations/{id}        status, result or error
-    POST /invocations/{id}/resume|kill          operator actions
-    GET  /state/{Service}/{key}                 the key's state (``streamapp kv get``)
+    GET  /invocations, /invocations/{id}        status, result or error        (operator token*)
+    POST /invocations/{id}/resume|kill          operator actions               (operator token*)
+    GET  /state/{Service}/{key}                 the key's state (``streamapp kv get``; operator token*)
     GET  /subscriptions, /health, /openapi.json (built by runtime.openapi)
 
+    * needed when the server listens beyond loopback (``Views.check_token``)
+
 A request for a key owned by another worker is forwarded to the owner (the
-worker assigned the key's partition of the internal topic).
+worker assigned the key's partition of the internal topic, at the URL it
+advertises). A lookup of an invocation this worker does not hold asks every
+peer at once, each for at most ``PEER_TIMEOUT`` seconds.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ if TYPE_CHECKING:
 
 FORWARDED = "x-streamapp-forwarded"
 CALL_TIMEOUT = 600.0
+PEER_TIMEOUT = 5.0   # seconds a peer has to answer a lookup
+PEER_CONCURRENCY = 16  # peer lookups in flight at once, over all requests
 _DELAY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
@@ -59,6 +65,7 @@ class Views:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
         self.session: aiohttp.ClientSession | None = None
+        self.peer_slots = asyncio.Semaphore(PEER_CONCURRENCY)
 
     # -- helpers -------------------------------------------------------------
     def owner_url(self, okey: str) -> str | None:
@@ -153,13 +160,20 @@ class Views:
             return web.json_response({"invocationId": inv_id, "status": "Accepted"}, status=202)
         rec = self.rt.tables.results.get(inv_id)
         if rec is None:
-            fut = self.rt.engine.add_waiter(inv_id, commands.partition_for(okey, self.rt.settings.partitions))
-            if self.rt.tables.invocations.get(inv_id) is None:
-                await self.invoke_or_413(target, source={"http": idem})
-            try:
+            p = commands.partition_for(okey, self.rt.settings.partitions)
+            if p not in self.rt.engine.live_partitions():
+                # Assigned here but not driven yet: a waiter now could outlive the
+                # partition (it is released only with the partitions this worker drove).
+                return json_error(503, f"partition {p} is starting on this worker; retry")
+            fut = self.rt.engine.add_waiter(inv_id, p)
+            try:  # the waiter goes in every exit: 413, broker error, timeout, cancelled request
+                if self.rt.tables.invocations.get(inv_id) is None:
+                    await self.invoke_or_413(target, source={"http": idem})
                 rec = await asyncio.wait_for(fut, CALL_TIMEOUT)
             except TimeoutError:
                 return json_error(504, "invocation still running", invocationId=inv_id)
+            finally:
+                drop_waiter(self.rt.engine, inv_id, fut)
         if rec.get("moved"):
             return json_error(503, "key moved to another worker while waiting; retry", invocationId=inv_id)
         if rec["status"] == "failed":
@@ -169,6 +183,9 @@ class Views:
 
     # -- inspection --------------------------------------------------------------
     async def state(self, request: web.Request) -> web.Response:
+        denied = self.check_token(request)
+        if denied is not None:
+            return denied
         service, key = request.match_info["service"], request.match_info["key"]
         if service not in self.rt.registry.services:
             return json_error(404, f"unknown service {service}")
@@ -184,68 +201,107 @@ class Views:
         urls = {str(url).rstrip("/") for url in self.rt.app.assignor.tables_metadata()}
         return sorted(urls - {me})
 
-    async def ask_peers(self, method: str, path: str) -> list[tuple[int, Any]]:
+    async def ask_peers(self, request: web.Request, path: str) -> tuple[list[tuple[int, Any]], list[str]]:
+        """GET ``path`` from every peer at once; (answers, peers that did not answer in time).
+
+        Bounded: at most ``PEER_TIMEOUT`` seconds in all, and ``PEER_CONCURRENCY``
+        peer requests in flight over all requests, so a flood of lookups of
+        unknown ids cannot pile up connections to every peer.
+        """
         if self.session is None:
             self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT + 10))
-        out = []
-        for base in self.peers():
-            try:
-                async with self.session.request(method, base + path, headers={FORWARDED: "1"}) as resp:
-                    out.append((resp.status, await resp.json(content_type=None)))
-            except (aiohttp.ClientError, OSError, ValueError):
-                continue
-        return out
+        session = self.session
+        headers = {FORWARDED: "1"}
+        if "authorization" in request.headers:
+            headers["authorization"] = request.headers["authorization"]
 
-    async def find(self, request: web.Request, inv_id: str) -> dict[str, Any] | None:
+        async def ask(base: str) -> tuple[int, Any]:
+            async with self.peer_slots, session.get(base + path, headers=headers) as resp:
+                return resp.status, await resp.json(content_type=None)
+
+        peers = self.peers()
+        tasks = {asyncio.ensure_future(ask(base)): base for base in peers}
+        if not tasks:
+            return [], []
+        done, pending = await asyncio.wait(tasks, timeout=PEER_TIMEOUT)
+        for task in pending:
+            task.cancel()
+        out, silent = [], [tasks[t] for t in pending]
+        for task in done:
+            try:
+                out.append(task.result())
+            except (aiohttp.ClientError, OSError, ValueError):
+                silent.append(tasks[task])
+        return out, sorted(silent)
+
+    async def find(self, request: web.Request, inv_id: str) -> tuple[dict[str, Any] | None, list[str]]:
+        """The invocation's view (here or on a peer), and the peers that could not say."""
         rec = self.rt.tables.invocations.get(inv_id) or self.rt.tables.results.get(inv_id)
         if rec is not None:
-            return view(rec, running=self.rt.engine.is_running(inv_id))
-        if not request.headers.get(FORWARDED):
-            for status, body in await self.ask_peers("GET", f"/invocations/{inv_id}"):
-                if status == 200:
-                    return body  # type: ignore[no-any-return]
-        return None
+            return view(rec, running=self.rt.engine.is_running(inv_id)), []
+        if request.headers.get(FORWARDED):
+            return None, []
+        answers, silent = await self.ask_peers(request, f"/invocations/{inv_id}")
+        for status, body in answers:
+            if status == 200:
+                return body, []
+        return None, silent
 
     async def invocation(self, request: web.Request) -> web.Response:
-        found = await self.find(request, request.match_info["id"])
+        denied = self.check_token(request)
+        if denied is not None:
+            return denied
+        inv_id = request.match_info["id"]
+        found, silent = await self.find(request, inv_id)
         if found is None:
-            return json_error(404, f"unknown invocation {request.match_info['id']}")
+            return not_found(inv_id, silent)
         return web.json_response(found)
 
     async def invocations(self, request: web.Request) -> web.Response:
+        denied = self.check_token(request)
+        if denied is not None:
+            return denied
         rows = []
         running = {i for st in self.rt.engine.partitions.values() for i in st.inflight.values()}
         for p in sorted(self.rt.engine.live_partitions()):
             for inv_id, rec in Tables.partition_items(self.rt.tables.invocations, p):
                 rows.append(view(rec, journal=False, running=inv_id in running))
+        silent: list[str] = []
         if not request.headers.get(FORWARDED):
-            for status, body in await self.ask_peers("GET", "/invocations"):
+            answers, silent = await self.ask_peers(request, "/invocations")
+            for status, body in answers:
                 if status == 200:
                     rows.extend(body["invocations"])
         rows.sort(key=lambda r: r["created"])
-        return web.json_response({"invocations": rows})
+        out: dict[str, Any] = {"invocations": rows}
+        if silent:
+            out["unreachable"] = silent  # their invocations are missing from the list
+        return web.json_response(out)
 
     async def operate(self, request: web.Request) -> web.Response:
         inv_id, action = request.match_info["id"], request.match_info["action"]
         denied = self.check_token(request)
         if denied is not None:
             return denied
-        found = await self.find(request, inv_id)
+        found, silent = await self.find(request, inv_id)
         if found is None:
-            return json_error(404, f"unknown invocation {inv_id}")
+            return not_found(inv_id, silent)
         okey = commands.object_key(found["service"], found["key"])
         p = commands.partition_for(okey, self.rt.settings.partitions)
         await self.rt.send(p, okey, {"op": action, "id": inv_id})
         return web.json_response({"invocationId": inv_id, "action": action, "status": "Accepted"}, status=202)
 
     def check_token(self, request: web.Request) -> web.Response | None:
-        """Operator actions need the token when the server listens beyond loopback."""
+        """Operator actions and inspection (state, invocations) need the token beyond loopback.
+
+        With a token set it is always needed; without one, on loopback none is.
+        """
         token = self.rt.settings.operator_token
         loopback = self.rt.settings.web_host in ("127.0.0.1", "localhost", "::1")
         if token is None:
             if loopback:
                 return None
-            return json_error(403, "operator actions are disabled: set STREAMAPP_OPERATOR_TOKEN")
+            return json_error(403, "operator actions and inspection are disabled: set STREAMAPP_OPERATOR_TOKEN")
         given = request.headers.get("authorization", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(given, f"Bearer {token}".encode()):
             return json_error(401, "operator token required (authorization: Bearer ...)")
@@ -259,6 +315,7 @@ class Views:
             "pending": self.rt.engine.pending_count(),
             "backlog": self.rt.backlog(),
             "sleeping": self.rt.scheduler.total(),
+            "waiters": sum(len(futs) for futs in self.rt.engine.waiters.values()),  # HTTP calls awaiting a result
             **self.rt.engine.finished,
         })
 
@@ -267,6 +324,25 @@ class Views:
             {"source": f"kafka://{topic}", "sink": f"service://{target}"}
             for topic, target in self.rt.settings.subscriptions
         ]})
+
+
+def drop_waiter(engine: Any, inv_id: str, fut: asyncio.Future[Any]) -> None:
+    """Forget one call's waiter (the engine pops them all when the invocation finishes)."""
+    futs = engine.waiters.get(inv_id)
+    if futs is None:
+        return
+    if fut in futs:
+        futs.remove(fut)
+    if not futs:
+        del engine.waiters[inv_id]
+        engine.waiter_partition.pop(inv_id, None)
+
+
+def not_found(inv_id: str, silent: list[str]) -> web.Response:
+    if silent:  # one of them may hold it: not a definite 404
+        return json_error(504, f"invocation {inv_id} not found here; {len(silent)} peer(s) did not answer in time",
+                          unreachable=silent)
+    return json_error(404, f"unknown invocation {inv_id}")
 
 
 def view(rec: dict[str, Any], journal: bool = True, running: bool = False) -> dict[str, Any]:

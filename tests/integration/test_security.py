@@ -1,4 +1,4 @@
-"""Security defaults: loopback bind, operator token beyond loopback, no secrets in views or logs."""
+"""Security defaults: loopback bind, operator token beyond loopback (actions and inspection), no secrets shown."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import psutil
 from tests import harness
 
 OPERATE = ("kill", "resume")
+INSPECT = ("/state/Test/{key}", "/invocations", "/invocations/{inv}")
 
 
 def listening_addresses(worker: harness.Worker) -> set[str]:
@@ -19,13 +20,20 @@ def listening_addresses(worker: harness.Worker) -> set[str]:
     return {c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN and c.laddr.port == worker.web_port}
 
 
-def sleeping_invocation(worker: harness.Worker, key: str, seconds: float) -> str:
+def sleeping_invocation(worker: harness.Worker, key: str, seconds: float, token: str | None = None) -> str:
     status, body = worker.request("POST", f"/Test/{key}/Nap/send", {"tag": key, "seconds": seconds})
     assert status == 202, body
     inv: str = body["invocationId"]
-    harness.wait_for(lambda: worker.invocation(inv)["status"] == "sleeping", timeout=30,
+    harness.wait_for(lambda: invocation(worker, inv, token)["status"] == "sleeping", timeout=30,
                      what=f"{key} to sleep", detail=worker.tail)
     return inv
+
+
+def invocation(worker: harness.Worker, inv: str, token: str | None) -> dict[str, Any]:
+    """The invocation's view, read with the operator token."""
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    status, body = worker.request("GET", f"/invocations/{inv}", headers=headers, timeout=10.0)
+    return body if status == 200 else {"status": None}  # type: ignore[no-any-return]
 
 
 def test_default_bind__web_server_listens_on_loopback_only_and_operators_need_no_token(workers):
@@ -39,19 +47,24 @@ def test_default_bind__web_server_listens_on_loopback_only_and_operators_need_no
     assert "killed" in killed["error"]
 
 
-def test_public_bind_without_token__operator_actions_are_refused_with_403(workers):
+def test_public_bind_without_token__operator_actions_and_inspection_are_refused_with_403(workers):
     worker = workers.new(env={"STREAMAPP_WEB_HOST": "0.0.0.0"})
     assert listening_addresses(worker) == {"0.0.0.0"}
-    inv = sleeping_invocation(worker, "public", seconds=2)
+    status, body = worker.request("POST", "/Test/public/Nap/send", {"tag": "public", "seconds": 2})
+    assert status == 202, body
+    inv = body["invocationId"]
+    for path in INSPECT:
+        status, body = worker.request("GET", path.format(key="public", inv=inv))
+        assert status == 403 and "STREAMAPP_OPERATOR_TOKEN" in body["error"], (path, status, body)
     for action in OPERATE:
         for headers in ({}, {"authorization": "Bearer anything"}):
             status, body = worker.request("POST", f"/invocations/{inv}/{action}", headers=headers)
             assert status == 403 and "STREAMAPP_OPERATOR_TOKEN" in body["error"], (action, status, body)
     status, body = worker.request("POST", "/invocations/inv_unknown/kill")
     assert status == 403, "refused before looking the invocation up"
-    done = harness.wait_for(lambda: worker.invocation(inv)["status"] in ("completed", "failed")
-                            and worker.invocation(inv), timeout=30, what="the invocation to finish")
-    assert done["status"] == "completed", "a refused kill must not kill"
+    # The call answers once the invocation finished: a refused kill must not have killed it.
+    status, body = worker.request("POST", "/Test/public/Nap", {"tag": "after", "seconds": 0})
+    assert status == 200 and body["count"] == 2, (status, body)
 
 
 def test_public_bind_with_token__bearer_token_required_and_never_shown(workers):
@@ -63,7 +76,7 @@ def test_public_bind_with_token__bearer_token_required_and_never_shown(workers):
         # Another secret in configuration: credentials in the downstream URL (never called here).
         "STREAMAPP_DOWNSTREAM_URL": f"http://streamapp:{password}@127.0.0.1:9",
     })
-    inv = sleeping_invocation(worker, "guarded", seconds=60)
+    inv = sleeping_invocation(worker, "guarded", seconds=60, token=token)
     refused: list[dict[str, str]] = [
         {}, {"authorization": token}, {"authorization": f"Bearer {token}x"}, {"authorization": f"Basic {token}"},
         {"authorization": "Bearer "}, {"x-operator-token": token},
@@ -72,15 +85,21 @@ def test_public_bind_with_token__bearer_token_required_and_never_shown(workers):
         for headers in refused:
             status, body = worker.request("POST", f"/invocations/{inv}/{action}", headers=headers)
             assert status == 401 and isinstance(body, dict) and "error" in body, (action, headers, status, body)
-    assert worker.invocation(inv)["status"] == "sleeping"
-    status, body = worker.request("POST", f"/invocations/{inv}/kill", headers={"authorization": f"Bearer {token}"})
+    for path in INSPECT:
+        for headers in refused:
+            status, body = worker.request("GET", path.format(key="guarded", inv=inv), headers=headers)
+            assert status == 401 and isinstance(body, dict) and "error" in body, (path, headers, status, body)
+    assert invocation(worker, inv, token)["status"] == "sleeping"
+    bearer = {"authorization": f"Bearer {token}"}
+    status, body = worker.request("POST", f"/invocations/{inv}/kill", headers=bearer)
     assert status == 202, body
-    harness.wait_for(lambda: worker.invocation(inv)["status"] == "failed", timeout=30, what="the kill to apply")
+    harness.wait_for(lambda: invocation(worker, inv, token)["status"] == "failed", timeout=30,
+                     what="the kill to apply")
 
     seen: dict[str, Any] = {}
     for path in ("/health", "/subscriptions", "/state/Test/guarded", "/invocations", f"/invocations/{inv}",
                  "/openapi.json", "/Test/guarded/Count"):
-        status, body = worker.request("GET", path)
+        status, body = worker.request("GET", path, headers=bearer)
         assert status == 200, (path, body)
         seen[path] = body
     for secret in (token, password):

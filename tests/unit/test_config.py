@@ -48,3 +48,37 @@ def test_bad_values_stop_with_a_message_naming_the_setting(name: str, raw: str, 
     text = str(exc.value)
     assert message in text
     assert name in text or name == "STREAMAPP_SUBSCRIPTIONS"
+
+
+@pytest.mark.parametrize(("raw", "expected"), [
+    ("http://10.0.0.5:8080", "http://10.0.0.5:8080"),
+    ("http://worker-1.internal", "http://worker-1.internal:9000"),  # port defaults to STREAMAPP_WEB_PORT
+    ("https://[::1]:443/", "https://[::1]:443"),
+])
+def test_advertised_url__parsed_and_normalised(raw: str, expected: str) -> None:
+    s = Settings.from_env({"STREAMAPP_ADVERTISED_URL": raw, "STREAMAPP_WEB_PORT": "9000"})
+    assert s.advertised_url == expected
+
+
+@pytest.mark.parametrize("raw", [
+    "10.0.0.5:8080", "ftp://host:21", "http://", "http://host:99999", "http://host:8080/path",
+    "http://host:8080?x=1", "http://user:pw@host:8080",
+])
+def test_advertised_url__bad_value_stops_with_a_message_naming_the_setting(raw: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        Settings.from_env({"STREAMAPP_ADVERTISED_URL": raw})
+    assert "STREAMAPP_ADVERTISED_URL" in str(exc.value)
+
+
+def test_table_dir__scoped_by_app_id_under_one_data_dir() -> None:
+    a = Settings.from_env({"STREAMAPP_DATA_DIR": "/srv/d", "STREAMAPP_APP_ID": "orders"})
+    b = Settings.from_env({"STREAMAPP_DATA_DIR": "/srv/d", "STREAMAPP_APP_ID": "billing"})
+    assert a.table_dir != b.table_dir
+    assert a.table_dir.is_relative_to(Path("/srv/d")) and b.table_dir.is_relative_to(Path("/srv/d"))
+
+
+@pytest.mark.parametrize("raw", ["..", "a/b", "app id", ""])
+def test_app_id__not_usable_as_topic_prefix_or_directory__stops_with_a_message(raw: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        Settings.from_env({"STREAMAPP_APP_ID": raw})
+    assert "STREAMAPP_APP_ID" in str(exc.value)

@@ -55,11 +55,11 @@ def test_document__every_registered_handler_has_its_paths_and_methods() -> None:
 def test_document__fixed_views_and_their_documented_responses() -> None:
     paths = openapi.document(full_registry())["paths"]
     expected = {
-        ("/invocations", "get"): {"200"},
-        ("/invocations/{id}", "get"): {"200", "404"},
-        ("/invocations/{id}/resume", "post"): {"202", "401", "403", "404"},
-        ("/invocations/{id}/kill", "post"): {"202", "401", "403", "404"},
-        ("/state/{service}/{key}", "get"): {"200", "404", "503"},
+        ("/invocations", "get"): {"200", "401", "403"},
+        ("/invocations/{id}", "get"): {"200", "401", "403", "404", "504"},
+        ("/invocations/{id}/resume", "post"): {"202", "401", "403", "404", "504"},
+        ("/invocations/{id}/kill", "post"): {"202", "401", "403", "404", "504"},
+        ("/state/{service}/{key}", "get"): {"200", "401", "403", "404", "503"},
         ("/subscriptions", "get"): {"200"},
         ("/health", "get"): {"200"},
         ("/openapi.json", "get"): {"200"},

@@ -1,0 +1,62 @@
+"""Start-up checks and derived settings: where peers reach this worker, whether the topology fits.
+
+Kept apart from ``runtime/app.py`` so both can be tested without a Faust app.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient
+from yarl import URL
+
+from streamapp.config import Settings
+
+log = logging.getLogger(__name__)
+
+WILDCARDS = ("0.0.0.0", "::", "")
+
+
+def advertised_url(settings: Settings) -> URL:
+    """The base URL peers reach this worker at: STREAMAPP_ADVERTISED_URL, else the bind address.
+
+    Faust puts it in the group's assignment metadata (``canonical_url``);
+    other workers forward calls and lookups for this worker's partitions to it.
+    """
+    if settings.advertised_url is not None:
+        return URL(settings.advertised_url)
+    if settings.web_host in WILDCARDS:
+        log.warning("Listening on %s without STREAMAPP_ADVERTISED_URL: peers are told http://127.0.0.1:%s, "
+                    "which reaches this worker only from its own host", settings.web_host or "*", settings.web_port)
+        return URL(f"http://127.0.0.1:{settings.web_port}")
+    host = f"[{settings.web_host}]" if ":" in settings.web_host else settings.web_host
+    return URL(f"http://{host}:{settings.web_port}")
+
+
+async def existing_partitions(servers: list[str], topic: str) -> int | None:
+    """The partition count of ``topic``, or None when it does not exist yet (never creates it)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=10000)
+    try:
+        await admin.start()
+        # Listing all topics asks for no topic by name, so the broker cannot auto-create it.
+        if topic not in await admin.list_topics():
+            return None
+        for info in await admin.describe_topics([topic]):
+            if info["topic"] == topic and info["error_code"] == 0:
+                return len(info["partitions"])
+        return None
+    finally:
+        await admin.close()
+
+
+async def check_partitions(servers: list[str], topic: str, configured: int) -> None:
+    """Refuse to start when the internal topic exists with another partition count.
+
+    Keys are placed on partitions by the count: another count reads a key's
+    state from the wrong partition and puts one key on two partitions.
+    """
+    existing = await existing_partitions(servers, topic)
+    if existing is not None and existing != configured:
+        raise SystemExit(
+            f"STREAMAPP_PARTITIONS={configured} but the internal topic {topic} has {existing} partitions: "
+            f"start with STREAMAPP_PARTITIONS={existing}, or use a new STREAMAPP_APP_ID")

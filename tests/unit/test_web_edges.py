@@ -1,0 +1,176 @@
+"""HTTP views at their edges, broker-free: call waiters never outlive their request, peer lookups are bounded.
+
+The views run on a real aiohttp server over an engine driven by ``EngineRig``;
+the runtime's producer is replaced by a function that fails the way the
+broker does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
+
+from streamapp.config import Settings
+from streamapp.durable import Registry
+from streamapp.runtime import web as web_views
+from tests.support.services import services as test_services
+from tests.unit.engine_fakes import EngineRig
+
+PARTITIONS = 4
+Invoke = Callable[..., Awaitable[None]]
+
+
+def registry() -> Registry:
+    reg = Registry()
+    for svc in test_services:
+        reg.add(svc)
+    return reg
+
+
+def runtime(rig: EngineRig, invoke: Invoke, peers: list[str] | None = None) -> Any:
+    """What the views use of ``Runtime``; ``peers`` are the other workers' advertised URLs."""
+    me = "http://127.0.0.1:1"
+    metadata: dict[str, Any] = {me: {}, **{url: {} for url in peers or []}}
+    changelog = "app-invocations-changelog"
+    rig.tables.invocations.changelog_topic = SimpleNamespace(get_topic_name=lambda: changelog)  # type: ignore[attr-defined]
+    owned = {me: {changelog: set(range(PARTITIONS))}}  # the group assigned every partition here
+    return SimpleNamespace(
+        settings=Settings(partitions=PARTITIONS), registry=registry(), tables=rig.tables, engine=rig.engine,
+        invoke=invoke,
+        app=SimpleNamespace(conf=SimpleNamespace(canonical_url=me), assignor=SimpleNamespace(
+            tables_metadata=lambda: metadata, table_metadata=lambda topic: owned if topic == changelog else {})),
+    )
+
+
+@contextlib.asynccontextmanager
+async def serve(rt: Any) -> AsyncIterator[TestClient[web.Request, web.Application]]:
+    app = web.Application()
+    web_views.install(app, rt)
+    async with TestClient(TestServer(app)) as client:
+        yield client
+
+
+def live_rig() -> EngineRig:
+    rig = EngineRig()
+    for p in range(PARTITIONS):
+        rig.activate(p)
+    return rig
+
+
+def waiters(rig: EngineRig) -> int:
+    return sum(len(futs) for futs in rig.engine.waiters.values())
+
+
+async def test_call_waiters__none_left_after_413_broker_error_or_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    failures: list[BaseException] = [MessageSizeTooLargeError(), KafkaConnectionError()]
+
+    async def invoke(target: dict[str, Any], source: Any = None) -> None:
+        if failures:
+            raise failures.pop(0)  # otherwise accepted, and never finishes
+
+    rig = live_rig()
+    monkeypatch.setattr(web_views, "CALL_TIMEOUT", 0.2)
+    async with serve(runtime(rig, invoke)) as client:
+        statuses = []
+        for i in range(3):
+            resp = await client.post(f"/Test/k{i}/Nap", json={"tag": "t"})
+            statuses.append(resp.status)
+    assert statuses == [413, 500, 504]  # refused, broker failure, still running at the timeout
+    assert waiters(rig) == 0, rig.engine.waiters
+    assert rig.engine.waiter_partition == {}
+
+
+async def test_call__partition_assigned_but_not_driven__503_and_no_waiter() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def invoke(target: dict[str, Any], source: Any = None) -> None:
+        sent.append(target)
+
+    rig = EngineRig()  # no partition activated: such a waiter would never be released
+    async with serve(runtime(rig, invoke)) as client:
+        resp = await client.post("/Test/k/Nap", json={"tag": "t"})
+        body = await resp.json()
+    assert resp.status == 503 and "retry" in body["error"], body
+    assert (waiters(rig), sent) == (0, [])
+
+
+@contextlib.asynccontextmanager
+async def silent_peer() -> AsyncIterator[str]:
+    """A peer that accepts connections and never answers (frozen, or a black hole)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+
+
+@contextlib.asynccontextmanager
+async def knowing_peer(inv_id: str) -> AsyncIterator[str]:
+    async def invocation(request: web.Request) -> web.Response:
+        if request.match_info["id"] != inv_id:
+            return web.json_response({"error": "unknown"}, status=404)
+        return web.json_response({"id": inv_id, "status": "completed"})
+
+    app = web.Application()
+    app.router.add_get("/invocations/{id}", invocation)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def nothing(target: dict[str, Any], source: Any = None) -> None:
+    raise AssertionError("no invocation is sent by a lookup")
+
+
+async def test_unknown_invocation_lookup__silent_peers_asked_at_once_and_bounded() -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        peers = [await stack.enter_async_context(silent_peer()) for _ in range(20)]
+        async with serve(runtime(live_rig(), nothing, peers)) as client:
+            started = time.monotonic()
+            # Upper bound far beyond PEER_TIMEOUT: only unbounded or one-by-one lookups miss it.
+            resp = await asyncio.wait_for(client.get("/invocations/inv_unknown"), 60)
+            elapsed = time.monotonic() - started
+            body = await resp.json()
+    assert resp.status == 504, body
+    assert sorted(body["unreachable"]) == sorted(peers)
+    assert elapsed < 60
+
+
+async def test_invocation_lookup__found_on_a_peer_while_another_is_silent() -> None:
+    async with silent_peer() as silent, knowing_peer("inv_there") as knowing:
+        async with serve(runtime(live_rig(), nothing, [silent, knowing])) as client:
+            resp = await asyncio.wait_for(client.get("/invocations/inv_there"), 60)
+            body = await resp.json()
+            missing = await asyncio.wait_for(client.get("/invocations/inv_nowhere"), 60)
+    assert resp.status == 200 and body == {"id": "inv_there", "status": "completed"}
+    assert missing.status == 504, "a silent peer may hold it: not a definite 404"
+
+
+async def test_invocation_lookup__every_peer_answers_unknown__404() -> None:
+    async with knowing_peer("inv_other") as a, knowing_peer("inv_other") as b:
+        async with serve(runtime(live_rig(), nothing, [a, b])) as client:
+            resp = await asyncio.wait_for(client.get("/invocations/inv_nowhere"), 60)
+    assert resp.status == 404
+
