@@ -189,6 +189,17 @@ class Engine:
         self.waiter_partition[inv_id] = p
         return fut
 
+    def remove_waiter(self, inv_id: str, fut: asyncio.Future[dict[str, Any]]) -> None:
+        """Forget one caller's waiter (all of an invocation's are resolved when it finishes)."""
+        futs = self.waiters.get(inv_id)
+        if futs is None:
+            return
+        if fut in futs:
+            futs.remove(fut)
+        if not futs:
+            del self.waiters[inv_id]
+            self.waiter_partition.pop(inv_id, None)
+
     def owns(self, p: int, epoch: str) -> bool:
         """Whether actors started under ``epoch`` may still act for partition ``p``.
 

@@ -173,7 +173,7 @@ class Views:
             except TimeoutError:
                 return json_error(504, "invocation still running", invocationId=inv_id)
             finally:
-                drop_waiter(self.rt.engine, inv_id, fut)
+                self.rt.engine.remove_waiter(inv_id, fut)
         if rec.get("moved"):
             return json_error(503, "key moved to another worker while waiting; retry", invocationId=inv_id)
         if rec["status"] == "failed":
@@ -324,18 +324,6 @@ class Views:
             {"source": f"kafka://{topic}", "sink": f"service://{target}"}
             for topic, target in self.rt.settings.subscriptions
         ]})
-
-
-def drop_waiter(engine: Any, inv_id: str, fut: asyncio.Future[Any]) -> None:
-    """Forget one call's waiter (the engine pops them all when the invocation finishes)."""
-    futs = engine.waiters.get(inv_id)
-    if futs is None:
-        return
-    if fut in futs:
-        futs.remove(fut)
-    if not futs:
-        del engine.waiters[inv_id]
-        engine.waiter_partition.pop(inv_id, None)
 
 
 def not_found(inv_id: str, silent: list[str]) -> web.Response:
