@@ -176,6 +176,12 @@ class ActorPool:
                 method, inv_id, attempt, outcome.wake_at - self.clock.now(), outcome.error,
             )
             await self.send(p, okey, {**base, "op": "retry", "wake_at": outcome.wake_at, "error": outcome.error})
+        elif isinstance(outcome, executor.Paused):
+            # A code change under an invocation in flight: keep its journal, let an
+            # operator resume it once the code matches again (no dead letter).
+            log.error("Invocation paused: the handler no longer matches its journal; fix or roll back the code, "
+                      "then resume it method=%s invocationID=%s error=%s", method, inv_id, outcome.error)
+            await self.send(p, okey, {**base, "op": "fail", "error": outcome.error, "pause": True})
         else:
             assert isinstance(outcome, executor.Failed)
             pause = outcome.exhausted and handler.retry.on_exhausted == "pause"
