@@ -2,6 +2,7 @@
 
 from streamapp.durable.context import ObjectContext, SharedContext
 from streamapp.durable.errors import (
+    ConcurrentStepError,
     InvalidInputError,
     KilledError,
     NonDeterminismError,
@@ -12,6 +13,7 @@ from streamapp.durable.errors import (
 from streamapp.durable.service import Registry, RetryPolicy, Service
 
 __all__ = [
+    "ConcurrentStepError",
     "InvalidInputError",
     "KilledError",
     "NonDeterminismError",

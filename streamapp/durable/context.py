@@ -8,6 +8,7 @@ on re-execution the journal answers instead of the outside world.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hashlib
 import inspect
@@ -17,7 +18,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar, overload
 
 from streamapp.durable import codec, mute
-from streamapp.durable.errors import NonDeterminismError, Suspended, TerminalError, TooLargeError
+from streamapp.durable.errors import (
+    ConcurrentStepError,
+    NonDeterminismError,
+    Suspended,
+    TerminalError,
+    TooLargeError,
+)
 
 T = TypeVar("T")
 _DELETED = object()
@@ -35,6 +42,13 @@ class JournalSink(Protocol):
 
     async def send(self, target: dict[str, Any]) -> None:
         """Durably enqueue a new invocation (``target`` has id, service, key, handler, payload, not_before)."""
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop
+        return None
 
 
 class SharedContext:
@@ -74,6 +88,9 @@ class ObjectContext(SharedContext):
         self._clock = clock
         self._index = 0
         self._changes: dict[str, Any] = {}
+        self._task = _current_task()
+        # The first misuse that makes the attempt's outcome void, even if the handler catches it.
+        self.fault: NonDeterminismError | ConcurrentStepError | None = None
         mute.replaying.set(bool(journal))
 
     # -- state ---------------------------------------------------------
@@ -116,15 +133,30 @@ class ObjectContext(SharedContext):
         """Stable key of the current step: pass it to downstream systems."""
         return f"{self.invocation_id}:{self._index}"
 
+    def record_fault(self, error: NonDeterminismError | ConcurrentStepError) -> None:
+        """Record ``error`` as the attempt's fault (the first one wins)."""
+        if self.fault is None:
+            self.fault = error
+
     def _replayed(self, kind: str, name: str) -> dict[str, Any] | None:
         """The journal entry for the next step, or None when running live."""
+        if self._task is None:
+            self._task = _current_task()
+        elif _current_task() is not self._task:
+            # Checked before the journal, so a replay gives the verdict a live run gives.
+            label = {"run": f"ctx.run('{name}')", "sleep": "ctx.sleep"}.get(kind, f"ctx.{name}")
+            misuse = ConcurrentStepError(label)
+            self.record_fault(misuse)
+            raise misuse
         index = self._index
         if index >= len(self._journal):
             mute.replaying.set(False)
             return None
         entry = self._journal[index]
         if entry["t"] != kind or entry["name"] != name:
-            raise NonDeterminismError(index, f"{entry['t']} '{entry['name']}'", f"{kind} '{name}'")
+            error = NonDeterminismError(index, f"{entry['t']} '{entry['name']}'", f"{kind} '{name}'")
+            self.record_fault(error)
+            raise error
         return entry
 
     def _before_step(self) -> None:

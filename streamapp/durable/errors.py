@@ -3,6 +3,8 @@
     StreamAppError                  root of everything streamapp raises
     ├── TerminalError               fails the invocation, never retried
     │   ├── NonDeterminismError     replay asked for a different step than journaled
+    │   │                           (the runtime pauses the invocation, resumable)
+    │   ├── ConcurrentStepError     a step was started outside the handler's own task
     │   ├── InvalidInputError       payload does not match the handler's input type
     │   ├── TooLargeError           a step result, state or result too large for the log
     │   └── KilledError             an operator killed the invocation
@@ -38,7 +40,12 @@ class TerminalError(StreamAppError):
 
 
 class NonDeterminismError(TerminalError):
-    """A re-executed handler asked for a step that differs from its journal."""
+    """A re-executed handler asked for a step that differs from its journal.
+
+    Usually a code change (a step renamed, added or reordered) under an
+    invocation that was in flight. The runtime pauses the invocation instead
+    of failing it: fix or roll back the code, then resume it.
+    """
 
     def __init__(self, index: int, journaled: str, requested: str) -> None:
         super().__init__(
@@ -48,6 +55,22 @@ class NonDeterminismError(TerminalError):
         self.index = index
         self.journaled = journaled
         self.requested = requested
+
+
+class ConcurrentStepError(TerminalError):
+    """A durable step was called from another asyncio task than the handler's.
+
+    Steps are numbered in the order they are called; two in flight at once
+    (``asyncio.gather``, ``create_task``) would share a journal index, and
+    their order on replay would depend on timing. Raised for every such call,
+    live or replayed, so the verdict does not depend on timing either.
+    """
+
+    def __init__(self, step: str) -> None:
+        super().__init__(
+            f"{step} was called from another asyncio task than the handler's (asyncio.gather, "
+            "create_task, wait_for): durable steps must be awaited one at a time by the handler itself"
+        )
 
 
 class InvalidInputError(TerminalError):

@@ -8,6 +8,13 @@ journaled steps), and returns an outcome for the runtime to make durable:
     Suspended(wake_at)                 park until the durable timer fires
     Retry(error, wake_at)              back off durably, run again from the journal
     Failed(error)                      terminal: dead-letter (or pause, by policy)
+    Paused(error)                      the handler no longer matches the journal
+                                       (a code change): keep everything, wait for
+                                       an operator to resume once the code is fixed
+
+A non-determinism found during the attempt pauses it even when the handler
+catches the error, and a step called from another task fails it even when
+caught: what the handler did after either is not what its journal says.
 """
 
 from __future__ import annotations
@@ -19,7 +26,13 @@ from typing import Any
 
 from streamapp.durable import codec, mute
 from streamapp.durable.context import Clock, JournalSink, ObjectContext
-from streamapp.durable.errors import NonDeterminismError, RetryableError, Suspended, TerminalError
+from streamapp.durable.errors import (
+    ConcurrentStepError,
+    NonDeterminismError,
+    RetryableError,
+    Suspended,
+    TerminalError,
+)
 from streamapp.durable.service import Handler
 
 log = logging.getLogger(__name__)
@@ -49,7 +62,12 @@ class Failed:
     status_code: int = 500   # for an HTTP caller waiting on the result
 
 
-Outcome = Completed | Parked | Retry | Failed
+@dataclasses.dataclass(frozen=True)
+class Paused:
+    error: str
+
+
+Outcome = Completed | Parked | Retry | Failed | Paused
 
 
 def describe(exc: BaseException) -> str:
@@ -80,6 +98,16 @@ async def execute(
         clock=clock,
     )
     try:
+        outcome = await _attempt(handler, ctx, payload, attempt, journal, clock)
+    finally:
+        mute.replaying.set(False)
+    return _fault_outcome(ctx.fault) if ctx.fault is not None else outcome
+
+
+async def _attempt(
+    handler: Handler, ctx: ObjectContext, payload: Any, attempt: int, journal: list[dict[str, Any]], clock: Clock
+) -> Outcome:
+    try:
         arg = handler.decode_input(payload)
         if handler.input_type is None:
             result = await handler.fn(ctx)
@@ -87,7 +115,9 @@ async def execute(
             result = await handler.fn(ctx, arg)
         if ctx.step_index < len(journal):
             entry = journal[ctx.step_index]
-            raise NonDeterminismError(ctx.step_index, f"{entry['t']} '{entry['name']}'", "completion")
+            error = NonDeterminismError(ctx.step_index, f"{entry['t']} '{entry['name']}'", "completion")
+            ctx.record_fault(error)
+            return _fault_outcome(error)
         try:
             value = codec.storable(codec.to_json(result))
         except (TypeError, ValueError) as exc:
@@ -105,5 +135,9 @@ async def execute(
         if isinstance(exc, RetryableError) and exc.retry_after is not None:
             delay = exc.retry_after
         return Retry(describe(exc), clock.now() + delay)
-    finally:
-        mute.replaying.set(False)
+
+
+def _fault_outcome(fault: NonDeterminismError | ConcurrentStepError) -> Outcome:
+    if isinstance(fault, NonDeterminismError):
+        return Paused(describe(fault))
+    return Failed(describe(fault), status_code=fault.status_code)

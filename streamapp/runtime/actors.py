@@ -214,6 +214,14 @@ class ActorPool:
                 )
                 self.limits.check_row("invocations", inv_id, {**rec, "journal": journal, "error": error}, rec)
                 await self.send(p, okey, {**base, "op": "retry", "wake_at": outcome.wake_at, "error": error})
+            elif isinstance(outcome, executor.Paused):
+                # A code change under an invocation in flight: keep its journal, let an
+                # operator resume it once the code matches again (no dead letter).
+                error = limits.clip(outcome.error)
+                log.error("Invocation paused: the handler no longer matches its journal; fix or roll back the code, "
+                          "then resume it method=%s invocationID=%s error=%s", method, inv_id, error)
+                self.limits.check_row("invocations", inv_id, {**rec, "journal": journal, "error": error}, rec)
+                await self.send(p, okey, {**base, "op": "fail", "error": error, "pause": True})
             else:
                 assert isinstance(outcome, executor.Failed)
                 error = limits.clip(outcome.error)

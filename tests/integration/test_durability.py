@@ -15,35 +15,60 @@ def events(path: str, kind: str) -> list[dict[str, object]]:
     return [e for e in ledger(path) if e["event"] == kind]
 
 
-def test_crash__sleeps_resume_remaining_time_and_journaled_steps_do_not_rerun(workers, app_env):
-    worker = workers.new()
-    sleepers = [(f"s{i}", json.dumps({"tag": f"s{i}", "seconds": 10.0})) for i in range(10)]
-    busy = [(f"w{i}", json.dumps({"tag": f"w{i}", "work": 6.0})) for i in range(5)]
-    harness.produce(app_env["source"], sleepers + busy)
+SLEEP_LATE = 16.0   # killed 12 s in: the deadline passes while the worker is down
+SLEEP_EARLY = 36.0  # killed ~10 s in: the deadline comes long after the restarted worker is ready
+EARLY_BY = 0.5      # a sleeper may end this much before its deadline (clock reads in two processes)
+LATE_BY = 8.0       # and this much after max(deadline, restarted worker ready)
+
+
+def test_crash__each_sleep_ends_at_its_original_deadline_and_journaled_steps_do_not_rerun(workers, app_env):
+    # A runtime that fires every recovered timer at once wakes the long sleepers ~15 s
+    # early; one that restarts sleeps from zero wakes every sleeper a whole sleep late
+    # (>= 16 s after the restart, against LATE_BY = 8 s).
+    worker = workers.new(env={"STREAMAPP_SESSION_TIMEOUT": "6"})
+    ledger_path = app_env["ledger"]
+    late = [(f"l{i}", json.dumps({"tag": f"l{i}", "seconds": SLEEP_LATE})) for i in range(5)]
+    early = [(f"e{i}", json.dumps({"tag": f"e{i}", "seconds": SLEEP_EARLY})) for i in range(5)]
+    busy = [(f"w{i}", json.dumps({"tag": f"w{i}", "work": 20.0})) for i in range(3)]
+    harness.produce(app_env["source"], late)
+    harness.wait_for(lambda: worker.get("/health")["sleeping"] == 5, timeout=30, what="5 late-killed sleepers",
+                     detail=worker.tail)
+    harness.produce(app_env["source"], early + busy)
     harness.wait_for(
-        lambda: worker.get("/health")["sleeping"] == 10 and len(events(app_env["ledger"], "before")) == 15,
-        timeout=30, what="10 sleeping, 5 between steps", detail=worker.tail,
+        lambda: worker.get("/health")["sleeping"] == 10 and len(events(ledger_path, "before")) == 13,
+        timeout=30, what="10 sleeping, 3 between steps", detail=worker.tail,
     )
+    started = {e["tag"]: float(e["time"]) for e in events(ledger_path, "before")}
+    kill_at = max(started[t] for t, _ in late) + SLEEP_LATE - 4.0
+    time.sleep(max(0.0, kill_at - time.time()))
     worker.kill()
-    killed_at = time.time()
-    assert not events(app_env["ledger"], "after"), "nothing should have finished before the kill"
+    assert not events(ledger_path, "after"), "nothing should have finished before the kill"
     worker.start()
+    ready_at = time.time()
     done = harness.wait_for(
-        lambda: len(events(app_env["ledger"], "after")) >= 15 and events(app_env["ledger"], "after"),
-        timeout=90, what="15 completions after restart", detail=worker.tail,
+        lambda: len(events(ledger_path, "after")) >= 13 and events(ledger_path, "after"),
+        timeout=120, what="13 completions after restart", detail=worker.tail,
     )
-    before = {e["tag"]: e for e in events(app_env["ledger"], "before")}
-    after = {e["tag"]: e for e in done}
-    assert Counter(e["tag"] for e in events(app_env["ledger"], "before")) == Counter({t: 1 for t in before}), \
+    assert Counter(e["tag"] for e in events(ledger_path, "before")) == Counter({t: 1 for t in started}), \
         "a journaled step ran again after the crash"
-    assert Counter(e["tag"] for e in done) == Counter({t: 1 for t in after})
-    for tag in (t for t, _ in sleepers):
-        slept = after[tag]["time"] - before[tag]["time"]
-        # Resumed with the remaining time: not skipped (< 10 s) and not restarted from zero
-        # (that would end >= 10 s after the restart).
-        assert slept >= 10.0, f"{tag} woke early after {slept:.1f}s"
-        assert after[tag]["time"] < killed_at + 10.0 or slept < 11.5, f"{tag} restarted its sleep ({slept:.1f}s)"
-        assert after[tag]["pid"] != before[tag]["pid"]
+    assert Counter(e["tag"] for e in done) == Counter({t: 1 for t in started})
+    woke = {str(e["tag"]): float(e["time"]) for e in done}
+    for tag, seconds in [(t, SLEEP_LATE) for t, _ in late] + [(t, SLEEP_EARLY) for t, _ in early]:
+        deadline = started[tag] + seconds
+        assert woke[tag] >= deadline - EARLY_BY, \
+            f"{tag} woke {deadline - woke[tag]:.1f}s before its deadline (restarted worker ready at " \
+            f"deadline{ready_at - deadline:+.1f}s)"
+        assert woke[tag] <= max(deadline, ready_at) + LATE_BY, \
+            f"{tag} woke {woke[tag] - max(deadline, ready_at):.1f}s after max(deadline, ready): sleep restarted?"
+    # The late sleepers' deadlines passed during the outage: they prove the restart was
+    # slower than what was left of their sleep, so they had to be fired on recovery.
+    assert all(started[t] + SLEEP_LATE < ready_at for t, _ in late)
+    # The early sleepers prove recovery came well before their deadline (or a
+    # fire-everything-at-once runtime would pass).
+    assert all(ready_at < started[t] + SLEEP_EARLY - 2 * EARLY_BY for t, _ in early), \
+        f"the restarted worker was ready only {ready_at - min(started[t] for t, _ in early):.1f}s into the long sleeps"
+    first_life = {e["pid"] for e in events(ledger_path, "before")}
+    assert not first_life & {e["pid"] for e in done}, "completions should come from the restarted worker"
 
 
 def dead_letters(topic: str) -> list[harness.Record]:
@@ -85,7 +110,7 @@ def send(worker: harness.Worker, path: str, body: object) -> str:
     return str(reply["invocationId"])
 
 
-def test_retries__flaky_handler_succeeds_after_backoff_and_terminal_errors_are_not_retried(workers, app_env):
+def test_retries__flaky_succeeds_after_backoff_terminal_is_not_retried_and_drift_pauses(workers, app_env):
     worker = workers.new()
     flaky = send(worker, "/Test/f/Flaky/send", {"tag": "flaky", "failures": 2})
     terminal = send(worker, "/Test/t/Terminal/send", {"tag": "term"})
@@ -97,15 +122,16 @@ def test_retries__flaky_handler_succeeds_after_backoff_and_terminal_errors_are_n
     assert len(attempts) == 3
     gaps = [b["time"] - a["time"] for a, b in itertools.pairwise(attempts)]
     assert gaps[0] >= 0.2 and gaps[1] >= 0.4, f"backoff not applied: {gaps}"
-    dlq = harness.wait_for(lambda: len(dead_letters(app_env["dead_letters"])) >= 3 and dead_letters(
-        app_env["dead_letters"]), timeout=60, what="3 dead letters", detail=worker.tail)
+    paused = harness.wait_for(lambda: worker.invocation(drift)["status"] == "paused" and worker.invocation(drift),
+                              timeout=60, what="the drifting invocation to pause", detail=worker.tail)
+    assert "NonDeterminismError" in paused["error"] and "step-1" in paused["error"] and "step-2" in paused["error"]
+    dlq = harness.wait_for(lambda: len(dead_letters(app_env["dead_letters"])) >= 2 and dead_letters(
+        app_env["dead_letters"]), timeout=60, what="2 dead letters", detail=worker.tail)
     by_inv = {r.headers["streamapp.invocation"].decode(): r for r in dlq}
-    assert set(by_inv) == {terminal, exhausted, drift}
+    assert set(by_inv) == {terminal, exhausted}  # a non-determinism pauses, it is not dead-lettered
     assert b"TerminalError: cannot process term" in by_inv[terminal].headers["streamapp.error"]
     assert b"after 4 attempts" in by_inv[exhausted].headers["streamapp.error"]
     assert len([e for e in events(app_env["ledger"], "attempt") if e["inv"] == exhausted]) == 4
-    err = by_inv[drift].headers["streamapp.error"].decode()
-    assert "NonDeterminismError" in err and "step-1" in err and "step-2" in err, err
     assert by_inv[terminal].key == b"t"
     assert json.loads(by_inv[terminal].value or b"") == {"tag": "term"}  # the original payload
 
@@ -125,3 +151,34 @@ def test_retry__backoff_survives_a_crash_with_its_attempt_count(workers, app_env
     # would have been needed after the restart and it would have been dead-lettered.
     assert len(attempts) == 3 and done["result"] == "ok"
     assert len({e["pid"] for e in attempts}) == 2
+
+
+def test_code_change__renamed_step_pauses_a_sleeper_and_the_rolled_back_code_resumes_it(workers, app_env):
+    worker = workers.new(env={"STREAMAPP_SESSION_TIMEOUT": "6"})
+    inv = send(worker, "/Test/r/Renamed/send", {"tag": "renamed", "seconds": 3.0})
+    harness.wait_for(lambda: worker.invocation(inv)["status"] == "sleeping", timeout=30,
+                     what="the invocation to sleep", detail=worker.tail)
+    worker.kill()
+    worker.env["STREAMAPP_TEST_STEP_NAME"] = "reserve"  # the new deploy renamed the step before the sleep
+    worker.start()
+    paused = harness.wait_for(
+        lambda: worker.invocation(inv)["status"] not in ("sleeping", "running", "pending", None)
+        and worker.invocation(inv), timeout=60, what="the timer to fire under the new code", detail=worker.tail)
+    assert paused["status"] == "paused", paused
+    assert "NonDeterminismError" in paused["error"] and "run 'before'" in paused["error"] \
+        and "run 'reserve'" in paused["error"], paused["error"]
+    assert paused["journal"] == [{"type": "run", "name": "before"}, {"type": "sleep", "name": "sleep"}]
+    # The fail command that paused it follows any dead letter of the same attempt.
+    assert dead_letters(app_env["dead_letters"]) == []
+
+    worker.stop()
+    del worker.env["STREAMAPP_TEST_STEP_NAME"]  # rolled back
+    worker.start()
+    assert worker.invocation(inv)["status"] == "paused"  # a restart does not run it again by itself
+    status, reply = worker.request("POST", f"/invocations/{inv}/resume")
+    assert status == 202, reply
+    done = harness.wait_for(lambda: worker.invocation(inv)["status"] in ("completed", "failed")
+                            and worker.invocation(inv), timeout=60, what="the resumed invocation", detail=worker.tail)
+    assert done["status"] == "completed" and done["result"] == {"tag": "renamed", "step": "before"}, done
+    mine = [e for e in ledger(app_env["ledger"]) if e.get("inv") == inv]
+    assert [(e["event"], e.get("step")) for e in mine] == [("before", "before"), ("after", None)]

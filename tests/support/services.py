@@ -123,6 +123,17 @@ async def Count(ctx: SharedContext) -> int:
     return value
 
 
+@test.handler()
+async def Renamed(ctx: ObjectContext, req: NapRequest) -> dict[str, Any]:
+    """Nap whose first step is named by STREAMAPP_TEST_STEP_NAME: a deploy can rename it."""
+    inv = ctx.invocation_id
+    step = os.environ.get("STREAMAPP_TEST_STEP_NAME", "before")
+    await ctx.run(step, lambda: record(event="before", key=ctx.key, tag=req.tag, inv=inv, step=step))
+    await ctx.sleep(req.seconds)
+    await ctx.run("after", lambda: record(event="after", key=ctx.key, tag=req.tag, inv=inv))
+    return {"tag": req.tag, "step": step}
+
+
 @paused.handler()
 async def Stuck(ctx: ObjectContext, req: Fail) -> str:
     inv = ctx.invocation_id

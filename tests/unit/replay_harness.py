@@ -1,7 +1,7 @@
 """Broker-free runner for durable handlers: an in-memory journal and a fake clock.
 
 ``run_invocation`` drives ``executor.execute`` for one invocation until it
-completes or fails, doing what the runtime does between attempts:
+completes, fails or pauses, doing what the runtime does between attempts:
 
     Parked(wake_at)   advance the clock to wake_at, mark the last sleep entry
                       fired (``{**entry, "fired": True}``), execute again
@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from streamapp.durable import executor
-from streamapp.durable.executor import Completed, Failed, Outcome, Parked, Retry
+from streamapp.durable.executor import Completed, Failed, Outcome, Parked, Paused, Retry
 from streamapp.durable.service import Handler
 
 MODES = ("straight", "always_replay")
@@ -82,7 +82,7 @@ class MemorySink:
 class Run:
     """What one invocation did, as the runtime would see it."""
 
-    outcome: Completed | Failed
+    outcome: Completed | Failed | Paused
     journal: list[dict[str, Any]]
     sent: list[dict[str, Any]]
     history: list[tuple[float, Outcome]]  # (clock at the end of the attempt, outcome), aborted attempts left out
@@ -132,7 +132,7 @@ async def run_invocation(
     crash_after_sends: int = 0,
     max_executions: int = 500,
 ) -> Run:
-    """Run one invocation to Completed or Failed; see the module docstring."""
+    """Run one invocation to Completed, Failed or Paused; see the module docstring."""
     assert mode in MODES, mode
     clock = clock or FakeClock()
     committed = json.loads(json.dumps(dict(state or {})))

@@ -204,66 +204,6 @@ async def test_input__invalid_payload_fails_terminally_naming_the_field(mode: st
     assert len(run.history) == 1
 
 
-# -- non-determinism ----------------------------------------------------------
-
-
-async def test_replay__changed_step_name_fails_naming_both_steps(mode: str) -> None:
-    async def V1(ctx: ObjectContext) -> None:
-        await ctx.run("reserve", lambda: 1)
-        await ctx.run("charge", lambda: 2)
-
-    async def V2(ctx: ObjectContext) -> None:
-        await ctx.run("reserve", lambda: 1)
-        await ctx.run("bill", lambda: 2)
-
-    first = await run_invocation(handler_of(V1), mode)
-    run = await run_invocation(handler_of(V2), mode, journal=first.journal)
-
-    assert isinstance(run.outcome, Failed) and not run.outcome.exhausted
-    assert run.error.startswith("NonDeterminismError: non-deterministic replay at step 1")
-    assert "run 'charge'" in run.error and "run 'bill'" in run.error
-    assert len(run.history) == 1  # not retried
-
-
-async def test_replay__sleep_where_journal_has_a_step_fails(mode: str) -> None:
-    async def V2(ctx: ObjectContext) -> None:
-        await ctx.sleep(1)
-
-    run = await run_invocation(handler_of(V2), mode, journal=[{"t": "run", "name": "reserve", "value": 1}])
-
-    assert "run 'reserve'" in run.error and "sleep 'sleep'" in run.error
-
-
-async def test_replay__handler_that_skips_journaled_steps_fails_instead_of_completing(mode: str) -> None:
-    async def V2(ctx: ObjectContext) -> str:
-        await ctx.run("reserve", lambda: 1)
-        return "done"
-
-    journal = [{"t": "run", "name": "reserve", "value": 1}, {"t": "run", "name": "charge", "value": 2}]
-    run = await run_invocation(handler_of(V2), mode, journal=journal)
-
-    assert run.error.startswith("NonDeterminismError: non-deterministic replay at step 1")
-    assert "run 'charge'" in run.error
-
-
-async def test_replay__handler_depending_on_unjournaled_randomness_is_caught_in_always_replay(mode: str) -> None:
-    # A handler that branches on a value it did not journal: straight through it
-    # looks fine; always-replay re-executes it with a different value and trips.
-    values = iter(range(100))
-
-    async def Flaky(ctx: ObjectContext) -> None:
-        name = "even" if next(values) % 2 == 0 else "odd"
-        await ctx.run(name, lambda: None)
-        await ctx.run("after", lambda: None)
-
-    run = await run_invocation(handler_of(Flaky), mode)
-
-    if mode == "straight":
-        assert isinstance(run.outcome, Completed)
-    else:
-        assert run.error.startswith("NonDeterminismError")
-
-
 # -- ctx.sleep ----------------------------------------------------------------
 
 
