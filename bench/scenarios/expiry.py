@@ -37,13 +37,13 @@ import faust
 from faust.streams import _current_event
 
 from bench.common import BenchError, Result, Run, percentile
-from streamapp.runtime import engine as engine_module
+from streamapp.runtime import expiry as expiry_module
 from streamapp.runtime.engine import Engine
 from streamapp.runtime.store import Tables
 from tests.unit.engine_fakes import FakeActors, FakeScheduler
 
 TARGET = 2 * 1_200  # outcomes/s: twice the throughput target of issue 5
-ROUND = int(TARGET * engine_module.EXPIRE_EVERY)  # finishes per command interval at TARGET
+ROUND = int(TARGET * expiry_module.EXPIRE_EVERY)  # finishes per command interval at TARGET
 TOPIC = "bench-expiry-invocations"
 
 
@@ -110,15 +110,15 @@ class Rig:
             if len(took) > 100_000:
                 raise BenchError("expiry never finished")
             took.append(self.apply({"op": "expire", "before": before}))
-            time.sleep(max(0.0, began + len(took) * engine_module.EXPIRE_EVERY - time.perf_counter()))
+            time.sleep(max(0.0, began + len(took) * expiry_module.EXPIRE_EVERY - time.perf_counter()))
         return took, time.perf_counter() - began
 
 
 def sizes(smoke: bool) -> dict[str, Any]:
     return {"backlog": 5_000 if smoke else 200_000, "steady_rounds": 20 if smoke else 200,
-            "sweep": 5_000 if smoke else 50_000, "expire_every_s": engine_module.EXPIRE_EVERY,
-            "expire_max": engine_module.EXPIRE_MAX, "expire_rate": engine_module.EXPIRE_RATE,
-            "sweep_max": engine_module.SWEEP_MAX, "partitions": 1}
+            "sweep": 5_000 if smoke else 50_000, "expire_every_s": expiry_module.EXPIRE_EVERY,
+            "expire_max": expiry_module.EXPIRE_MAX, "expire_rate": expiry_module.EXPIRE_RATE,
+            "sweep_max": expiry_module.SWEEP_MAX, "partitions": 1}
 
 
 def run(r: Run, result: Result) -> None:

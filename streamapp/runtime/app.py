@@ -55,7 +55,9 @@ from streamapp.durable import mute
 from streamapp.durable.service import Registry
 from streamapp.runtime import commands, limits, tuning
 from streamapp.runtime.actors import ActorPool
-from streamapp.runtime.engine import EXPIRE_EVERY, Engine, invalid
+from streamapp.runtime.commands import invalid
+from streamapp.runtime.engine import Engine
+from streamapp.runtime.expiry import EXPIRE_EVERY
 from streamapp.runtime.offsets import OffsetGuard
 from streamapp.runtime.scheduler import Scheduler
 from streamapp.runtime.sources import Ingest
@@ -632,7 +634,7 @@ class Runtime:
         A command, not a direct delete: only the invocations agent writes the
         tables. A redelivered source record or a repeated idempotency key older
         than the retention runs again, as in Restate once its retention passed.
-        Each command does bounded work (``engine.EXPIRE_MAX`` outcomes, oldest
+        Each command does bounded work (``expiry.EXPIRE_MAX`` outcomes, oldest
         first; ``EXPIRE_RATE`` a second per worker); sent every ``EXPIRE_EVERY``
         seconds, they outpace the finishes.
         """

@@ -46,3 +46,42 @@ def decode(raw: bytes) -> dict[str, Any]:
     if not isinstance(value, dict) or "op" not in value:
         raise ValueError("not a command")
     return value
+
+
+# Fields each command needs; a command missing one can never be applied.
+REQUIRED: dict[str, tuple[str, ...]] = {
+    "invoke": ("id", "service", "handler", "key"),
+    "activate": ("epoch",),
+    "entry": ("id", "epoch", "index", "entry"),
+    "suspend": ("id", "epoch", "wake_at"),
+    "retry": ("id", "epoch", "wake_at", "error"),
+    "complete": ("id", "epoch"),
+    "fail": ("id", "epoch", "error"),
+    "fire": ("id", "epoch"),
+    "resume": ("id",),
+    "kill": ("id",),
+    "expire": ("before",),
+}
+
+
+NUMBERS = ("wake_at", "not_before", "before", "at", "index", "attempt")
+
+
+def invalid(cmd: dict[str, Any]) -> str | None:
+    """Why ``cmd`` can never be applied, or None when it is well formed."""
+    op = cmd.get("op")
+    if op not in REQUIRED:
+        return f"unknown command op={op!r}"
+    missing = [name for name in REQUIRED[op] if cmd.get(name) is None]
+    if missing:
+        return f"command op={op} lacks {', '.join(missing)}"
+    for name in NUMBERS:
+        value = cmd.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            return f"command op={op} has a non-numeric {name}"
+    if op in ("invoke", "entry", "suspend", "retry", "complete", "fail", "fire", "resume", "kill") \
+            and not isinstance(cmd["id"], str):
+        return f"command op={op} has a non-string id"
+    if op == "complete" and not isinstance(cmd.get("state") or {}, dict):
+        return "command op=complete has state changes that are not an object"
+    return None

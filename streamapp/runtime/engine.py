@@ -44,8 +44,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from streamapp.runtime.commands import object_key
+from streamapp.runtime.expiry import Expiry
 from streamapp.runtime.limits import Limits, RowTooLargeError
-from streamapp.runtime.store import Tables, expiry_bound, expiry_key
+from streamapp.runtime.store import Tables, expiry_key
 
 if TYPE_CHECKING:
     from streamapp.runtime.actors import ActorPool
@@ -55,19 +56,6 @@ log = logging.getLogger(__name__)
 
 IN_FLIGHT = ("running", "sleeping", "retrying", "paused")
 RECENT_MAX = 20_000
-# Expiry: the owner sends an ``expire`` command to each partition every
-# EXPIRE_EVERY seconds; each drops at most EXPIRE_MAX outcomes (oldest first,
-# from the expiry index; or visits as many results rows not indexed yet,
-# written before the index existed), so no command holds the loop long, and
-# the worker drops at most EXPIRE_RATE a second over all its partitions, so
-# catching up on a backlog leaves the loop to the invocations. Capacity:
-# EXPIRE_MAX / EXPIRE_EVERY = EXPIRE_RATE = 8,000 outcomes/s, even if every
-# finish lands on one partition (the throughput target is 1,200/s).
-EXPIRE_EVERY = 0.1
-EXPIRE_MAX = 800
-EXPIRE_RATE = 8_000
-SWEEP_MAX = 500
-EXPIRE_LOG_EVERY = 60.0
 
 
 def started(rec: dict[str, Any]) -> bool:
@@ -90,46 +78,7 @@ class ApplyError(Exception):
     """A valid command could not be applied; its offset must not be committed."""
 
 
-# Fields each command needs; a command missing one can never be applied.
-REQUIRED: dict[str, tuple[str, ...]] = {
-    "invoke": ("id", "service", "handler", "key"),
-    "activate": ("epoch",),
-    "entry": ("id", "epoch", "index", "entry"),
-    "suspend": ("id", "epoch", "wake_at"),
-    "retry": ("id", "epoch", "wake_at", "error"),
-    "complete": ("id", "epoch"),
-    "fail": ("id", "epoch", "error"),
-    "fire": ("id", "epoch"),
-    "resume": ("id",),
-    "kill": ("id",),
-    "expire": ("before",),
-}
-
-
-NUMBERS = ("wake_at", "not_before", "before", "at", "index", "attempt")
-
-
-def invalid(cmd: dict[str, Any]) -> str | None:
-    """Why ``cmd`` can never be applied, or None when it is well formed."""
-    op = cmd.get("op")
-    if op not in REQUIRED:
-        return f"unknown command op={op!r}"
-    missing = [name for name in REQUIRED[op] if cmd.get(name) is None]
-    if missing:
-        return f"command op={op} lacks {', '.join(missing)}"
-    for name in NUMBERS:
-        value = cmd.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            return f"command op={op} has a non-numeric {name}"
-    if op in ("invoke", "entry", "suspend", "retry", "complete", "fail", "fire", "resume", "kill") \
-            and not isinstance(cmd["id"], str):
-        return f"command op={op} has a non-string id"
-    if op == "complete" and not isinstance(cmd.get("state") or {}, dict):
-        return "command op=complete has state changes that are not an object"
-    return None
-
-
-class Engine:
+class Engine(Expiry):
     def __init__(self, tables: Tables, actors: ActorPool, scheduler: Scheduler) -> None:
         self.tables = tables
         self.actors = actors
@@ -490,99 +439,6 @@ class Engine:
         rec["status"] = "failed"
         rec["error"] = "KilledError: killed by an operator"
         self._finish(p, rec)
-
-    def expiry_due(self, p: int, before: float) -> bool:
-        """Whether an expire command for ``p`` would drop or sweep anything (a read, no write).
-
-        Lets the owner send expire commands only where there is work: an idle
-        partition costs no record on the internal topic.
-        """
-        mark = self.tables.meta.get(f"expiry/p{p}")
-        if mark is None or mark["swept"] is not True:
-            return True
-        hint = self.expired_to.get(p)
-        start = hint[1] if hint is not None and hint[0] == self.part(p).epoch else None
-        for key in self.tables.partition_keys(self.tables.expiry, p, start):
-            return key < expiry_bound(before)
-        return False
-
-    def _on_expire(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
-        """Drop outcomes older than the retention: their ids are no longer deduplicated.
-
-        Walks the expiry index from its oldest key and stops at the first one
-        not older than ``before`` or after EXPIRE_MAX rows; the next command
-        goes on from there. Each results row is deleted with its index row.
-        """
-        before = cmd["before"]
-        bound = expiry_bound(before)
-        epoch = self.part(p).epoch
-        # Where the last command stopped (only an iteration hint, to seek past
-        # the deleted keys RocksDB has not compacted away yet): within one
-        # epoch only this worker writes the partition, and it indexes new
-        # outcomes at its clock's now, after every key already expired.
-        hint = self.expired_to.get(p)
-        start = hint[1] if hint is not None and hint[0] == epoch else None
-        tokens, at = self.expire_bucket
-        now = time.monotonic()
-        allowed = int(min(float(EXPIRE_MAX), tokens + (now - at) * EXPIRE_RATE))
-        dropped: list[str] = []
-        if allowed > 0:
-            for key in self.tables.partition_keys(self.tables.expiry, p, start):
-                if key >= bound:
-                    break
-                dropped.append(key)
-                if len(dropped) == allowed:
-                    break
-        for key in dropped:
-            inv_id = key.split("/", 1)[1]
-            if inv_id in self.tables.results:
-                del self.tables.results[inv_id]
-            del self.tables.expiry[key]
-        if dropped:
-            self.expired_to[p] = (epoch, dropped[-1])
-        visited, swept = self._sweep_unindexed(p, before, min(SWEEP_MAX, allowed - len(dropped)))
-        self.expire_bucket = (allowed - len(dropped) - visited, now)
-        # Commands come 10 times a second: say what they dropped once a minute.
-        logged, since = self.expired_log.get(p, (-EXPIRE_LOG_EVERY, 0))
-        since += len(dropped) + swept
-        if since and time.monotonic() - logged >= EXPIRE_LOG_EVERY:
-            log.info("Expired finished invocations partition=%s count=%d", p, since)
-            logged, since = time.monotonic(), 0
-        self.expired_log[p] = (logged, since)
-
-    def _sweep_unindexed(self, p: int, before: float, limit: int) -> tuple[int, int]:
-        """Index (or drop, if already past the retention) results rows written before the index.
-
-        Once per partition, ``limit`` rows per command, from a cursor kept in
-        ``meta`` (so a restart or another owner goes on from there). Returns
-        how many rows it visited and how many it dropped.
-        """
-        mark_key = f"expiry/p{p}"
-        mark = self.tables.meta.get(mark_key)
-        if limit <= 0 or (mark is not None and mark["swept"] is True):
-            return 0, 0
-        cursor = None if mark is None else mark["swept"]
-        visited = dropped = 0
-        for inv_id, rec in self.tables.partition_items(self.tables.results, p, cursor):
-            if inv_id == cursor:
-                continue  # done by the last command
-            visited += 1
-            cursor = inv_id
-            finished = rec.get("finished", 0.0)
-            key = expiry_key(finished, inv_id)
-            if finished < before:
-                del self.tables.results[inv_id]
-                if key in self.tables.expiry:
-                    del self.tables.expiry[key]
-                dropped += 1
-            elif key not in self.tables.expiry:
-                self.tables.expiry[key] = inv_id
-            if visited == limit:
-                self.tables.meta[mark_key] = {"swept": cursor}
-                return visited, dropped
-        self.tables.meta[mark_key] = {"swept": True}
-        log.info("Expiry index covers every outcome partition=%s", p)
-        return visited, dropped
 
     # -- helpers -----------------------------------------------------------
     def _state(self, okey: str) -> dict[str, Any]:

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from streamapp.runtime import commands
-from streamapp.runtime.engine import ApplyError, invalid
+from streamapp.runtime.commands import invalid
+from streamapp.runtime.engine import ApplyError
 from tests.unit.engine_fakes import EngineRig
 
 

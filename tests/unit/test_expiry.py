@@ -14,6 +14,7 @@ import pytest
 
 from streamapp.runtime import commands
 from streamapp.runtime import engine as engine_module
+from streamapp.runtime import expiry as expiry_module
 from streamapp.runtime.store import expiry_key
 from tests.unit.engine_fakes import EngineRig
 
@@ -30,7 +31,9 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
         now[1] += now[2]
         return now[1]
 
-    monkeypatch.setattr(engine_module, "time", types.SimpleNamespace(time=lambda: now[0], monotonic=monotonic))
+    fake = types.SimpleNamespace(time=lambda: now[0], monotonic=monotonic)
+    monkeypatch.setattr(engine_module, "time", fake)  # finish times
+    monkeypatch.setattr(expiry_module, "time", fake)  # the expiry budget
     return now
 
 
@@ -83,7 +86,7 @@ def test_expire__outcomes_finished_before_the_cutoff_go_newer_ones_stay_and_stay
 
 
 def test_expire__at_most_expire_max_per_command_and_repeated_commands_finish_the_job(clock, monkeypatch):
-    monkeypatch.setattr(engine_module, "EXPIRE_MAX", 5)
+    monkeypatch.setattr(expiry_module, "EXPIRE_MAX", 5)
     rig, epoch = fresh_rig(clock)
     finish(rig, epoch, clock, 1_000.0, [f"old{i:02d}" for i in range(23)])
     finish(rig, epoch, clock, 2_000.0, [f"new{i}" for i in range(4)])
@@ -116,7 +119,7 @@ def test_expire__an_index_row_older_than_where_the_last_command_stopped_still_ex
 
 def test_expire__outcomes_written_before_the_index_are_swept_in_bounded_steps(clock, monkeypatch):
     """A worker upgraded in place: results rows without index rows are indexed, or dropped if past the retention."""
-    monkeypatch.setattr(engine_module, "SWEEP_MAX", 4)
+    monkeypatch.setattr(expiry_module, "SWEEP_MAX", 4)
     rig = EngineRig()
     epoch = rig.activate(P)
     finish(rig, epoch, clock, 1_000.0, [f"old{i}" for i in range(6)])
@@ -139,8 +142,8 @@ def test_expire__outcomes_written_before_the_index_are_swept_in_bounded_steps(cl
 
 
 def test_expire__a_worker_drops_at_most_expire_rate_a_second_over_all_its_partitions(clock, monkeypatch):
-    monkeypatch.setattr(engine_module, "EXPIRE_MAX", 10)
-    monkeypatch.setattr(engine_module, "EXPIRE_RATE", 80)
+    monkeypatch.setattr(expiry_module, "EXPIRE_MAX", 10)
+    monkeypatch.setattr(expiry_module, "EXPIRE_RATE", 80)
     rig = EngineRig()
     for p, epoch in ((0, "e0"), (1, "e1")):
         rig.engine.expect_activation(p, epoch)
