@@ -45,8 +45,7 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
+from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 from faust.sensors import Sensor
 from faust.types import TP
 
@@ -61,7 +60,7 @@ from streamapp.runtime.expiry import EXPIRE_EVERY
 from streamapp.runtime.offsets import OffsetGuard
 from streamapp.runtime.scheduler import Scheduler
 from streamapp.runtime.sources import Ingest
-from streamapp.runtime.startup import advertised_url, check_partitions
+from streamapp.runtime.startup import advertised_url, bootstrap_servers, check_partitions, wait_for_broker
 from streamapp.runtime.store import Tables
 
 log = logging.getLogger(__name__)
@@ -92,7 +91,7 @@ class StreamApp(faust.App):
         await wait_for_broker(settings.broker, settings.broker_wait)
         # Faust's producer and consumer bootstrap after this returns; the
         # broker may be killed or restarting by then.
-        patient_bootstrap(settings.broker, settings.broker_wait)
+        tuning.patient_bootstrap(settings.broker, settings.broker_wait)
         topic = self.runtime.internal.get_topic_name()
         await check_partitions(bootstrap_servers(settings.broker), topic, settings.partitions)
 
@@ -107,71 +106,6 @@ class StreamApp(faust.App):
         if self.runtime._prober is not None:
             await self.runtime._prober.stop()
         await self.runtime.ingest.close()
-
-
-def bootstrap_servers(broker: str) -> list[str]:
-    """``kafka://h1:9092;kafka://h2:9092`` (Faust's broker setting) as host:port pairs."""
-    return [part.split("://", 1)[-1] for part in broker.replace(",", ";").split(";") if part.strip()]
-
-
-async def wait_for_broker(broker: str, patience: float) -> None:
-    """Wait up to ``patience`` seconds for the broker to answer, instead of exiting at once.
-
-    A worker started while Kafka is still starting (or restarting) would
-    otherwise fail to bootstrap and exit.
-    """
-    deadline = time.monotonic() + patience
-    said = 0.0
-    while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(broker), request_timeout_ms=5000)
-        try:
-            await admin.start()
-            return
-        except (KafkaError, OSError) as exc:
-            now = time.monotonic()
-            if now >= deadline:
-                raise SystemExit(f"Broker {broker} did not answer within {patience:g}s: {exc!r}") from None
-            if now - said >= 5:
-                log.warning("Waiting for the broker %s (up to %.0fs more): %r", broker, deadline - now, exc)
-                said = now
-        finally:
-            await admin.close()
-        await asyncio.sleep(1.0)
-
-
-_plain_bootstrap = AIOKafkaClient.bootstrap
-_bootstrap_until = 0.0  # monotonic deadline of the start-up window (patient_bootstrap)
-
-
-def patient_bootstrap(broker: str, patience: float) -> None:
-    """For ``patience`` seconds from now, a Kafka client's bootstrap waits for the broker instead of failing.
-
-    ``wait_for_broker`` proves the broker answered once; Faust's producer and
-    consumer bootstrap right after, and a broker killed or restarting in
-    between made the worker exit ("Unable to bootstrap"). Within the window a
-    failed bootstrap is tried again every second; after it, a bootstrap fails
-    at once as aiokafka's own does.
-    """
-    global _bootstrap_until
-    _bootstrap_until = time.monotonic() + patience
-
-    async def bootstrap(client: AIOKafkaClient) -> None:
-        said = 0.0
-        while True:
-            try:
-                await _plain_bootstrap(client)
-                return
-            except KafkaConnectionError as exc:
-                now = time.monotonic()
-                if now >= _bootstrap_until:
-                    raise
-                if now - said >= 5:
-                    log.warning("Waiting for the broker %s (up to %.0fs more): %r", broker, _bootstrap_until - now,
-                                exc)
-                    said = now
-            await asyncio.sleep(1.0)
-
-    AIOKafkaClient.bootstrap = bootstrap  # type: ignore[method-assign]
 
 
 class _RebalanceSensor(Sensor):

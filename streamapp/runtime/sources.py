@@ -52,7 +52,7 @@ MAX_KEY_BYTES = 1024
 class Ingest:
     def __init__(self, runtime: Runtime, lookup: Callable[[list[str]], Awaitable[dict[str, str]]] | None = None,
                  ) -> None:
-        from streamapp.runtime.app import bootstrap_servers
+        from streamapp.runtime.startup import bootstrap_servers
 
         self.runtime = runtime
         self.routes = dict(runtime.settings.subscriptions)

@@ -1,13 +1,16 @@
-"""Start-up checks and derived settings: where peers reach this worker, whether the topology fits.
+"""Start-up: waiting for the broker, where peers reach this worker, whether the topology fits.
 
 Kept apart from ``runtime/app.py`` so both can be tested without a Faust app.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from yarl import URL
 
 from streamapp.config import Settings
@@ -60,3 +63,33 @@ async def check_partitions(servers: list[str], topic: str, configured: int) -> N
         raise SystemExit(
             f"STREAMAPP_PARTITIONS={configured} but the internal topic {topic} has {existing} partitions: "
             f"start with STREAMAPP_PARTITIONS={existing}, or use a new STREAMAPP_APP_ID")
+
+
+def bootstrap_servers(broker: str) -> list[str]:
+    """``kafka://h1:9092;kafka://h2:9092`` (Faust's broker setting) as host:port pairs."""
+    return [part.split("://", 1)[-1] for part in broker.replace(",", ";").split(";") if part.strip()]
+
+
+async def wait_for_broker(broker: str, patience: float) -> None:
+    """Wait up to ``patience`` seconds for the broker to answer, instead of exiting at once.
+
+    A worker started while Kafka is still starting (or restarting) would
+    otherwise fail to bootstrap and exit.
+    """
+    deadline = time.monotonic() + patience
+    said = 0.0
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(broker), request_timeout_ms=5000)
+        try:
+            await admin.start()
+            return
+        except (KafkaError, OSError) as exc:
+            now = time.monotonic()
+            if now >= deadline:
+                raise SystemExit(f"Broker {broker} did not answer within {patience:g}s: {exc!r}") from None
+            if now - said >= 5:
+                log.warning("Waiting for the broker %s (up to %.0fs more): %r", broker, deadline - now, exc)
+                said = now
+        finally:
+            await admin.close()
+        await asyncio.sleep(1.0)

@@ -29,6 +29,13 @@ knowing it yet. ``request_rejoin`` makes the aiokafka consumer (it runs in
 Faust's consumer thread, on that thread's loop) join the group again, so
 ownership comes from a fresh assignment, not from what the worker believed.
 
+Patient bootstrap
+-----------------
+A worker waits for the broker at start-up (``startup.wait_for_broker``);
+Faust's clients bootstrap right after, and a broker killed in between made
+the worker exit. ``patient_bootstrap`` wraps ``AIOKafkaClient.bootstrap``
+(process-wide) so that, for a window, a failed bootstrap is tried again.
+
 Checked against the pinned faust-streaming 0.15.3 and its aiokafka:
 ``AIOKafkaConsumerThread._consumer``, ``.thread_loop`` and
 ``GroupCoordinator.request_rejoin``.
@@ -36,11 +43,18 @@ Checked against the pinned faust-streaming 0.15.3 and its aiokafka:
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from typing import Any
 
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaConnectionError
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.tuples import ack_lock
+
+log = logging.getLogger(__name__)
 
 FETCH_MAX_WAIT_MS = 10
 
@@ -78,3 +92,38 @@ def request_rejoin(consumer: Any) -> bool:
 def install() -> None:
     faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
     faust_consumer.Consumer.ack = _gated_ack  # type: ignore[method-assign]
+
+
+_plain_bootstrap = AIOKafkaClient.bootstrap
+_bootstrap_until = 0.0  # monotonic deadline of the start-up window (patient_bootstrap)
+
+
+def patient_bootstrap(broker: str, patience: float) -> None:
+    """For ``patience`` seconds from now, a Kafka client's bootstrap waits for the broker instead of failing.
+
+    ``wait_for_broker`` proves the broker answered once; Faust's producer and
+    consumer bootstrap right after, and a broker killed or restarting in
+    between made the worker exit ("Unable to bootstrap"). Within the window a
+    failed bootstrap is tried again every second; after it, a bootstrap fails
+    at once as aiokafka's own does.
+    """
+    global _bootstrap_until
+    _bootstrap_until = time.monotonic() + patience
+
+    async def bootstrap(client: AIOKafkaClient) -> None:
+        said = 0.0
+        while True:
+            try:
+                await _plain_bootstrap(client)
+                return
+            except KafkaConnectionError as exc:
+                now = time.monotonic()
+                if now >= _bootstrap_until:
+                    raise
+                if now - said >= 5:
+                    log.warning("Waiting for the broker %s (up to %.0fs more): %r", broker, _bootstrap_until - now,
+                                exc)
+                    said = now
+            await asyncio.sleep(1.0)
+
+    AIOKafkaClient.bootstrap = bootstrap  # type: ignore[method-assign]
