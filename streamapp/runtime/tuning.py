@@ -32,9 +32,10 @@ ownership comes from a fresh assignment, not from what the worker believed.
 Patient bootstrap
 -----------------
 A worker waits for the broker at start-up (``startup.wait_for_broker``);
-Faust's clients bootstrap right after, and a broker killed in between made
-the worker exit. ``patient_bootstrap`` wraps ``AIOKafkaClient.bootstrap``
-(process-wide) so that, for a window, a failed bootstrap is tried again.
+Faust's clients bootstrap and declare topics right after, and a broker
+killed in between made the worker exit. ``patient_bootstrap`` wraps
+``AIOKafkaClient.bootstrap`` and Faust's ``Transport._create_topic``
+(process-wide) so that, for a window, a transient failure is tried again.
 
 Checked against the pinned faust-streaming 0.15.3 and its aiokafka:
 ``AIOKafkaConsumerThread._consumer``, ``.thread_loop`` and
@@ -46,10 +47,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.tuples import ack_lock
@@ -95,35 +97,51 @@ def install() -> None:
 
 
 _plain_bootstrap = AIOKafkaClient.bootstrap
-_bootstrap_until = 0.0  # monotonic deadline of the start-up window (patient_bootstrap)
+_plain_create_topic = faust_aiokafka.Transport._create_topic
+_patient_until = 0.0  # monotonic deadline of the start-up window (patient_bootstrap)
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, KafkaConnectionError) or (isinstance(exc, KafkaError) and exc.retriable)
+
+
+async def _patiently(call: Callable[[], Awaitable[None]], what: str) -> None:
+    """Run ``call``; within the start-up window, try it again every second while the broker is away."""
+    said = 0.0
+    while True:
+        try:
+            await call()
+            return
+        except Exception as exc:
+            now = time.monotonic()
+            if not _transient(exc) or now >= _patient_until:
+                raise
+            if now - said >= 5:
+                log.warning("Waiting for the broker to %s (up to %.0fs more): %r", what, _patient_until - now, exc)
+                said = now
+        await asyncio.sleep(1.0)
 
 
 def patient_bootstrap(broker: str, patience: float) -> None:
-    """For ``patience`` seconds from now, a Kafka client's bootstrap waits for the broker instead of failing.
+    """For ``patience`` seconds from now, Faust's start-up waits for the broker instead of failing.
 
     ``wait_for_broker`` proves the broker answered once; Faust's producer and
-    consumer bootstrap right after, and a broker killed or restarting in
-    between made the worker exit ("Unable to bootstrap"). Within the window a
-    failed bootstrap is tried again every second; after it, a bootstrap fails
-    at once as aiokafka's own does.
+    consumer bootstrap right after, then declare their topics, and a broker
+    killed or restarting in between made the worker exit ("Unable to
+    bootstrap", "Connection ... closed" while creating a topic). Within the
+    window a bootstrap or a topic creation that fails for a transient reason
+    is tried again every second; after it, they fail at once as before.
     """
-    global _bootstrap_until
-    _bootstrap_until = time.monotonic() + patience
+    global _patient_until
+    _patient_until = time.monotonic() + patience
 
     async def bootstrap(client: AIOKafkaClient) -> None:
-        said = 0.0
-        while True:
-            try:
-                await _plain_bootstrap(client)
-                return
-            except KafkaConnectionError as exc:
-                now = time.monotonic()
-                if now >= _bootstrap_until:
-                    raise
-                if now - said >= 5:
-                    log.warning("Waiting for the broker %s (up to %.0fs more): %r", broker, _bootstrap_until - now,
-                                exc)
-                    said = now
-            await asyncio.sleep(1.0)
+        await _patiently(lambda: _plain_bootstrap(client), f"bootstrap from {broker}")
+
+    async def create_topic(self: Any, owner: Any, client: Any, topic: str, partitions: int, replication: int,
+                           **kwargs: Any) -> None:
+        await _patiently(lambda: _plain_create_topic(self, owner, client, topic, partitions, replication, **kwargs),
+                         f"create topic {topic}")
 
     AIOKafkaClient.bootstrap = bootstrap  # type: ignore[method-assign]
+    faust_aiokafka.Transport._create_topic = create_topic  # type: ignore[method-assign]
