@@ -236,9 +236,14 @@ async def read_records(servers: str, topic: str, within: float, *, partial_ok: b
         await consumer.stop()
 
 
-def read_topic(topic: str, *, timeout: float = 5.0) -> list[Record]:
-    """Every record currently in ``topic`` (all partitions), in partition/offset order."""
-    raw = run_async(read_records(bootstrap(), topic, timeout, partial_ok=True))
+def read_topic(topic: str, *, timeout: float = 60.0) -> list[Record]:
+    """Every record currently in ``topic`` (all partitions), in partition/offset order.
+
+    Reads up to the end offsets taken before the read and raises if it cannot
+    get there in ``timeout``: an empty answer means the topic held nothing,
+    never that the read was slow.
+    """
+    raw = run_async(read_records(bootstrap(), topic, timeout, partial_ok=False))
     return [Record(m.key, m.value, dict(m.headers), m.partition, m.offset) for m in raw]
 
 
