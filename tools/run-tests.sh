@@ -19,11 +19,22 @@ if [ -z "${STREAMAPP_TEST_BROKER:-}" ]; then
     export STREAMAPP_TEST_BROKER="kafka://127.0.0.1:${KAFKA_PORT:-9092}"
 fi
 
+# Each stage says how long it took, and the whole run is timed at the end
+# (the target is under 15 minutes on a 2-core machine).
+stage_start=$SECONDS
+run_start=$SECONDS
+took() { echo "-- $1 took $((SECONDS - stage_start)) s"; stage_start=$SECONDS; }
+
 echo "== ruff"
 $BIN/ruff check streamapp tests bench chaos
+took ruff
 echo "== mypy"
 $BIN/mypy
+took mypy
 echo "== pytest (broker $STREAMAPP_TEST_BROKER)"
 $BIN/pytest "$@"
+took pytest
 echo "== bench smoke (every benchmark scenario at tiny sizes; nothing timed is asserted)"
 $BIN/python -m bench --smoke
+took "bench smoke"
+echo "-- tests took $((SECONDS - run_start)) s in all (load average $(cut -d' ' -f1-3 /proc/loadavg))"
