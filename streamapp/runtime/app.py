@@ -60,7 +60,14 @@ from streamapp.runtime.expiry import EXPIRE_EVERY
 from streamapp.runtime.offsets import OffsetGuard
 from streamapp.runtime.scheduler import Scheduler
 from streamapp.runtime.sources import Ingest
-from streamapp.runtime.startup import advertised_url, bootstrap_servers, check_partitions, wait_for_broker
+from streamapp.runtime.startup import (
+    advertised_url,
+    bootstrap_servers,
+    check_partitions,
+    mark_clean_stop,
+    prepare_table_dir,
+    wait_for_broker,
+)
 from streamapp.runtime.store import Tables
 
 log = logging.getLogger(__name__)
@@ -86,7 +93,7 @@ class StreamApp(faust.App):
 
     async def on_first_start(self) -> None:
         settings = self.runtime.settings
-        settings.table_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
+        prepare_table_dir(settings.table_dir)
         await super().on_first_start()
         await wait_for_broker(settings.broker, settings.broker_wait)
         # Faust's producer and consumer bootstrap after this returns; the
@@ -106,6 +113,12 @@ class StreamApp(faust.App):
         if self.runtime._prober is not None:
             await self.runtime._prober.stop()
         await self.runtime.ingest.close()
+
+    async def on_shutdown(self) -> None:
+        # Children (tables, producer) are stopped by now: every table write
+        # was flushed to its changelog, so the next start may trust the tables.
+        await super().on_shutdown()
+        mark_clean_stop(self.runtime.settings.table_dir)
 
 
 class _RebalanceSensor(Sensor):

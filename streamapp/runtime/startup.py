@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
+from pathlib import Path
 
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
@@ -93,3 +95,40 @@ async def wait_for_broker(broker: str, patience: float) -> None:
         finally:
             await admin.close()
         await asyncio.sleep(1.0)
+
+
+CLEAN_STOP = ".clean-stop"  # written by a worker that stopped cleanly, consumed by the next start
+
+
+def prepare_table_dir(table_dir: Path) -> bool:
+    """Make ``table_dir`` ready; after an unclean stop, drop its local tables first. True when dropped.
+
+    A worker killed (or one that exited because the broker refused a
+    changelog record) can leave rows in its local RocksDB that never reached
+    the changelog. Faust trusts local tables up to the last changelog offset
+    the worker wrote and reads only what came after, so those rows would
+    outlive the crash on this worker alone: a later owner, restoring from
+    the changelog, would not have them (and would run journaled steps
+    again). Without the mark of a clean stop, the tables are restored from
+    the changelogs in full instead, as Kafka Streams does after an unclean
+    shutdown.
+    """
+    table_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
+    marker = table_dir / CLEAN_STOP
+    local = [path for path in table_dir.iterdir() if path.name != CLEAN_STOP]
+    dropped = bool(local) and not marker.exists()
+    if dropped:
+        log.warning("The last stop was not clean: local tables dropped, to be restored from the changelogs dir=%s",
+                    table_dir)
+        for path in local:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    marker.unlink(missing_ok=True)
+    return dropped
+
+
+def mark_clean_stop(table_dir: Path) -> None:
+    """Every table write reached the changelog and the tables are closed: the next start may trust them."""
+    (table_dir / CLEAN_STOP).touch()
