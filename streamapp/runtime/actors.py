@@ -52,7 +52,7 @@ class _Sink:
         this stops them at their next step instead of letting them call
         downstream systems for invocations another worker now runs.
         """
-        if not self.pool.owns(self.p, self.epoch):
+        if self.pool.stopped or not self.pool.owns(self.p, self.epoch):
             raise asyncio.CancelledError(f"partition {self.p} is no longer driven by epoch {self.epoch}")
 
     async def append(self, entry: dict[str, Any]) -> None:
@@ -110,6 +110,7 @@ class ActorPool:
         self.owns: Callable[[int, str], bool] = lambda p, epoch: True
         self.ready: deque[tuple[int, str, dict[str, Any], dict[str, Any]]] = deque()
         self.limits = limits.Limits()  # the broker's record limits, once the runtime read them
+        self.stopped = False  # the worker is shutting down: no actor starts, no step begins
 
     def waiting(self) -> int:
         return len(self.ready)
@@ -120,6 +121,11 @@ class ActorPool:
     def start(self, p: int, epoch: str | None, rec: dict[str, Any], state: dict[str, Any]) -> None:
         """Run an attempt of ``rec``, unless it already has an actor (one invocation, one actor)."""
         assert epoch is not None
+        if self.stopped:
+            # The agent may still apply a command while the worker stops (a
+            # completion dispatching the key's next invocation): it stays
+            # pending in the tables, for the partition's next owner.
+            return
         if rec["id"] in self.tasks or any(r[2]["id"] == rec["id"] for r in self.ready):
             log.warning("Invocation already has an actor, not starting another invocationID=%s", rec["id"])
             return
@@ -155,7 +161,9 @@ class ActorPool:
         await asyncio.shield(fut)
 
     async def stop(self) -> None:
-        """Worker shutdown: stop every actor, let journal entries being sent land."""
+        """Worker shutdown: stop every actor, start none from now on, let journal entries being sent land."""
+        self.stopped = True
+        self.ready.clear()
         self.cancel_partitions(set(self.partition_of.values()))
         if self.sending:
             await asyncio.wait(set(self.sending), timeout=STOP_GRACE)

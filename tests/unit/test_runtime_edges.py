@@ -98,3 +98,20 @@ async def test_stall__a_command_read_right_after_waking_is_fenced_before_the_tic
     runtime.engine.alive_at = time.monotonic() - 60
     assert runtime.fenced()
     assert runtime.engine.live_partitions() == set()
+
+
+async def test_actor_pool__once_stopping_starts_no_actor_and_running_ones_take_no_further_step() -> None:
+    sent: list[dict[str, Any]] = []
+
+    async def send(p: int, okey: str, cmd: dict[str, Any]) -> None:
+        sent.append(cmd)
+
+    async def nothing(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    pool = ActorPool(Registry(), send, nothing, nothing, max_running=10)
+    await pool.stop()  # SIGTERM: the worker stops its actors first, while its agent may still apply commands
+    rec = {"id": "i1", "service": "Gone", "handler": "h", "key": "k", "attempt": 0, "journal": [], "payload": None}
+    pool.start(0, "e1", rec, {})  # e.g. a completion applied meanwhile dispatches the key's next invocation
+    await asyncio.sleep(0.05)
+    assert pool.running() == 0 and sent == [], "an actor started after stop runs unsupervised into the shutdown"
