@@ -246,6 +246,10 @@ class Worker:
             STREAMAPP_DATA_DIR=str(self.data_dir),
             STREAMAPP_WEB_PORT=str(self.web_port),
             STREAMAPP_DOWNSTREAM_URL=downstream_url,
+            # The plan always brings the broker back, but on a loaded machine its
+            # restart can take longer than the default minute: a worker that gave
+            # up waiting would count as a crash although it did what it is told.
+            STREAMAPP_BROKER_WAIT=os.environ.get("STREAMAPP_BROKER_WAIT", "600"),
             PYTHONUNBUFFERED="1",
         )
         with self.log_path.open("ab") as log:

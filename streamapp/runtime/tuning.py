@@ -48,7 +48,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -57,6 +57,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types.tuples import ack_lock
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 FETCH_MAX_WAIT_MS = 10
 
@@ -105,13 +106,12 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, KafkaConnectionError) or (isinstance(exc, KafkaError) and exc.retriable)
 
 
-async def _patiently(call: Callable[[], Awaitable[None]], what: str) -> None:
+async def patiently(call: Callable[[], Awaitable[T]], what: str) -> T:
     """Run ``call``; within the start-up window, try it again every second while the broker is away."""
     said = 0.0
     while True:
         try:
-            await call()
-            return
+            return await call()
         except Exception as exc:
             now = time.monotonic()
             if not _transient(exc) or now >= _patient_until:
@@ -130,17 +130,18 @@ def patient_bootstrap(broker: str, patience: float) -> None:
     killed or restarting in between made the worker exit ("Unable to
     bootstrap", "Connection ... closed" while creating a topic). Within the
     window a bootstrap or a topic creation that fails for a transient reason
-    is tried again every second; after it, they fail at once as before.
+    is tried again every second (as are the runtime's own start-up reads,
+    through ``patiently``); after it, they fail at once as before.
     """
     global _patient_until
     _patient_until = time.monotonic() + patience
 
     async def bootstrap(client: AIOKafkaClient) -> None:
-        await _patiently(lambda: _plain_bootstrap(client), f"bootstrap from {broker}")
+        await patiently(lambda: _plain_bootstrap(client), f"bootstrap from {broker}")
 
     async def create_topic(self: Any, owner: Any, client: Any, topic: str, partitions: int, replication: int,
                            **kwargs: Any) -> None:
-        await _patiently(lambda: _plain_create_topic(self, owner, client, topic, partitions, replication, **kwargs),
+        await patiently(lambda: _plain_create_topic(self, owner, client, topic, partitions, replication, **kwargs),
                          f"create topic {topic}")
 
     AIOKafkaClient.bootstrap = bootstrap  # type: ignore[method-assign]

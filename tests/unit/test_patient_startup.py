@@ -51,3 +51,23 @@ async def test_create_topic__past_the_window_or_for_a_lasting_error_fails_at_onc
     with pytest.raises(KafkaConnectionError):
         await faust_aiokafka.Transport._create_topic(object(), object(), object(), "t", 1, 1)
     assert calls == ["t", "t"]
+
+
+async def test_check_partitions__a_broker_going_away_while_it_reads_is_waited_for(
+        restore: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from streamapp.runtime import startup
+
+    answers: list[object] = [KafkaConnectionError("Connection closed"), KafkaConnectionError("closed"), 4]
+
+    async def existing_partitions(servers: list[str], topic: str) -> int | None:
+        answer = answers.pop(0)
+        if isinstance(answer, BaseException):
+            raise answer
+        assert isinstance(answer, int)
+        return answer
+
+    monkeypatch.setattr(startup, "existing_partitions", existing_partitions)
+    tuning.patient_bootstrap("kafka://127.0.0.1:9092", patience=30)
+    with pytest.raises(SystemExit, match="STREAMAPP_PARTITIONS=2 but the internal topic t has 4 partitions"):
+        await startup.check_partitions(["127.0.0.1:9092"], "t", 2)
+    assert answers == []
