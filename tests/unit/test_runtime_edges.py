@@ -18,7 +18,8 @@ from streamapp.runtime.app import EX_SOFTWARE, Runtime
 from streamapp.runtime.engine import PartitionState
 
 
-async def test_actor_pool__starting_an_invocation_that_already_has_an_actor_runs_it_once() -> None:
+def recording_pool() -> tuple[ActorPool, list[dict[str, Any]]]:
+    """An actor pool whose commands are recorded (no handler is registered: an attempt fails at once)."""
     sent: list[dict[str, Any]] = []
 
     async def send(p: int, okey: str, cmd: dict[str, Any]) -> None:
@@ -27,7 +28,11 @@ async def test_actor_pool__starting_an_invocation_that_already_has_an_actor_runs
     async def nothing(*args: Any, **kwargs: Any) -> None:
         return None
 
-    pool = ActorPool(Registry(), send, nothing, nothing, max_running=10)
+    return ActorPool(Registry(), send, nothing, nothing, max_running=10), sent
+
+
+async def test_actor_pool__starting_an_invocation_that_already_has_an_actor_runs_it_once() -> None:
+    pool, sent = recording_pool()
     rec = {"id": "i1", "service": "Gone", "handler": "h", "key": "k", "attempt": 0, "journal": [], "payload": None}
     pool.start(0, "e1", rec, {})
     pool.start(0, "e1", dict(rec), {})  # e.g. a duplicate activation or fire
@@ -101,15 +106,7 @@ async def test_stall__a_command_read_right_after_waking_is_fenced_before_the_tic
 
 
 async def test_actor_pool__once_stopping_starts_no_actor_and_running_ones_take_no_further_step() -> None:
-    sent: list[dict[str, Any]] = []
-
-    async def send(p: int, okey: str, cmd: dict[str, Any]) -> None:
-        sent.append(cmd)
-
-    async def nothing(*args: Any, **kwargs: Any) -> None:
-        return None
-
-    pool = ActorPool(Registry(), send, nothing, nothing, max_running=10)
+    pool, sent = recording_pool()
     await pool.stop()  # SIGTERM: the worker stops its actors first, while its agent may still apply commands
     rec = {"id": "i1", "service": "Gone", "handler": "h", "key": "k", "attempt": 0, "journal": [], "payload": None}
     pool.start(0, "e1", rec, {})  # e.g. a completion applied meanwhile dispatches the key's next invocation
