@@ -20,7 +20,9 @@ Commit order for a source record (at-least-once):
 
 Commit order for an internal command: the agent applies it to the tables
 (changelog records are buffered), acks it; Faust's commit flushes the
-changelog records, then commits the command's offset. A crash before that
+changelog records (every one buffered before the flush began is acknowledged:
+``runtime/flush.py``; Faust's own flush can return early), then commits the
+command's offset. A crash before that
 replays the command; applying is idempotent (ids, statuses, journal indexes).
 
 Two guards keep Faust's delivery honest around rebalances and stalls:
@@ -57,6 +59,7 @@ from streamapp.runtime.actors import ActorPool
 from streamapp.runtime.commands import invalid
 from streamapp.runtime.engine import Engine
 from streamapp.runtime.expiry import EXPIRE_EVERY
+from streamapp.runtime.flush import CompleteFlush
 from streamapp.runtime.offsets import OffsetGuard
 from streamapp.runtime.scheduler import Scheduler
 from streamapp.runtime.sources import Ingest
@@ -497,6 +500,7 @@ class Runtime:
         app = self.app
         self.app.sensors.add(_RebalanceSensor(self))
         self.app.sensors.add(limits.ChangelogGuard(self.changelog_topics))
+        CompleteFlush(app.producer)  # a commit waits for every table row written before it
 
         @app.on_partitions_revoked.connect  # type: ignore[arg-type]
         async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import types
 import weakref
 from collections.abc import Iterator
@@ -25,6 +26,8 @@ class _Event:
 
 @pytest.fixture
 def tables(tmp_path: Path) -> Iterator[Tables]:
+    loop = asyncio.new_event_loop()  # Faust's tables want a current loop; async tests before may have unset it
+    asyncio.set_event_loop(loop)
     app = faust.App("test-store", broker="kafka://127.0.0.1:1", store="rocksdb://", datadir=str(tmp_path),
                     web_enabled=False)
     tables = Tables(app, 2)
@@ -35,6 +38,8 @@ def tables(tmp_path: Path) -> Iterator[Tables]:
     for table in (tables.expiry, tables.results):
         for db in table.data._dbs.values():
             db.close()
+    asyncio.set_event_loop(None)
+    loop.close()
 
 
 def write(table: Any, partition: int, rows: dict[str, Any], deletes: tuple[str, ...] = ()) -> None:

@@ -1,0 +1,72 @@
+"""The producer flush a commit relies on, made complete.
+
+Faust commits a partition's offset right after ``producer.flush()``
+(``Consumer._commit_offsets``); table writes reach their changelogs through
+the producer's buffer (``send_soon``). Faust's ``ProducerBuffer.flush``
+returns as soon as one buffered record takes more than 0.1 s to hand to the
+Kafka client (waiting for metadata after a broker restart, a leader moving, a
+full accumulator), with records still in the buffer; the client's flush then
+waits only for what it was handed. The commit that follows passes commands
+whose table rows were never sent, and a crash before they are loses them:
+the next owner reads on from the committed offset with tables that lack
+those rows (invocations it never learns of, journals that restart from an
+earlier entry).
+
+``CompleteFlush`` replaces the producer's ``flush`` on the instance: it
+remembers every record put into the buffer, and a flush returns only once
+every record put before it began was acknowledged by the broker. Records put
+while it waits (the agent keeps applying) are left to the next flush, so a
+commit under steady load is not postponed indefinitely. A record the broker
+refused fails the flush (Faust then does not commit; ``ChangelogGuard``
+stops the worker for a refused changelog record).
+
+Commit order, with this in place (``Consumer._commit_offsets``):
+  1. Faust picks, per partition, the highest offset below which every
+     command was acked (applied: its rows are in the buffer by then);
+  2. ``flush``: every record buffered so far is acknowledged (acks=all);
+  3. the offsets are committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+SLOW_FLUSH = 1.0  # seconds: a flush longer than this is logged
+
+
+class CompleteFlush:
+    def __init__(self, producer: Any) -> None:
+        self.producer = producer
+        self.unsent: deque[asyncio.Future[Any]] = deque()  # in buffer order
+        self._put = producer.buffer.put
+        self._flush = producer.flush
+        producer.buffer.put = self.put
+        producer.flush = self.flush
+
+    def put(self, fut: asyncio.Future[Any]) -> None:
+        self._put(fut)
+        self.unsent.append(fut)
+        while self.unsent and self.unsent[0].done():
+            self.unsent.popleft()
+
+    async def flush(self) -> None:
+        """Return once every record buffered before this call is acknowledged; raise if one was refused."""
+        pending = [fut for fut in self.unsent if not fut.done()]
+        began = asyncio.get_running_loop().time()
+        await self._flush()
+        left = [fut for fut in pending if not fut.done()]
+        if left:
+            # asyncio.wait, not await: cancelling this flush must not cancel the records.
+            await asyncio.wait(left)
+            waited = asyncio.get_running_loop().time() - began
+            if waited > SLOW_FLUSH:
+                log.info("Commit waited %.1fs for %d records the producer's flush left buffered", waited, len(left))
+        for fut in pending:
+            fut.result()
+        while self.unsent and self.unsent[0].done():
+            self.unsent.popleft()
