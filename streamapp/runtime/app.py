@@ -97,6 +97,7 @@ class StreamApp(faust.App):
     async def on_first_start(self) -> None:
         settings = self.runtime.settings
         prepare_table_dir(settings.table_dir)
+        self.runtime.tables.positions.load(settings.table_dir)  # after a clean stop only: else dropped above
         await super().on_first_start()
         await wait_for_broker(settings.broker, settings.broker_wait)
         # Faust's producer and consumer bootstrap after this returns; the
@@ -121,6 +122,7 @@ class StreamApp(faust.App):
         # Children (tables, producer) are stopped by now: every table write
         # was flushed to its changelog, so the next start may trust the tables.
         await super().on_shutdown()
+        self.runtime.tables.positions.save(self.runtime.settings.table_dir)
         mark_clean_stop(self.runtime.settings.table_dir)
 
 

@@ -181,6 +181,7 @@ class Engine(Expiry):
         if offset <= self.applied.get(p, -1):
             return
         op = cmd["op"]
+        self.tables.positions.applying[p] = offset  # every row this writes says so (runtime/changelog.py)
         try:
             if op in ("entry", "suspend", "retry", "complete", "fail", "fire") and not self._current_epoch(p, cmd):
                 log.debug("Ignoring stale command op=%s id=%s epoch=%s", op, cmd.get("id"), cmd.get("epoch"))

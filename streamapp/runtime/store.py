@@ -27,6 +27,8 @@ from typing import Any
 import faust
 from faust.types import TP
 
+from streamapp.runtime import changelog
+
 # One RocksDB per table and partition (5 tables x N partitions): Faust's
 # defaults (64 MB write buffers, a 2 GB block cache each) let memory grow with
 # every write. Small buffers flush to disk early; reads hit the OS page cache.
@@ -41,9 +43,12 @@ ROCKSDB_OPTIONS = {
 
 class Tables:
     def __init__(self, app: faust.App, partitions: int) -> None:
+        self.positions = changelog.Positions()  # which command wrote each changelog record (runtime/changelog.py)
+
         def table(name: str, help_: str) -> Any:
             schema: faust.Schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
-            return app.Table(name, partitions=partitions, schema=schema, help=help_, options=dict(ROCKSDB_OPTIONS))
+            return changelog.table(app, self.positions, name, partitions=partitions, schema=schema, help=help_,
+                                   options=dict(ROCKSDB_OPTIONS))
 
         self.invocations = table("invocations", "unfinished invocations")
         self.results = table("results", "finished invocations")
@@ -72,6 +77,7 @@ class Tables:
                 tp = TP(topic, partition)
                 store.set_persisted_offset(tp, -1)
                 reset.append(tp)
+        self.positions.forget(reset)
         return reset
 
     @staticmethod

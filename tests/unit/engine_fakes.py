@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from streamapp.runtime import changelog
 from streamapp.runtime.engine import Engine
 
 
@@ -51,6 +52,7 @@ class FakeTable:
 class FakeTables:
     def __init__(self) -> None:
         self.current: int | None = None
+        self.positions = changelog.Positions()
         self.invocations = FakeTable(self)
         self.results = FakeTable(self)
         self.expiry = FakeTable(self)

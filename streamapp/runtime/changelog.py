@@ -1,0 +1,142 @@
+"""Changelog records say which command wrote them; a restore ignores a deposed writer's late records.
+
+Every table row is written while applying one command of the internal topic,
+to the changelog partition of that command's partition. Each changelog
+record carries, in the ``streamapp.at`` header, the internal-topic offset of
+that command. Commands are applied in offset order, so one writer's records
+in a changelog partition carry non-decreasing offsets.
+
+A worker frozen past its session (SIGSTOP, a VM pause) can hold table rows
+in its producer's buffers. When it wakes, they are sent, after the rows of
+the worker that took its partitions over meanwhile. That worker had read the
+internal topic from the group's committed offset, so it applied the same
+commands again and went further: the late rows are older versions of what it
+wrote. Replayed in log order they would win, and the next owner to restore
+the partition would start from an older row than the one its predecessor
+acted on (a journal without its latest entries, an invocation finished and
+deleted that comes back).
+
+So restoring keeps, per changelog partition, the highest offset seen so far,
+and skips a record whose offset is lower. A record skipped this way is a
+copy of a command applied by a writer whose records, or a later writer's,
+are already in: the same command applied by each writer in turn from the
+same rows gives the same rows, and a writer's records for a command are
+sent, in order, before its commit passes that command (``runtime/flush.py``).
+Records without the header (written by an earlier version) are applied.
+
+The highest offsets are kept in memory, including those of this worker's own
+writes, written to ``writers.json`` at a clean stop (beside the local
+tables the next start trusts) and forgotten when the tables are restored in
+full.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import faust
+from faust.types import TP
+
+log = logging.getLogger(__name__)
+
+HEADER = "streamapp.at"
+POSITIONS_FILE = "writers.json"
+
+
+class Positions:
+    """The command offset being applied per partition, and the highest one seen per changelog partition."""
+
+    def __init__(self) -> None:
+        self.applying: dict[int, int] = {}  # internal partition -> offset of the command being applied
+        self.high: dict[TP, int] = {}  # changelog partition -> highest command offset written or restored
+        self.skipped = 0
+
+    def forget(self, tps: list[TP]) -> None:
+        """Those changelog partitions are restored from their start: what was seen no longer counts."""
+        for tp in tps:
+            self.high.pop(tp, None)
+
+    def save(self, table_dir: Path) -> None:
+        data = {f"{tp.topic}\0{tp.partition}": at for tp, at in self.high.items()}
+        (table_dir / POSITIONS_FILE).write_text(json.dumps(data))
+
+    def load(self, table_dir: Path) -> None:
+        """Take what a clean stop saved (read once: the file describes the tables as they were then)."""
+        path = table_dir / POSITIONS_FILE
+        if not path.exists():
+            return
+        try:
+            data = json.loads(path.read_text())
+            for name, at in data.items():
+                topic, _, partition = name.rpartition("\0")
+                self.high[TP(topic, int(partition))] = int(at)
+        except (ValueError, TypeError, AttributeError) as exc:
+            log.warning("Ignoring unreadable changelog positions file=%s error=%r", path, exc)
+        path.unlink()
+
+
+def header_offset(headers: Any) -> int | None:
+    """The ``streamapp.at`` offset of a changelog record's headers (a list of pairs or a mapping), if any."""
+    if not headers:
+        return None
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    for name, value in pairs:
+        if name == HEADER:
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                return None
+    return None
+
+
+class PositionedTable(faust.Table):  # type: ignore[misc]  # faust's Table is untyped
+    """A Faust table whose changelog records carry the command offset that wrote them."""
+
+    positions: Positions
+
+    def send_changelog(self, partition: int | None, key: Any, value: Any, key_serializer: Any = None,
+                       value_serializer: Any = None) -> Any:
+        at = self.positions.applying.get(partition) if partition is not None else None
+        headers = None
+        if at is not None and partition is not None:
+            headers = {HEADER: str(at).encode()}
+            tp = TP(self.changelog_topic.get_topic_name(), partition)
+            self.positions.high[tp] = max(at, self.positions.high.get(tp, -1))
+        return self.changelog_topic.send_soon(
+            key=key,
+            value=value,
+            partition=partition,
+            key_serializer=key_serializer if key_serializer is not None else self.key_serializer,
+            value_serializer=value_serializer if value_serializer is not None else self.value_serializer,
+            callback=self._on_changelog_sent,
+            eager_partitioning=True,
+            headers=headers,
+        )
+
+    def apply_changelog_batch(self, batch: Any) -> None:
+        kept = []
+        high = self.positions.high
+        for event in batch:
+            message = event.message
+            at = header_offset(message.headers)
+            if at is not None:
+                tp = message.tp
+                if at < high.get(tp, -1):
+                    self.positions.skipped += 1
+                    log.info("Restore skips a deposed writer's record topic=%s partition=%d offset=%d "
+                             "written at=%d after at=%d", tp.topic, tp.partition, message.offset, at, high[tp])
+                    continue
+                high[tp] = at
+            kept.append(event)
+        super().apply_changelog_batch(kept)
+
+
+def table(app: faust.App, positions: Positions, name: str, **kwargs: Any) -> PositionedTable:
+    """``app.Table(name, **kwargs)``, positioned."""
+    created = PositionedTable(app, name=name, beacon=app.tables.beacon, **kwargs)
+    created.positions = positions
+    app.tables.add(created)
+    return created

@@ -1,0 +1,134 @@
+"""Changelog records carry the command that wrote them; a restore skips a deposed writer's late records.
+
+On Faust's real RocksDB store (no broker): the records a restore reads are
+built as Faust's recovery hands them to the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import types
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import faust
+import pytest
+from faust.streams import _current_event
+from faust.types import TP
+
+from streamapp.runtime import changelog
+from streamapp.runtime.store import Tables
+
+TOPIC = "test-positions-invocations"
+
+
+@pytest.fixture
+def tables(tmp_path: Path) -> Iterator[Tables]:
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    app = faust.App("test-positions", broker="kafka://127.0.0.1:1", store="rocksdb://", datadir=str(tmp_path),
+                    web_enabled=False)
+    tables = Tables(app, 2)
+    sent: list[Any] = []
+    app.producer.send_soon = sent.append  # type: ignore[method-assign]
+    tables.sent = sent  # type: ignore[attr-defined]
+    tables.state._verified_source_topics_for_partitions.add(TOPIC)
+    yield tables
+    for table in (tables.state, tables.invocations):
+        for db in table.data._dbs.values():
+            db.close()
+    asyncio.set_event_loop(None)
+    loop.close()
+
+
+def rows(table: Any, partition: int) -> dict[str, Any]:
+    return dict(Tables.partition_items(table, partition))
+
+
+class _Event:
+    def __init__(self, partition: int) -> None:
+        self.message = types.SimpleNamespace(partition=partition, topic=TOPIC)
+
+
+def record(table: Any, partition: int, offset: int, key: str, value: bytes | None, at: int | None) -> Any:
+    """A changelog event as Faust's recovery passes it to ``apply_changelog_batch``."""
+    headers = [(changelog.HEADER, str(at).encode())] if at is not None else []
+    tp = TP(table.changelog_topic.get_topic_name(), partition)
+    message = types.SimpleNamespace(tp=tp, partition=partition, offset=offset, key=table.data._encode_key(key),
+                                    value=value, headers=headers, topic=tp.topic)
+    return types.SimpleNamespace(message=message, key=key, value=value, headers=headers)
+
+
+def test_restore__a_deposed_writers_late_record_does_not_replace_its_successors(tables):
+    state = tables.state
+    # Worker A applied commands 10 and 11 and its records reached the log; its
+    # record for command 12 sat in its producer while it was frozen. Worker B
+    # read on from A's commit (11), applied 11, 12 and 13; then A woke up.
+    state.apply_changelog_batch([
+        record(state, 0, 0, "Svc/k", b'{"v": 10}', at=10),
+        record(state, 0, 1, "Svc/k", b'{"v": 11}', at=11),
+        record(state, 0, 2, "Svc/k", b'{"v": 11}', at=11),   # B: the same command again
+        record(state, 0, 3, "Svc/k", b'{"v": 12}', at=12),
+        record(state, 0, 4, "Svc/k", b'{"v": 13}', at=13),
+        record(state, 0, 5, "Svc/k", b'{"v": 12}', at=12),   # A, woken: late
+    ])
+    assert rows(state, 0) == {"Svc/k": {"v": 13}}
+    assert tables.positions.skipped == 1
+
+
+def test_restore__a_late_tombstone_does_not_delete_a_row_written_after_it(tables):
+    state = tables.state
+    state.apply_changelog_batch([
+        record(state, 1, 0, "Svc/k", b'{"v": 1}', at=5),
+        record(state, 1, 1, "Svc/k", None, at=6),            # B deletes at 6 ...
+        record(state, 1, 2, "Svc/k", b'{"v": 2}', at=9),     # ... and writes again at 9
+        record(state, 1, 3, "Svc/k", None, at=6),            # A's late tombstone of command 6
+    ])
+    assert rows(state, 1) == {"Svc/k": {"v": 2}}
+
+
+def test_restore__positions_are_per_changelog_partition_and_records_without_the_header_apply(tables):
+    state = tables.state
+    state.apply_changelog_batch([
+        record(state, 0, 0, "a", b"1", at=50),
+        record(state, 1, 0, "b", b"1", at=3),                # another partition: its own sequence
+        record(state, 0, 1, "c", b"1", at=None),             # an earlier version's record
+    ])
+    assert (rows(state, 0), rows(state, 1)) == ({"a": 1, "c": 1}, {"b": 1})
+    assert tables.positions.skipped == 0
+
+
+def test_restore__a_full_restore_after_a_stall_forgets_the_positions(tables):
+    state = tables.state
+    state.apply_changelog_batch([record(state, 0, 0, "a", b"1", at=50)])
+    tables.distrust_local()
+    state.apply_changelog_batch([record(state, 0, 0, "a", b"1", at=50), record(state, 0, 1, "a", b"2", at=60)])
+    assert rows(state, 0) == {"a": 2} and tables.positions.skipped == 0
+
+
+def test_writes_carry_the_offset_of_the_command_being_applied(tables):
+    tables.positions.applying[1] = 42
+    event = _Event(1)
+    token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
+    try:
+        tables.state["Svc/k"] = {"v": 1}
+    finally:
+        _current_event.reset(token)
+    (fut,) = tables.sent
+    assert fut.message.headers == [(changelog.HEADER, b"42")] or dict(fut.message.headers) == {
+        changelog.HEADER: b"42"}
+    assert fut.message.partition == 1
+    # Its own writes count: a later restore of this partition skips records older than them.
+    assert tables.positions.high[TP(tables.state.changelog_topic.get_topic_name(), 1)] == 42
+
+
+def test_positions_survive_a_clean_stop_and_are_read_once(tables, tmp_path):
+    tp = TP("t-changelog", 3)
+    tables.positions.high[tp] = 7
+    tables.positions.save(tmp_path)
+    again = changelog.Positions()
+    again.load(tmp_path)
+    assert again.high == {tp: 7}
+    assert not (tmp_path / changelog.POSITIONS_FILE).exists()
