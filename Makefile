@@ -53,7 +53,8 @@ clean:
 	rm -rf $(VENV) build *.egg-info
 
 ## bench: the benchmark suite (issue 5) at full sizes, under 20 minutes; JSON in bench/results/
-## (starts the local broker if nothing answers; ARGS="--only throughput --profile" and so on)
+## (starts the local broker if nothing answers; ARGS="--only throughput --profile" and so on;
+## refuses a tree with uncommitted changes that can move a figure unless ARGS=--allow-dirty)
 bench: venv
 	$(BIN)/python -m bench $(ARGS)
 
@@ -62,7 +63,8 @@ bench-smoke: venv
 	$(BIN)/python -m bench --smoke $(ARGS)
 
 ## chaos: the fault-injection run (issue 6): its own broker, 2-3 workers, seeded faults, invariants checked
-## (make chaos DURATION=300 SEED=7 [ARGS="--events 2000 --users 50 --keep"])
+## (make chaos DURATION=300 SEED=7 [ARGS="--events 2000 --users 50 --keep"]); ARGS=--save keeps the report,
+## with its provenance, in chaos/results/<date>-seed<N>.json (refused from a dirty tree unless --allow-dirty)
 DURATION ?= 300
 SEED ?= $(shell date +%s)
 .PHONY: chaos

@@ -72,7 +72,8 @@ class Result:
     notes: list[str] = dataclasses.field(default_factory=list)
     problems: list[str] = dataclasses.field(default_factory=list)  # non-empty: the scenario failed
     seconds: float = 0.0
-    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before and after: is the machine shared?
+    # 1, 5 and 15-minute load averages before and after (is the machine shared?); set for every scenario
+    load: tuple[list[float], list[float]] | None = None
 
     def add(self, name: str, value: float | None, unit: str, **kw: Any) -> Figure:
         figure = Figure(name, value, unit, **kw)

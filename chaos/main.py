@@ -3,26 +3,41 @@
     python -m chaos --duration 300 --seed 7 [--events 2000 --users 50 ...]
     python -m chaos --plan-only --seed 7 --duration 300     the fault plan, nothing started
     python -m chaos --recheck WORKDIR                       the checks again, on a kept run's evidence
+    python -m chaos --duration 600 --seed 42 --save         + the report, with its provenance, kept in
+                                                              chaos/results/<date>-seed42.json
+
+A saved report is one to quote: ``--save`` refuses to start from a dirty tree
+(``bench.provenance`` says which files count) unless ``--allow-dirty`` is given,
+which the file records.
 
 Exit status: 0 every invariant held, 1 a violation (the seed and the command to
-reproduce it are printed), 2 the run itself failed (set-up, broker), 130 interrupted.
+reproduce it are printed), 2 the run itself failed (set-up, broker) or was refused,
+130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import random
+import shlex
 import shutil
 import signal
+import sys
+import time
 import traceback
 from collections import Counter
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
+from bench import provenance
 from chaos import checks, faults, logs
 from chaos.driver import ChaosRun, StopRequestedError, engine_functions, say
 from chaos.workload import events
+
+RESULTS = provenance.ROOT / "chaos" / "results"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -46,7 +61,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the work dir after a clean run")
     p.add_argument("--plan-only", action="store_true", help="print the fault plan and exit")
     p.add_argument("--recheck", metavar="WORKDIR", help="run the checks again on a kept work dir and exit")
-    args = p.parse_args(argv)
+    p.add_argument("--save", nargs="?", const=str(RESULTS), default=None, metavar="DIR",
+                   help=f"keep the report with its provenance in DIR/<date>-seed<N>.json (DIR: {RESULTS})")
+    p.add_argument("--allow-dirty", action="store_true",
+                   help="--save from a tree with uncommitted changes (recorded as dirty: true)")
+    args = p.parse_args(argv if argv is not None else sys.argv[1:])
+    args.argv = list(argv if argv is not None else sys.argv[1:])
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1, 1_000_000)
     lo, _, hi = args.gap.partition(",")
@@ -57,6 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"unknown fault kinds {sorted(unknown)}; choose from {', '.join(faults.FAULTS)}")
     if not 1 <= args.workers <= args.max_workers:
         p.error("need 1 <= --workers <= --max-workers")
+    if args.save and (args.plan_only or args.recheck):
+        p.error("--save keeps the report of a run; --plan-only and --recheck make none")
     return args
 
 
@@ -108,6 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.recheck:
         return recheck(Path(args.recheck))
+    saving: Saving | None = None
+    if args.save:
+        code = provenance.code_state()  # the workers run a copy of streamapp/ taken at set-up
+        refused = provenance.refusal(code, args.allow_dirty, "a chaos report")
+        if refused:
+            say(f"chaos: {refused}")
+            return 2
+        saving = Saving(args, code)
     plan = faults.plan(args.seed, args.duration, slots=tuple(f"w{i}" for i in range(args.max_workers)),
                        initial=args.workers, gap=args.gap_range, session_timeout=args.session_timeout,
                        kinds=args.fault_kinds)
@@ -134,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         report = checks.check(evidence, run.faults_done)
         report.notes += [f"diagnosis: {d}" for d in run.admissions()]
         failed = not report.ok
-        write_report(run, report, evidence)
+        lines = write_report(run, report, evidence)
+        if saving:
+            path = saving.save(run, report, lines, 0 if report.ok else 1)
+            say(f"chaos: report saved in {path}")
         return 0 if report.ok else 1
     except StopRequestedError as exc:
         say(f"chaos: interrupted ({exc}); seed {args.seed}; work dir {run.workdir}")
@@ -152,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(run.workdir, ignore_errors=True)
 
 
-def write_report(run: ChaosRun, report: checks.Report, evidence: checks.Evidence) -> None:
+def write_report(run: ChaosRun, report: checks.Report, evidence: checks.Evidence) -> list[str]:
+    """Write ``report.txt`` in the work dir, print the summary; returns the report's lines."""
     args = run.args
     lines = [f"chaos run: seed={args.seed} duration={args.duration:g}s events={args.events} users={args.users} "
              f"workers={args.workers}..{args.max_workers} partitions={args.partitions} "
@@ -181,6 +215,7 @@ def write_report(run: ChaosRun, report: checks.Report, evidence: checks.Evidence
         say(f"chaos: evidence (internal topic, changelogs) in {path}; logs in {run.workdir}")
         say(f"chaos: FAILED seed={args.seed}; reproduce with: {reproduce(args)}")
     say(report.summary())
+    return lines
 
 
 def _repeats(evidence: checks.Evidence) -> str:
@@ -192,3 +227,42 @@ def _repeats(evidence: checks.Evidence) -> str:
     same = sum(len(incs) - len(set(incs)) for incs in by_key.values())
     other = sum(len(set(incs)) - 1 for incs in by_key.values())
     return f"repeats_same_worker={same} repeats_other_worker={other}"
+
+
+class Saving:
+    """A run whose report is kept (``--save``): what it ran on, taken before it starts."""
+
+    def __init__(self, args: argparse.Namespace, code: provenance.Code) -> None:
+        self.args = args
+        self.started = datetime.datetime.now()
+        self.began = time.monotonic()
+        self.prov = provenance.record(code, shlex.join(["python", "-m", "chaos", *args.argv]), args.allow_dirty)
+        self.load_before = provenance.load_average()
+
+    def save(self, run: ChaosRun, report: checks.Report, lines: list[str], status: int) -> Path:
+        args = self.args
+        out_dir = Path(args.save)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{self.started:%Y-%m-%d}-seed{args.seed}.json"
+        if path.exists():  # the same seed again that day: keep both
+            path = path.with_name(f"{self.started:%Y-%m-%d-%H%M%S}-seed{args.seed}.json")
+        doc: dict[str, Any] = {
+            "seed": args.seed,
+            "duration": args.duration,
+            "date": self.started.isoformat(timespec="seconds"),
+            "seconds": round(time.monotonic() - self.began, 1),
+            "ok": report.ok,
+            "exit_status": status,
+            "summary": report.summary(),
+            "violations": len(report.violations),
+            "reproduce": reproduce(args),
+            "parameters": {k: getattr(args, k) for k in (
+                "duration", "seed", "events", "users", "workers", "max_workers", "partitions", "session_timeout",
+                "poll_interval", "pending_polls", "gap", "faults", "produce_fraction", "settle")},
+            "load_average": {"before": self.load_before, "after": provenance.load_average()},  # 1, 5, 15 min
+            "code_copied": run.code_version,
+            **self.prov,
+            "report": lines,
+        }
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+        return path

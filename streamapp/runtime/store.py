@@ -29,7 +29,7 @@ from faust.types import TP
 
 from streamapp.runtime import changelog
 
-# One RocksDB per table and partition (5 tables x N partitions): Faust's
+# One RocksDB per table and partition (6 tables x N partitions): Faust's
 # defaults (64 MB write buffers, a 2 GB block cache each) let memory grow with
 # every write. Small buffers flush to disk early; reads hit the OS page cache.
 ROCKSDB_OPTIONS = {

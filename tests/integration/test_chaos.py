@@ -8,6 +8,7 @@ timeout, a clean removal and an addition, and a broker kill.
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -47,6 +48,7 @@ def test_chaos__short_fixed_seed_run__every_invariant_holds(tmp_path):
     code, out = run_driver([
         "--duration", str(DURATION), "--seed", str(SEED), "--gap", GAP, "--session-timeout", str(SESSION_TIMEOUT),
         "--events", "300", "--users", "20", "--settle", "100", "--workdir", str(tmp_path / "run"),
+        "--save", str(tmp_path / "results"), "--allow-dirty",  # the suite runs from any tree
     ], timeout=240)
     summary = re.search(r"^faults=.*$", out, re.M)
     assert summary is not None, f"no summary line:\n{out[-6000:]}"
@@ -58,3 +60,7 @@ def test_chaos__short_fixed_seed_run__every_invariant_holds(tmp_path):
     violations = "\n".join(line for line in out.splitlines() if "VIOLATION" in line)
     assert {k: int(fields[k]) for k in ZERO} == dict.fromkeys(ZERO, 0), violations[:6000]
     assert code == 0, f"chaos run failed ({code}); work dir {tmp_path / 'run'}:\n{out[-6000:]}"
+    (saved,) = (tmp_path / "results").glob(f"*-seed{SEED}.json")
+    kept = json.loads(saved.read_text())
+    assert (kept["summary"], kept["seed"], kept["exit_status"]) == (summary.group(0), SEED, 0)
+    assert kept["report"][0].startswith(f"chaos run: seed={SEED}") and "--allow-dirty" in kept["command"]
