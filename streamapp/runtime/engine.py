@@ -90,6 +90,7 @@ class Engine(Expiry):
         self.recent: dict[str, dict[str, Any]] = {}  # write-through cache of records in progress
         self.waiters: dict[str, list[Any]] = {}  # invocation id -> futures awaiting completion
         self.waiter_partition: dict[str, int] = {}
+        self.entry_waiters: dict[tuple[str, int], asyncio.Future[bool]] = {}  # actors awaiting their entry
         self.finished = {"completed": 0, "failed": 0}  # applied by this worker since it started
         self.expired_to: dict[int, tuple[str | None, str]] = {}  # p -> (epoch, last expiry key dropped)
         self.expired_log: dict[int, tuple[float, int]] = {}  # p -> (last logged, dropped since)
@@ -149,6 +150,20 @@ class Engine(Expiry):
             del self.waiters[inv_id]
             self.waiter_partition.pop(inv_id, None)
 
+    def expect_entry(self, inv_id: str, index: int) -> asyncio.Future[bool]:
+        """A future resolved when journal entry ``index`` of ``inv_id`` is applied (True) or refused (False)."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.entry_waiters[(inv_id, index)] = fut
+        return fut
+
+    def forget_entry(self, inv_id: str, index: int) -> None:
+        self.entry_waiters.pop((inv_id, index), None)
+
+    def _entry_applied(self, cmd: dict[str, Any], applied: bool) -> None:
+        fut = self.entry_waiters.get((cmd["id"], cmd["index"]))
+        if fut is not None and not fut.done():
+            fut.set_result(applied)
+
     def owns(self, p: int, epoch: str) -> bool:
         """Whether actors started under ``epoch`` may still act for partition ``p``.
 
@@ -185,6 +200,8 @@ class Engine(Expiry):
         try:
             if op in ("entry", "suspend", "retry", "complete", "fail", "fire") and not self._current_epoch(p, cmd):
                 log.debug("Ignoring stale command op=%s id=%s epoch=%s", op, cmd.get("id"), cmd.get("epoch"))
+                if op == "entry":
+                    self._entry_applied(cmd, False)
             else:
                 getattr(self, f"_on_{op}")(p, offset, cmd)
         except RowTooLargeError as exc:  # raised before the row was written
@@ -239,6 +256,9 @@ class Engine(Expiry):
             if self.on_foreign_activation is not None:
                 self.on_foreign_activation(p)
             return
+        if st.live:  # driven here under an earlier epoch of this worker's: its actors and timers stop
+            self.actors.cancel_partitions({p})
+            self.scheduler.drop_partitions({p})
         st.live = True
         st.inflight.clear()
         st.queues.clear()
@@ -318,9 +338,12 @@ class Engine(Expiry):
     def _on_entry(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
         rec = self._running(cmd)
         if rec is None or len(rec["journal"]) != cmd["index"]:
+            # A late copy (its waiter was resolved by the first), or the attempt ended.
+            self._entry_applied(cmd, rec is not None and len(rec["journal"]) > cmd["index"])
             return
         rec["journal"] = [*rec["journal"], cmd["entry"]]
         self._save(rec)
+        self._entry_applied(cmd, True)
 
     def _park(self, p: int, rec: dict[str, Any], status: str, wake_at: float) -> None:
         rec["status"] = status
