@@ -4,7 +4,8 @@ Every registered handler gets its own paths (``/{Service}/{key}/{handler}``
 with the service and handler spelled out), so the document says exactly
 which calls a worker accepts. Handler inputs are dataclasses of plain JSON
 types (see ``streamapp.durable.codec``); each becomes a JSON Schema under
-``components/schemas``. Served at ``GET /openapi.json``.
+``components/schemas``, read by ``codec.SchemaBuilder`` as the codec reads
+them. Served at ``GET /openapi.json``.
 
     exclusive handler   POST /{S}/{key}/{h}        call: 200 + result
                         POST /{S}/{key}/{h}/send   send: 202 {"invocationId"}
@@ -18,92 +19,20 @@ types (see ``streamapp.durable.codec``); each becomes a JSON Schema under
 
 from __future__ import annotations
 
-import dataclasses
-import types
 import typing
-from typing import Any, Union
+from typing import Any
 
+from streamapp.durable.codec import SchemaBuilder
 from streamapp.durable.service import Handler, Registry
+
+__all__ = ["SchemaBuilder", "document"]
 
 OPENAPI_VERSION = "3.0.3"
 JSON = "application/json"
 # What a path parameter ``{key}`` matches in the aiohttp router: no ``/``.
 KEY_PATTERN = r"^[^/]+$"
 DELAY_PATTERN = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)?\s*$"
-NULL: dict[str, Any] = {"nullable": True, "enum": [None]}
 STATUSES = ["pending", "running", "scheduled", "sleeping", "retrying", "paused", "completed", "failed"]
-
-
-# -- JSON Schema from handler types ------------------------------------------
-class SchemaBuilder:
-    """Turns handler input/result types into OpenAPI 3.0 schemas.
-
-    Dataclasses become named components (``#/components/schemas/Name``), so
-    nested and recursive dataclasses are described once.
-    """
-
-    def __init__(self) -> None:
-        self.components: dict[str, Any] = {}
-        self._names: dict[type, str] = {}
-
-    def schema(self, tp: Any) -> dict[str, Any]:
-        if tp is Any or tp is object:
-            return {}
-        if tp is None or tp is type(None):
-            return dict(NULL)
-        origin = typing.get_origin(tp)
-        if origin in (Union, types.UnionType):
-            args = typing.get_args(tp)
-            options = [a for a in args if a is not type(None)]
-            nullable = len(options) < len(args)
-            if len(options) == 1:
-                inner = self.schema(options[0])
-            else:
-                inner = {"anyOf": [self.schema(a) for a in options]}
-            if not nullable:
-                return inner
-            if not inner:
-                return {}
-            if "$ref" in inner or "anyOf" in inner:
-                # A $ref takes no siblings in OpenAPI 3.0, and ``nullable`` only
-                # widens a ``type``: spell null out as one more option.
-                return {"anyOf": [*inner.get("anyOf", [inner]), NULL]}
-            return {**inner, "nullable": True}
-        if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-            return {"$ref": f"#/components/schemas/{self._component(tp)}"}
-        if origin is list or tp is list:
-            (item,) = typing.get_args(tp) or (Any,)
-            return {"type": "array", "items": self.schema(item)}
-        if origin is dict or tp is dict:
-            _, value = typing.get_args(tp) or (str, Any)
-            return {"type": "object", "additionalProperties": self.schema(value) or True}
-        simple = {str: "string", int: "integer", float: "number", bool: "boolean"}
-        if tp in simple:
-            return {"type": simple[tp]}
-        return {}  # a type the codec does not know: described as any JSON value
-
-    def _component(self, tp: type) -> str:
-        if tp in self._names:
-            return self._names[tp]
-        name = tp.__name__
-        n = 2
-        while name in self.components:
-            name, n = f"{tp.__name__}{n}", n + 1
-        self._names[tp] = name
-        self.components[name] = {}  # placeholder: recursion refers to the name
-        hints = typing.get_type_hints(tp)
-        required = [f.name for f in dataclasses.fields(tp)
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
-        body: dict[str, Any] = {
-            "type": "object",
-            "properties": {f.name: self.schema(hints[f.name]) for f in dataclasses.fields(tp)},
-        }
-        if required:
-            body["required"] = required
-        if tp.__doc__ and not tp.__doc__.startswith(f"{tp.__name__}("):
-            body["description"] = tp.__doc__.strip()
-        self.components[name] = body
-        return name
 
 
 def result_type(handler: Handler) -> Any:
