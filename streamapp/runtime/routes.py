@@ -7,13 +7,14 @@ declared here too (``MODELS``). Handler routes are one route per shape
 registered handler (``openapi``); they are fallbacks: registered after
 every other route, so they shadow none (aiohttp tries routes in order).
 
-    route        view            access       OpenAPI
-    GET  /invocations            invocations  operator*    invocations.list
-    GET  /invocations/{id}       invocation   operator*    invocations.get
-    POST /invocations/{id}/resume|kill        operate      operator*    invocations.resume|kill
-    GET  /state/{service}/{key}  state        operator*    state.get
-    GET  /subscriptions, /health, /openapi.json            open
-    *    /{service}/{key}/{handler}[/send]    invoke       open (fallback)
+    method path                                view         access
+    GET    /invocations                        invocations  operator*
+    GET    /invocations/{id}                   invocation   operator*
+    POST   /invocations/{id}/resume, .../kill  operate      operator*
+    GET    /state/{service}/{key}              state        operator*
+    GET    /subscriptions, /health, /openapi.json           open
+    *      /{service}/{key}/{handler}          invoke       open (fallback)
+    POST   /{service}/{key}/{handler}/send     invoke       open (fallback)
 
     * a bearer token beyond loopback (``web.Views.check_token``)
 """
