@@ -29,8 +29,9 @@ def test_hol__200_keys_sleeping_1s_finish_together_in_key_order(workers, app_env
     )
     first = min(e["time"] for e in ledger(app_env["ledger"]) if e["event"] == "before")
     last = max(e["time"] for e in done)
-    # A per-partition sequential consumer needs 400 s; generous bound for a broken design only.
-    assert last - first < 10.0, f"took {last - first:.1f}s"
+    # A per-partition sequential consumer needs 400 s, one limited to 10 keys at a time 40 s;
+    # a correct one ~3 s on an idle box and 16 s at a load average of 13 on 2 cores.
+    assert last - first < 30.0, f"took {last - first:.1f}s"
     by_key: dict[str, list[str]] = defaultdict(list)
     for e in sorted(done, key=lambda e: e["time"]):
         by_key[e["key"]].append(e["tag"])
