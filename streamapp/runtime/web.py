@@ -262,7 +262,7 @@ class Views:
         if denied is not None:
             return denied
         rows = []
-        running = {i for st in self.rt.engine.partitions.values() for i in st.inflight.values()}
+        running = self.rt.engine.running_ids()
         for p in sorted(self.rt.engine.live_partitions()):
             for inv_id, rec in Tables.partition_items(self.rt.tables.invocations, p):
                 rows.append(view(rec, journal=False, running=inv_id in running))
