@@ -163,7 +163,7 @@ class Broker:
 
 
 class Downstream:
-    """The downstream backend (``python -m streamapp.services.downstream``) on an OS-chosen port."""
+    """The downstream backend (``python -m streamapp.testing.downstream``) on an OS-chosen port."""
 
     def __init__(self, code_dir: Path, log_path: Path, *args: str) -> None:
         self.code_dir = code_dir
@@ -175,7 +175,7 @@ class Downstream:
     def start(self, timeout: float = 30.0) -> Downstream:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streamapp.services.downstream", "--port", "0", *self.args],
+                [sys.executable, "-m", "streamapp.testing.downstream", "--port", "0", *self.args],
                 cwd=self.code_dir, stdout=log, stderr=subprocess.STDOUT,
                 env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True,
             )

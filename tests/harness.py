@@ -389,7 +389,7 @@ class Downstream:
     def start(self) -> Downstream:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamapp.services.downstream", "--port", "0", *self.args],
+            [sys.executable, "-m", "streamapp.testing.downstream", "--port", "0", *self.args],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )
         log.close()

@@ -3,8 +3,9 @@
 Handler inputs are declared with dataclasses of plain JSON types (str, int,
 float, bool, None, list[...], dict[str, ...], nested dataclasses, ``X | None``).
 ``decode`` checks a parsed JSON value against such a type and raises
-``InvalidInputError`` naming the offending field; ``to_json`` turns results
-back into JSON-ready values.
+``InvalidInputError`` naming the offending field; ``SchemaBuilder`` describes
+the same type as an OpenAPI 3.0 schema (both follow ``shape``, the one reading
+of a type); ``to_json`` turns results back into JSON-ready values.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import math
 import types
 import typing
-from typing import Any, Union
+from typing import Any, Literal, Union
 
 import orjson
 
@@ -94,45 +95,69 @@ def _depth(value: Any) -> int:
     return depth - 1
 
 
-def decode(value: Any, tp: Any, path: str = "value") -> Any:
-    """Check ``value`` (parsed JSON) against ``tp`` and build it."""
-    if tp is Any or (tp is None and value is None):
-        return value
+# -- the one reading of a handler type --------------------------------------
+# ``shape`` says what a type means as JSON; ``decode`` (checks a value) and
+# ``SchemaBuilder`` (describes it in OpenAPI 3.0) both follow it, so what the
+# document promises is what the codec accepts.
+Kind = Literal["any", "null", "union", "object", "list", "dict", "str", "int", "float", "bool", "unsupported"]
+_SCALARS: dict[Any, Kind] = {str: "str", int: "int", float: "float", bool: "bool"}
+
+
+def shape(tp: Any) -> tuple[Kind, tuple[Any, ...]]:
+    """``tp`` as JSON: its kind and what the kind needs (union options, item or value type)."""
+    if tp is Any:
+        return "any", ()
+    if tp is None or tp is type(None):
+        return "null", ()
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
+        return "union", typing.get_args(tp)
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return "object", (tp,)
+    if origin is list or tp is list:
+        return "list", typing.get_args(tp) or (Any,)
+    if origin is dict or tp is dict:
+        return "dict", (typing.get_args(tp) or (str, Any))[1:]
+    if tp in _SCALARS:
+        return _SCALARS[tp], ()
+    return "unsupported", ()
+
+
+def decode(value: Any, tp: Any, path: str = "value") -> Any:
+    """Check ``value`` (parsed JSON) against ``tp`` and build it."""
+    kind, args = shape(tp)
+    if kind == "any":
+        return value
+    if kind == "union":
         errors = []
-        for option in typing.get_args(tp):
+        for option in args:
             try:
                 return decode(value, option, path)
             except InvalidInputError as exc:
                 errors.append(str(exc))
         raise InvalidInputError(errors[0] if len(errors) == 1 else f"{path}: no type matches ({'; '.join(errors)})")
-    if tp is type(None):
+    if kind == "null":
         if value is not None:
             raise InvalidInputError(f"{path}: expected null, got {_kind(value)}")
         return None
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        return _decode_dataclass(value, tp, path)
-    if origin is list:
+    if kind == "object":
+        return _decode_dataclass(value, args[0], path)
+    if kind == "list":
         if not isinstance(value, list):
             raise InvalidInputError(f"{path}: expected a list, got {_kind(value)}")
-        (item_tp,) = typing.get_args(tp) or (Any,)
-        return [decode(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
+        return [decode(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
+    if kind == "dict":
         if not isinstance(value, dict):
             raise InvalidInputError(f"{path}: expected an object, got {_kind(value)}")
-        _, val_tp = typing.get_args(tp) or (str, Any)
-        return {k: decode(v, val_tp, f"{path}.{k}") for k, v in value.items()}
-    if tp in (list, dict):
-        return decode(value, tp[Any] if tp is list else dict[str, Any], path)
-    if tp is float:
+        return {k: decode(v, args[0], f"{path}.{k}") for k, v in value.items()}
+    if kind == "float":
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             try:
                 return float(value)
             except OverflowError:  # an integer of hundreds of digits
                 raise InvalidInputError(f"{path}: number out of range") from None
         raise InvalidInputError(f"{path}: expected a number, got {_kind(value)}")
-    if tp in (str, int, bool):
+    if kind in ("str", "int", "bool"):
         if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
             return value
         raise InvalidInputError(f"{path}: expected {_NAMES[tp]}, got {_kind(value)}")
@@ -165,6 +190,73 @@ def _decode_dataclass(value: Any, tp: type, path: str) -> Any:
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise InvalidInputError(f"{path}: missing field '{field.name}'")
     return tp(**kwargs)
+
+
+NULL_SCHEMA: dict[str, Any] = {"nullable": True, "enum": [None]}
+_SCHEMA_TYPES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}
+
+
+class SchemaBuilder:
+    """OpenAPI 3.0 schemas of handler types, read as ``decode`` reads them (``shape``).
+
+    Dataclasses become named components (``#/components/schemas/Name``), so
+    nested and recursive dataclasses are described once. A type ``decode``
+    does not support is described as any JSON value.
+    """
+
+    def __init__(self) -> None:
+        self.components: dict[str, Any] = {}
+        self._names: dict[type, str] = {}
+
+    def schema(self, tp: Any) -> dict[str, Any]:
+        kind, args = shape(tp)
+        if kind == "null":
+            return dict(NULL_SCHEMA)
+        if kind == "union":
+            return self._union(args)
+        if kind == "object":
+            return {"$ref": f"#/components/schemas/{self._component(args[0])}"}
+        if kind == "list":
+            return {"type": "array", "items": self.schema(args[0])}
+        if kind == "dict":
+            return {"type": "object", "additionalProperties": self.schema(args[0]) or True}
+        if kind in _SCHEMA_TYPES:
+            return {"type": _SCHEMA_TYPES[kind]}
+        return {}  # "any", and what decode refuses to read
+
+    def _union(self, args: tuple[Any, ...]) -> dict[str, Any]:
+        options = [a for a in args if a is not type(None)]
+        nullable = len(options) < len(args)
+        inner = self.schema(options[0]) if len(options) == 1 else {"anyOf": [self.schema(a) for a in options]}
+        if not nullable:
+            return inner
+        if not inner:
+            return {}
+        if "$ref" in inner or "anyOf" in inner:
+            # A $ref takes no siblings in OpenAPI 3.0, and ``nullable`` only
+            # widens a ``type``: spell null out as one more option.
+            return {"anyOf": [*inner.get("anyOf", [inner]), NULL_SCHEMA]}
+        return {**inner, "nullable": True}
+
+    def _component(self, tp: type) -> str:
+        if tp in self._names:
+            return self._names[tp]
+        name = tp.__name__
+        n = 2
+        while name in self.components:
+            name, n = f"{tp.__name__}{n}", n + 1
+        self._names[tp] = name
+        self.components[name] = {}  # placeholder: recursion refers to the name
+        fields = _fields(tp)
+        required = [f.name for f, _ in fields
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+        body: dict[str, Any] = {"type": "object", "properties": {f.name: self.schema(ftp) for f, ftp in fields}}
+        if required:
+            body["required"] = required
+        if tp.__doc__ and not tp.__doc__.startswith(f"{tp.__name__}("):
+            body["description"] = tp.__doc__.strip()
+        self.components[name] = body
+        return name
 
 
 def to_json(value: Any) -> Any:

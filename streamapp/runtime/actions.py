@@ -11,6 +11,7 @@ or a future itself. Who runs an action depends on what it is:
     ArmTimer        the leader of ``epoch``  likewise (a follower's timers are rebuilt when it activates)
     CancelActor     whoever applies          stopping work is always safe (a no-op where nothing runs)
     Finished        whoever applies          resolves the HTTP calls waiting in this process; counts outcomes
+    EntryDecided    whoever applies          resolves the actor waiting in this process for its journal entry
     DeadLetter      whoever applies          at least once: a worker catching up applies again a command whose
                                              applier may have died before its dead letter was sent
 
@@ -68,6 +69,16 @@ class Finished:
 
 
 @dataclass(slots=True)
+class EntryDecided:
+    """Journal entry ``index`` of invocation ``id`` counts (``applied``) or never will (another epoch's,
+    or its attempt ended); the actor that sent it may go on, or must stop."""
+
+    id: str
+    index: int
+    applied: bool
+
+
+@dataclass(slots=True)
 class DeadLetter:
     """Keep ``rec`` (its key and payload, with ``error``) in the dead-letter topic."""
 
@@ -75,4 +86,4 @@ class DeadLetter:
     error: str
 
 
-Action = Activated | StartActor | ArmTimer | CancelActor | Finished | DeadLetter
+Action = Activated | StartActor | ArmTimer | CancelActor | Finished | EntryDecided | DeadLetter

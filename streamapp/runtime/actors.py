@@ -59,16 +59,29 @@ class _Sink:
         """Journal ``entry``; raise ``TooLargeError`` (nothing sent) if the log would refuse it."""
         okey = object_key(self.rec["service"], self.rec["key"])
         self.check_row(entry)
-        # Shielded: if the actor is stopped now, the step's effect already
-        # happened, so its journal entry is still sent (ahead of any later
-        # activation of the partition, through the same producer).
+        index = len(self.journal)
+        applied = self.pool.expect_entry(self.rec["id"], index) if self.pool.expect_entry else None
         try:
+            # Shielded: if the actor is stopped now, the step's effect already
+            # happened, so its journal entry is still sent (ahead of any later
+            # activation of the partition, through the same producer).
             await self.pool.shielded(self.pool.send(self.p, okey, {
-                "op": "entry", "id": self.rec["id"], "epoch": self.epoch, "index": len(self.journal),
+                "op": "entry", "id": self.rec["id"], "epoch": self.epoch, "index": index,
                 "entry": entry, "attempt": self.rec["attempt"] + 1,
             }))
+            # The ack proves the entry is in the log, not that it counts: an
+            # activation of another worker may precede it there. The handler
+            # goes on only once the entry was applied under this actor's epoch;
+            # otherwise the partition's new owner runs this step again and
+            # the journals could part (a status polled twice with two answers).
+            if applied is not None and not await applied:
+                raise asyncio.CancelledError(f"journal entry {index} of {self.rec['id']} was not applied "
+                                             f"under epoch {self.epoch}")
         except MessageSizeTooLargeError as exc:
             raise TooLargeError(limits.reason(exc)) from None
+        finally:
+            if applied is not None:
+                self.pool.forget_entry(self.rec["id"], index)
 
     def check_row(self, entry: dict[str, Any]) -> None:
         """Refuse an entry that would make the invocation's record too large for its changelog."""
@@ -108,6 +121,10 @@ class ActorPool:
         self.partition_of: dict[str, int] = {}
         self.sending: set[asyncio.Future[None]] = set()  # journal entries on their way to the log
         self.owns: Callable[[int, str], bool] = lambda p, epoch: True
+        # (invocation id, journal index) -> future resolved when the entry is applied (True) or refused:
+        # set by the runtime to the engine's; None (tests) goes on at the ack.
+        self.expect_entry: Callable[[str, int], asyncio.Future[bool]] | None = None
+        self.forget_entry: Callable[[str, int], None] = lambda inv_id, index: None
         self.ready: deque[tuple[int, str, dict[str, Any], dict[str, Any]]] = deque()
         self.limits = limits.Limits()  # the broker's record limits, once the runtime read them
         self.stopped = False  # the worker is shutting down: no actor starts, no step begins

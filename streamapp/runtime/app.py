@@ -192,6 +192,8 @@ class Runtime:
         self.recovering: asyncio.Future[None] | None = None
         self.stalled = False  # woke from a stall; no command is applied until the group reassigns
         self.actors.owns = self.engine.owns
+        self.actors.expect_entry = self.engine.expect_entry
+        self.actors.forget_entry = self.engine.forget_entry
         self.ingest = Ingest(self)
         self.capacity = asyncio.Event()
         self.capacity.set()

@@ -54,18 +54,14 @@ def render_state(service: str, key: str, state: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def render_invocations(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return "no unfinished invocations"
-    header = ("ID", "METHOD", "KEY", "STATUS", "ATTEMPTS", "NEXT WAKE-UP")
-    table = [header] + [
-        (r["id"], r["method"], r["key"], r["status"], str(r["attempts"]),
-         _clock(r["wakeAt"]) if r.get("wakeAt") else "-")
-        for r in rows
-    ]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-                     for row in table)
+INVOCATION_HEADERS = ("ID", "METHOD", "KEY", "STATUS", "ATTEMPTS", "NEXT WAKE-UP")
+
+
+def invocation_rows(rows: list[dict[str, Any]]) -> list[tuple[str, ...]]:
+    """One row per invocation, in ``INVOCATION_HEADERS`` order (Faust's CLI draws the table)."""
+    return [(r["id"], r["method"], r["key"], r["status"], str(r["attempts"]),
+             _clock(r["wakeAt"]) if r.get("wakeAt") else "-")
+            for r in rows]
 
 
 def _clock(ts: float) -> str:
@@ -104,7 +100,14 @@ def install(app: Any) -> None:
             status, body = await request(base, "GET", "/invocations")
             if status != 200:
                 raise SystemExit(f"error {status}: {body}")
-            print(json.dumps(body, indent=2) if as_json else render_invocations(body["invocations"]))
+            if as_json:
+                print(json.dumps(body, indent=2))
+            elif not body["invocations"]:
+                print("no unfinished invocations")
+            else:  # Faust's table (JSON rows under the global ``--json``, as bytes when orjson is installed)
+                out: str | bytes = self.tabulate(invocation_rows(body["invocations"]), headers=INVOCATION_HEADERS,
+                                                 title="Unfinished invocations")
+                print(out.decode() if isinstance(out, bytes) else out)
             return
         if action not in ("resume", "kill") or not invocation_id:
             raise SystemExit("usage: streamapp invocations [resume|kill INVOCATION_ID]")

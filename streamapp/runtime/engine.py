@@ -28,7 +28,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from streamapp.runtime import expiry, ops
-from streamapp.runtime.actions import Action, Activated, ArmTimer, CancelActor, DeadLetter, Finished, StartActor
+from streamapp.runtime.actions import (
+    Action,
+    Activated,
+    ArmTimer,
+    CancelActor,
+    DeadLetter,
+    EntryDecided,
+    Finished,
+    StartActor,
+)
 from streamapp.runtime.commands import object_key
 from streamapp.runtime.limits import Limits
 from streamapp.runtime.partition import apply
@@ -55,6 +64,7 @@ class Engine:
         self.my_tokens: dict[int, str] = {}  # activations this worker asked for
         self.waiters: dict[str, list[Any]] = {}  # invocation id -> futures awaiting completion
         self.waiter_partition: dict[str, int] = {}
+        self.entry_waiters: dict[tuple[str, int], asyncio.Future[bool]] = {}  # actors awaiting their entry
         self.finished = {"completed": 0, "failed": 0}  # applied by this worker since it started
         self.on_foreign_activation: Callable[[int], None] | None = None
         self.on_dead_letter: Callable[[dict[str, Any], str], None] | None = None
@@ -128,6 +138,15 @@ class Engine:
             del self.waiters[inv_id]
             self.waiter_partition.pop(inv_id, None)
 
+    def expect_entry(self, inv_id: str, index: int) -> asyncio.Future[bool]:
+        """A future resolved when journal entry ``index`` of ``inv_id`` is applied (True) or refused (False)."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.entry_waiters[(inv_id, index)] = fut
+        return fut
+
+    def forget_entry(self, inv_id: str, index: int) -> None:
+        self.entry_waiters.pop((inv_id, index), None)
+
     def owns(self, p: int, epoch: str) -> bool:
         """Whether actors started under ``epoch`` may still act for partition ``p``.
 
@@ -186,6 +205,10 @@ class Engine:
                     for fut in self.waiters.pop(rec["id"], []):
                         if not fut.done():
                             fut.set_result(rec)
+                case EntryDecided(id=inv_id, index=index, applied=applied):
+                    entry = self.entry_waiters.get((inv_id, index))
+                    if entry is not None and not entry.done():
+                        entry.set_result(applied)
                 case CancelActor(id=inv_id):
                     self.actors.cancel(inv_id)
                 case DeadLetter(rec=rec, error=error):
@@ -202,6 +225,9 @@ class Engine:
         """Lead the partition if the activation is this worker's; stop leading it if another's. Whether it leads."""
         p = action.p
         if self.my_tokens.get(p) == action.epoch:
+            if p in self.leading:  # led here under an earlier epoch of this worker's: its actors and timers stop
+                self.actors.cancel_partitions({p})
+                self.scheduler.drop_partitions({p})
             self.leading[p] = action.epoch
             return True
         # Another worker's (or an earlier life's) activation. Still catching up:

@@ -37,6 +37,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 SLOW_FLUSH = 1.0  # seconds: a flush longer than this is logged
+STILL_WAITING = 30.0  # seconds between warnings while records stay unacknowledged
 
 
 class CompleteFlush:
@@ -60,12 +61,18 @@ class CompleteFlush:
         began = asyncio.get_running_loop().time()
         await self._flush()
         left = [fut for fut in pending if not fut.done()]
-        if left:
+        while left:
             # asyncio.wait, not await: cancelling this flush must not cancel the records.
-            await asyncio.wait(left)
+            _, pending_left = await asyncio.wait(left, timeout=STILL_WAITING)
+            left = list(pending_left)
+            waited = asyncio.get_running_loop().time() - began
+            if left:
+                log.warning("Commit still waiting after %.0fs for %d table records to be acknowledged "
+                            "(broker unreachable?)", waited, len(left))
+        if pending:
             waited = asyncio.get_running_loop().time() - began
             if waited > SLOW_FLUSH:
-                log.info("Commit waited %.1fs for %d records the producer's flush left buffered", waited, len(left))
+                log.info("Commit waited %.1fs for %d records buffered before it", waited, len(pending))
         for fut in pending:
             fut.result()
         while self.unsent and self.unsent[0].done():

@@ -45,7 +45,16 @@ from collections.abc import Callable
 from typing import Any
 
 from streamapp.runtime import expiry, ops
-from streamapp.runtime.actions import Action, Activated, ArmTimer, CancelActor, DeadLetter, Finished, StartActor
+from streamapp.runtime.actions import (
+    Action,
+    Activated,
+    ArmTimer,
+    CancelActor,
+    DeadLetter,
+    EntryDecided,
+    Finished,
+    StartActor,
+)
 from streamapp.runtime.commands import object_key
 from streamapp.runtime.limits import RowTooLargeError
 from streamapp.runtime.partition_state import IN_FLIGHT, ApplyError, PartitionState, started
@@ -69,6 +78,8 @@ def apply(st: PartitionState, offset: int, cmd: ops.Command) -> list[Action]:
     try:
         if isinstance(cmd, ops.FENCED) and cmd.epoch != st.current_epoch():
             log.debug("Ignoring stale command op=%s id=%s epoch=%s", cmd.op, cmd.id, cmd.epoch)
+            if isinstance(cmd, ops.Entry):
+                out.append(EntryDecided(cmd.id, cmd.index, False))
         else:
             APPLY[type(cmd)](st, offset, cmd, out)
     except RowTooLargeError as exc:  # raised before the row was written
@@ -162,9 +173,12 @@ def _running(st: PartitionState, inv_id: str, attempt: int | None) -> dict[str, 
 def _entry(st: PartitionState, offset: int, cmd: ops.Entry, out: list[Action]) -> None:
     rec = _running(st, cmd.id, cmd.attempt)
     if rec is None or len(rec["journal"]) != cmd.index:
+        # A late copy (its waiter was resolved by the first), or the attempt ended.
+        out.append(EntryDecided(cmd.id, cmd.index, rec is not None and len(rec["journal"]) > cmd.index))
         return
     rec["journal"] = [*rec["journal"], cmd.entry]
     st.save(rec)
+    out.append(EntryDecided(cmd.id, cmd.index, True))
 
 
 def _park(st: PartitionState, rec: dict[str, Any], status: str, wake_at: float, out: list[Action]) -> None:

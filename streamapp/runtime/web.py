@@ -10,6 +10,9 @@
 
     * needed when the server listens beyond loopback (``Views.check_token``)
 
+The routes are declared once, in ``runtime.routes``; the views reach the
+runtime only through ``runtime.ingress.Ingress``.
+
 A request for a key owned by another worker is forwarded to the owner (the
 worker assigned the key's partition of the internal topic, at the URL it
 advertises). A lookup of an invocation this worker does not hold asks every
@@ -19,11 +22,13 @@ peer at once, each for at most ``PEER_TIMEOUT`` seconds.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
 import math
 import re
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -34,7 +39,8 @@ from streamapp.durable import codec, ids
 from streamapp.durable.context import SharedContext
 from streamapp.durable.errors import InvalidInputError
 from streamapp.runtime import commands, openapi
-from streamapp.runtime.store import Tables
+from streamapp.runtime.ingress import Ingress, NotDrivenError, RuntimeIngress
+from streamapp.runtime.routes import ROUTES, Route
 
 if TYPE_CHECKING:
     from streamapp.runtime.app import Runtime
@@ -62,26 +68,22 @@ def parse_delay(text: str) -> float:
 
 
 class Views:
-    def __init__(self, runtime: Runtime) -> None:
-        self.rt = runtime
+    def __init__(self, ingress: Ingress) -> None:
+        self.rt = ingress
         self.session: aiohttp.ClientSession | None = None
         self.peer_slots = asyncio.Semaphore(PEER_CONCURRENCY)
+        self.spec = openapi.document(ingress.registry)
 
     # -- helpers -------------------------------------------------------------
     def owner_url(self, okey: str) -> str | None:
         """Base URL of the worker owning ``okey``'s partition, or None for this worker."""
-        p = commands.partition_for(okey, self.rt.settings.partitions)
-        if p in self.rt.engine.live_partitions():
-            return None
-        changelog = self.rt.tables.invocations.changelog_topic.get_topic_name()
-        for url, topics in self.rt.app.assignor.table_metadata(changelog).items():
-            if p in topics.get(changelog, ()):
-                if str(url).rstrip("/") == str(self.rt.app.conf.canonical_url).rstrip("/"):
-                    return None
-                return str(url).rstrip("/")
-        raise web.HTTPServiceUnavailable(
-            text=json.dumps({"error": f"no worker owns partition {p} yet; retry"}), content_type="application/json"
-        )
+        try:
+            return self.rt.owner(okey)
+        except NotDrivenError as exc:
+            raise web.HTTPServiceUnavailable(
+                text=json.dumps({"error": f"no worker owns partition {exc.partition} yet; retry"}),
+                content_type="application/json",
+            ) from None
 
     async def forward(self, request: web.Request, base: str, body: bytes | None) -> web.Response:
         if request.headers.get(FORWARDED):
@@ -118,12 +120,11 @@ class Views:
             ) from None
 
     # -- ingress ---------------------------------------------------------------
-    async def invoke(self, request: web.Request) -> web.Response:
+    async def invoke(self, request: web.Request, send: bool = False) -> web.Response:
         service, key, name = (request.match_info[k] for k in ("service", "key", "handler"))
-        send = request.match_info.get("send") == "send"
         if request.method not in ("GET", "POST"):
             return json_error(405, f"method {request.method} not allowed", allowed=["GET", "POST"])
-        handler = self.rt.registry.lookup(service, name)
+        handler = self.rt.handler(service, name)
         if handler is None:
             svc = self.rt.registry.services.get(service)
             what = f"service {service}" if svc is None else f"handler {service}/{name}"
@@ -139,8 +140,7 @@ class Views:
         if owner is not None:
             return await self.forward(request, owner, body)
         if handler.kind == "shared":
-            state = self.rt.tables.state.get(okey) or {}
-            result = await handler.fn(SharedContext(service, key, dict(state)))
+            result = await handler.fn(SharedContext(service, key, self.rt.state(okey)))
             return web.json_response(codec.to_json(result))
         payload = codec.loads(body) if (handler.input_type is not None or body.strip()) else None
         handler.decode_input(payload)
@@ -158,22 +158,20 @@ class Views:
         if send:
             await self.invoke_or_413(target, source={"http": idem} if idem else {"http": None})
             return web.json_response({"invocationId": inv_id, "status": "Accepted"}, status=202)
-        rec = self.rt.tables.results.get(inv_id)
+        rec = self.rt.outcome(inv_id)
         if rec is None:
-            p = commands.partition_for(okey, self.rt.settings.partitions)
-            if p not in self.rt.engine.live_partitions():
-                # Assigned here but not driven yet: a waiter now could outlive the
-                # partition (it is released only with the partitions this worker drove).
-                return json_error(503, f"partition {p} is starting on this worker; retry")
-            fut = self.rt.engine.add_waiter(inv_id, p)
+            try:
+                fut = self.rt.wait(inv_id, okey)
+            except NotDrivenError as exc:
+                return json_error(503, str(exc))
             try:  # the waiter goes in every exit: 413, broker error, timeout, cancelled request
-                if self.rt.tables.invocations.get(inv_id) is None:
+                if not self.rt.accepted(inv_id):
                     await self.invoke_or_413(target, source={"http": idem})
                 rec = await asyncio.wait_for(fut, CALL_TIMEOUT)
             except TimeoutError:
                 return json_error(504, "invocation still running", invocationId=inv_id)
             finally:
-                self.rt.engine.remove_waiter(inv_id, fut)
+                self.rt.stop_waiting(inv_id, fut)
         if rec.get("moved"):
             return json_error(503, "key moved to another worker while waiting; retry", invocationId=inv_id)
         if rec["status"] == "failed":
@@ -183,9 +181,6 @@ class Views:
 
     # -- inspection --------------------------------------------------------------
     async def state(self, request: web.Request) -> web.Response:
-        denied = self.check_token(request)
-        if denied is not None:
-            return denied
         service, key = request.match_info["service"], request.match_info["key"]
         if service not in self.rt.registry.services:
             return json_error(404, f"unknown service {service}")
@@ -193,14 +188,9 @@ class Views:
         owner = self.owner_url(okey)
         if owner is not None:
             return await self.forward(request, owner, None)
-        return web.json_response({"service": service, "key": key, "state": self.rt.tables.state.get(okey) or {}})
+        return web.json_response({"service": service, "key": key, "state": self.rt.state(okey)})
 
     # -- invocations -------------------------------------------------------------
-    def peers(self) -> list[str]:
-        me = str(self.rt.app.conf.canonical_url).rstrip("/")
-        urls = {str(url).rstrip("/") for url in self.rt.app.assignor.tables_metadata()}
-        return sorted(urls - {me})
-
     async def ask_peers(self, request: web.Request, path: str) -> tuple[list[tuple[int, Any]], list[str]]:
         """GET ``path`` from every peer at once; (answers, peers that did not answer in time).
 
@@ -219,7 +209,7 @@ class Views:
             async with self.peer_slots, session.get(base + path, headers=headers) as resp:
                 return resp.status, await resp.json(content_type=None)
 
-        peers = self.peers()
+        peers = self.rt.peers()
         tasks = {asyncio.ensure_future(ask(base)): base for base in peers}
         if not tasks:
             return [], []
@@ -236,9 +226,9 @@ class Views:
 
     async def find(self, request: web.Request, inv_id: str) -> tuple[dict[str, Any] | None, list[str]]:
         """The invocation's view (here or on a peer), and the peers that could not say."""
-        rec = self.rt.tables.invocations.get(inv_id) or self.rt.tables.results.get(inv_id)
-        if rec is not None:
-            return view(rec, running=self.rt.engine.is_running(inv_id)), []
+        held = self.rt.lookup(inv_id)
+        if held is not None:
+            return view(held[0], running=held[1]), []
         if request.headers.get(FORWARDED):
             return None, []
         answers, silent = await self.ask_peers(request, f"/invocations/{inv_id}")
@@ -248,9 +238,6 @@ class Views:
         return None, silent
 
     async def invocation(self, request: web.Request) -> web.Response:
-        denied = self.check_token(request)
-        if denied is not None:
-            return denied
         inv_id = request.match_info["id"]
         found, silent = await self.find(request, inv_id)
         if found is None:
@@ -258,14 +245,7 @@ class Views:
         return web.json_response(found)
 
     async def invocations(self, request: web.Request) -> web.Response:
-        denied = self.check_token(request)
-        if denied is not None:
-            return denied
-        rows = []
-        running = self.rt.engine.running_ids()
-        for p in sorted(self.rt.engine.live_partitions()):
-            for inv_id, rec in Tables.partition_items(self.rt.tables.invocations, p):
-                rows.append(view(rec, journal=False, running=inv_id in running))
+        rows = [view(rec, journal=False, running=running) for rec, running in self.rt.unfinished()]
         silent: list[str] = []
         if not request.headers.get(FORWARDED):
             answers, silent = await self.ask_peers(request, "/invocations")
@@ -278,18 +258,21 @@ class Views:
             out["unreachable"] = silent  # their invocations are missing from the list
         return web.json_response(out)
 
-    async def operate(self, request: web.Request) -> web.Response:
-        inv_id, action = request.match_info["id"], request.match_info["action"]
-        denied = self.check_token(request)
-        if denied is not None:
-            return denied
+    async def operate(self, request: web.Request, action: str) -> web.Response:
+        inv_id = request.match_info["id"]
         found, silent = await self.find(request, inv_id)
         if found is None:
             return not_found(inv_id, silent)
-        okey = commands.object_key(found["service"], found["key"])
-        p = commands.partition_for(okey, self.rt.settings.partitions)
-        await self.rt.send(p, okey, {"op": action, "id": inv_id})
+        await self.rt.operate(found["service"], found["key"], inv_id, action)
         return web.json_response({"invocationId": inv_id, "action": action, "status": "Accepted"}, status=202)
+
+    def guard(self, view: View) -> View:
+        """``view`` behind the operator token (``check_token``)."""
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            denied = self.check_token(request)
+            return denied if denied is not None else await view(request)
+
+        return guarded
 
     def check_token(self, request: web.Request) -> web.Response | None:
         """Operator actions and inspection (state, invocations) need the token beyond loopback.
@@ -308,16 +291,10 @@ class Views:
         return None
 
     async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({
-            "ready": self.rt.ready(),
-            "live_partitions": sorted(self.rt.engine.live_partitions()),
-            "running": self.rt.actors.running(),
-            "pending": self.rt.engine.pending_count(),
-            "backlog": self.rt.backlog(),
-            "sleeping": self.rt.scheduler.total(),
-            "waiters": sum(len(futs) for futs in self.rt.engine.waiters.values()),  # HTTP calls awaiting a result
-            **self.rt.engine.finished,
-        })
+        return web.json_response(self.rt.health())
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(self.spec)
 
     async def subscriptions(self, request: web.Request) -> web.Response:
         return web.json_response({"subscriptions": [
@@ -361,21 +338,39 @@ async def errors_as_json(request: web.Request, handler: Any) -> web.StreamRespon
         return json_error(exc.status, exc.reason)
 
 
+View = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 def install(web_app: web.Application, runtime: Runtime) -> None:
-    views = Views(runtime)
+    """Serve the runtime's ingress on ``web_app`` (Faust's aiohttp application)."""
+    serve(web_app, RuntimeIngress(runtime))
+
+
+def serve(web_app: web.Application, ingress: Ingress) -> None:
+    """Serve ``routes.ROUTES`` over ``ingress`` on ``web_app``; handler routes go last, when the server starts.
+
+    aiohttp tries routes in the order they were added, so the catch-all
+    ``/{service}/{key}/{handler}`` added first would shadow any three-segment
+    route added after it (by a later entry of the table, by Faust, by an
+    extension). The fallbacks are therefore added on start-up, after every
+    route added before the server starts.
+    """
+    views = Views(ingress)
     web_app.middlewares.append(errors_as_json)
-    r = web_app.router
-    r.add_get("/health", views.health)
-    r.add_get("/subscriptions", views.subscriptions)
-    spec = openapi.document(runtime.registry)
 
-    async def openapi_json(request: web.Request) -> web.Response:
-        return web.json_response(spec)
+    def add(router: web.UrlDispatcher, route: Route) -> None:
+        view: View = functools.partial(getattr(views, route.view), **dict(route.args))
+        if route.guarded:
+            view = views.guard(view)
+        router.add_route(route.method, route.path, view)
 
-    r.add_get("/openapi.json", openapi_json)
-    r.add_get("/state/{service}/{key}", views.state)
-    r.add_get("/invocations", views.invocations)
-    r.add_get("/invocations/{id}", views.invocation)
-    r.add_post("/invocations/{id}/{action:resume|kill}", views.operate)
-    r.add_route("*", "/{service}/{key}/{handler}", views.invoke)
-    r.add_route("POST", "/{service}/{key}/{handler}/{send:send}", views.invoke)
+    for route in ROUTES:
+        if not route.fallback:
+            add(web_app.router, route)
+
+    async def add_fallbacks(app: web.Application) -> None:
+        for route in ROUTES:
+            if route.fallback:
+                add(app.router, route)
+
+    web_app.on_startup.append(add_fallbacks)

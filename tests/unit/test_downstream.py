@@ -17,8 +17,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from streamapp.durable import RetryableError, TerminalError
-from streamapp.services.downstream import Backend, HttpClient, main, make_app
+from streamapp.services.socialmedia import HttpClient
 from streamapp.services.userfeed import DONE, PENDING, SocialMediaPost
+from streamapp.testing.downstream import Backend, main, make_app
 
 ROOT = Path(__file__).resolve().parents[2]
 POST = SocialMediaPost(content="hello world", metadata="m")
@@ -249,7 +250,7 @@ async def test_main__serves_on_a_port_from_the_os(tmp_path: Path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "streamapp.services.downstream",
+        "streamapp.testing.downstream",
         "--port",
         "0",
         "--pending-polls",

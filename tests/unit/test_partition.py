@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamapp.runtime.actions import Activated, ArmTimer, CancelActor, Finished, StartActor
+from streamapp.runtime.actions import Activated, ArmTimer, CancelActor, EntryDecided, Finished, StartActor
 from tests.unit.partition_sim import NOW, Machine, P, fixed_clock, invoke, sleep_entry
 
 
@@ -64,16 +64,20 @@ def test_reordering__late_and_foreign_actor_commands_change_nothing() -> None:
     m = Machine()
     m.apply({"op": "activate", "epoch": "e1"})
     m.apply(invoke("i1"))
-    m.apply({"op": "entry", "id": "i1", "epoch": "e1", "index": 0, "attempt": 1, "entry": sleep_entry(50.0)})
+    out = m.apply({"op": "entry", "id": "i1", "epoch": "e1", "index": 0, "attempt": 1, "entry": sleep_entry(50.0)})
+    assert out == [EntryDecided("i1", 0, True)]
     rows = m.rows()
-    for late in (
-        {"op": "entry", "id": "i1", "epoch": "e1", "index": 0, "attempt": 1, "entry": {"t": "run"}},  # a copy
-        {"op": "entry", "id": "i1", "epoch": "e1", "index": 2, "attempt": 1, "entry": {"t": "run"}},  # a gap
-        {"op": "entry", "id": "i1", "epoch": "e0", "index": 1, "attempt": 1, "entry": {"t": "run"}},  # old epoch
-        {"op": "complete", "id": "i1", "epoch": "e1", "attempt": 2},  # an attempt not running
-        {"op": "fire", "id": "i1", "epoch": "e1", "at": 50.0},  # nothing armed yet
+    for late, actions in (
+        ({"op": "entry", "id": "i1", "epoch": "e1", "index": 0, "attempt": 1, "entry": {"t": "run"}},  # a copy
+         [EntryDecided("i1", 0, True)]),
+        ({"op": "entry", "id": "i1", "epoch": "e1", "index": 2, "attempt": 1, "entry": {"t": "run"}},  # a gap
+         [EntryDecided("i1", 2, False)]),
+        ({"op": "entry", "id": "i1", "epoch": "e0", "index": 1, "attempt": 1, "entry": {"t": "run"}},  # old epoch
+         [EntryDecided("i1", 1, False)]),
+        ({"op": "complete", "id": "i1", "epoch": "e1", "attempt": 2}, []),  # an attempt not running
+        ({"op": "fire", "id": "i1", "epoch": "e1", "at": 50.0}, []),  # nothing armed yet
     ):
-        assert m.apply(late) == [], late
+        assert m.apply(late) == actions, late
         assert m.rows() == rows, late
     out = m.apply({"op": "suspend", "id": "i1", "epoch": "e1", "attempt": 1, "wake_at": 50.0, "index": 0})
     assert out == [ArmTimer(P, "e1", "i1", 50.0)]

@@ -1,15 +1,31 @@
-"""The downstream social-media backend's server side: records, dedup by key, aiohttp routes.
+"""The downstream social-media backend that tests, chaos runs and the README walkthrough use.
 
-``Backend`` holds the records (optionally journaled to JSON lines and replayed
-at start); ``make_app`` exposes it over HTTP. Run it with
-``python -m streamapp.services.downstream`` (see that module for the endpoints).
+Run it on its own::
+
+    python -m streamapp.testing.downstream --host 127.0.0.1 --port 8090 \\
+        [--pending-ratio 0.8] [--pending-polls N] [--journal PATH]
+
+Endpoints (JSON in, JSON out; errors are ``{"error": ...}``)::
+
+    POST /posts                  {"userId","content","metadata"} + idempotency-key -> {"postId"}
+    GET  /posts/{postId}/status  -> {"status": "PENDING" | "DONE"}
+    POST /feeds/{userId}         {"postId"} + idempotency-key -> the recorded update
+    GET  /records                posts, feed updates and duplicate-attempt counts
+    POST /reset                  forget everything (and truncate the journal)
+
+A repeated idempotency key records nothing new and answers as the first call
+did; the repeat is counted. With ``--journal`` every record is appended to a
+JSON-lines file and replayed at start, so a test can restart the backend.
+UserFeed talks to it through ``streamapp.services.socialmedia.HttpClient``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import random
+import socket
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -17,12 +33,11 @@ from typing import Any
 
 from aiohttp import web
 
-from streamapp.services.userfeed import DONE, PENDING
+from streamapp.services.socialmedia import DONE, IDEMPOTENCY_HEADER, PENDING
+
+__all__ = ["Backend", "main", "make_app"]
 
 logger = logging.getLogger(__name__)
-
-IDEMPOTENCY_HEADER = "idempotency-key"
-
 
 class Backend:
     """In-memory records, optionally journaled to a JSON-lines file."""
@@ -174,3 +189,29 @@ def make_app(backend: Backend) -> web.Application:
     app.router.add_get("/records", records)
     app.router.add_post("/reset", reset)
     return app
+
+
+# -- command line ----------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m streamapp.testing.downstream",
+                                     description="The downstream social-media backend.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090, help="0 picks a free port; the line printed names it")
+    parser.add_argument("--pending-ratio", type=float, default=0.8, help="chance a status poll answers PENDING")
+    parser.add_argument("--pending-polls", type=int, default=None, help="PENDING for the first N polls, then DONE")
+    parser.add_argument("--journal", type=Path, default=None, help="append records to this JSON-lines file")
+    args = parser.parse_args(argv)
+    if not 0.0 <= args.pending_ratio <= 1.0:
+        parser.error("--pending-ratio must be between 0 and 1")
+    if args.pending_polls is not None and args.pending_polls < 0:
+        parser.error("--pending-polls must not be negative")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    backend = Backend(args.pending_ratio, args.pending_polls, args.journal)
+    sock = socket.create_server((args.host, args.port))
+    host, port = sock.getsockname()[:2]
+    print(f"Downstream backend listening on http://{host}:{port}", flush=True)
+    web.run_app(make_app(backend), sock=sock, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,42 +1,63 @@
-"""The downstream social-media backend over HTTP: its client, and the command that serves it.
+"""The downstream social-media backend as UserFeed sees it: the post, the client
+protocol, an in-process stub, and the client over HTTP.
 
-Run it on its own::
-
-    python -m streamapp.services.downstream --host 127.0.0.1 --port 8090 \\
-        [--pending-ratio 0.8] [--pending-polls N] [--journal PATH]
-
-Endpoints (JSON in, JSON out; errors are ``{"error": ...}``)::
-
-    POST /posts                  {"userId","content","metadata"} + idempotency-key -> {"postId"}
-    GET  /posts/{postId}/status  -> {"status": "PENDING" | "DONE"}
-    POST /feeds/{userId}         {"postId"} + idempotency-key -> the recorded update
-    GET  /records                posts, feed updates and duplicate-attempt counts
-    POST /reset                  forget everything (and truncate the journal)
-
-A repeated idempotency key records nothing new and answers as the first call
-did; the repeat is counted. With ``--journal`` every record is appended to a
-JSON-lines file and replayed at start, so a test can restart the backend.
+``HttpClient`` talks to the backend served by ``python -m streamapp.testing.downstream``
+(endpoints described there): 4xx answers end the step terminally, 5xx,
+timeouts and refused connections are retried.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import dataclasses
 import json
-import logging
-import socket
-from pathlib import Path
-from typing import Any
+import random
+import uuid
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import aiohttp
-from aiohttp import web
 
 from streamapp.durable import RetryableError, TerminalError
-from streamapp.services.downstream_server import IDEMPOTENCY_HEADER, Backend, make_app
-from streamapp.services.userfeed import SocialMediaPost
 
-__all__ = ["Backend", "DownstreamRejectedError", "DownstreamUnavailableError", "HttpClient", "main", "make_app"]
+__all__ = ["DONE", "IDEMPOTENCY_HEADER", "PENDING", "DownstreamRejectedError", "DownstreamUnavailableError",
+           "HttpClient", "SocialMediaClient", "SocialMediaPost", "StubClient"]
+
+PENDING = "PENDING"
+DONE = "DONE"
+IDEMPOTENCY_HEADER = "idempotency-key"
+
+
+@dataclasses.dataclass
+class SocialMediaPost:
+    content: str
+    metadata: str
+
+
+class SocialMediaClient(Protocol):
+    """The downstream social-media backend."""
+
+    async def create_post(self, user_id: str, post: SocialMediaPost, idempotency_key: str) -> str: ...
+    async def get_post_status(self, post_id: str) -> str: ...
+    async def update_user_feed(self, user_id: str, post_id: str, idempotency_key: str) -> None: ...
+
+
+class StubClient:
+    """In-process backend that prints what the seed's stubs print."""
+
+    def __init__(self, pending_ratio: float = 0.8) -> None:
+        self.pending_ratio = pending_ratio
+
+    async def create_post(self, user_id: str, post: SocialMediaPost, idempotency_key: str) -> str:
+        post_id = str(uuid.uuid4())
+        print(f"Created post {post_id} for user {user_id} with content: {post.content}", flush=True)
+        return post_id
+
+    async def get_post_status(self, post_id: str) -> str:
+        return PENDING if random.random() < self.pending_ratio else DONE
+
+    async def update_user_feed(self, user_id: str, post_id: str, idempotency_key: str) -> None:
+        print(f"Updating the user feed for user {user_id} with post {post_id}", flush=True)
 
 
 class DownstreamUnavailableError(RetryableError):
@@ -103,29 +124,3 @@ class HttpClient:
 
     async def update_user_feed(self, user_id: str, post_id: str, idempotency_key: str) -> None:
         await self._call("POST", f"/feeds/{quote(user_id, safe='')}", {"postId": post_id}, idempotency_key)
-
-
-# -- command line ----------------------------------------------------------
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m streamapp.services.downstream",
-                                     description="The downstream social-media backend.")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8090, help="0 picks a free port; the line printed names it")
-    parser.add_argument("--pending-ratio", type=float, default=0.8, help="chance a status poll answers PENDING")
-    parser.add_argument("--pending-polls", type=int, default=None, help="PENDING for the first N polls, then DONE")
-    parser.add_argument("--journal", type=Path, default=None, help="append records to this JSON-lines file")
-    args = parser.parse_args(argv)
-    if not 0.0 <= args.pending_ratio <= 1.0:
-        parser.error("--pending-ratio must be between 0 and 1")
-    if args.pending_polls is not None and args.pending_polls < 0:
-        parser.error("--pending-polls must not be negative")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    backend = Backend(args.pending_ratio, args.pending_polls, args.journal)
-    sock = socket.create_server((args.host, args.port))
-    host, port = sock.getsockname()[:2]
-    print(f"Downstream backend listening on http://{host}:{port}", flush=True)
-    web.run_app(make_app(backend), sock=sock, print=None, access_log=None)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,206 @@
+"""Every HTTP route of the ingress, declared once: path, method, view, access, OpenAPI operation.
+
+``web.install`` registers these routes and ``openapi.document`` describes
+them; the response models they refer to (``#/components/schemas/...``) are
+declared here too (``MODELS``). Handler routes are one route per shape
+(``/{service}/{key}/{handler}`` and ``.../send``) and are documented once per
+registered handler (``openapi``); they are fallbacks: registered after
+every other route, so they shadow none (aiohttp tries routes in order).
+
+    method path                                view         access
+    GET    /invocations                        invocations  operator*
+    GET    /invocations/{id}                   invocation   operator*
+    POST   /invocations/{id}/resume, .../kill  operate      operator*
+    GET    /state/{service}/{key}              state        operator*
+    GET    /subscriptions, /health, /openapi.json           open
+    *      /{service}/{key}/{handler}          invoke       open (fallback)
+    POST   /{service}/{key}/{handler}/send     invoke       open (fallback)
+
+    * a bearer token beyond loopback (``web.Views.check_token``)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from streamapp.durable.service import Registry
+
+OPENAPI_VERSION = "3.0.3"
+JSON = "application/json"
+# What a path parameter ``{key}`` matches in the aiohttp router: no ``/``.
+KEY_PATTERN = r"^[^/]+$"
+DELAY_PATTERN = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)?\s*$"
+STATUSES = ["pending", "running", "scheduled", "sleeping", "retrying", "paused", "completed", "failed"]
+
+
+# -- building blocks of operations --------------------------------------------------
+def error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": {"$ref": "#/components/schemas/Error"}}}}
+
+
+def ok(description: str, schema: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}, **extra}
+
+
+def param(name: str, where: str, description: str, schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    return {"name": name, "in": where, "required": required, "description": description, "schema": schema}
+
+
+KEY_PARAM = param("key", "path", "The object's key: one actor per (service, key).",
+                   {"type": "string", "minLength": 1, "pattern": KEY_PATTERN})
+MOVING = error("No worker owns the key's partition yet, or the key moved while the call waited: retry.")
+TOO_LARGE = error("The body is larger than STREAMAPP_MAX_BODY_BYTES.")
+IDEMPOTENCY = param("idempotency-key", "header", "Deduplicates: the same key returns the same invocation.",
+                     {"type": "string"}, required=False)
+
+
+# -- the table ---------------------------------------------------------------------------
+Operation = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    method: str                 # "GET", "POST", or "*" (the view answers 405 itself)
+    path: str                   # aiohttp pattern, also the OpenAPI path of a fixed route
+    view: str                   # the ``web.Views`` method that serves it
+    operation: Operation | Callable[[Registry], Operation] | None = None  # None: one per handler
+    guarded: bool = False       # operator token beyond loopback
+    fallback: bool = False      # registered after every other route
+    args: tuple[tuple[str, Any], ...] = ()  # keyword arguments for the view
+
+    def describe(self, registry: Registry) -> Operation:
+        """The OpenAPI operation of a fixed route."""
+        assert self.operation is not None, self.path
+        op = self.operation(registry) if callable(self.operation) else self.operation
+        if not self.guarded:
+            return op
+        # Beyond loopback a token is required; on loopback none is needed.
+        return {**op, "security": [{}, {"operatorToken": []}], "responses": {**REFUSED, **op["responses"]}}
+
+
+REFUSED = {
+    "401": error("The server has an operator token and the request does not carry it."),
+    "403": error("The server listens beyond loopback and has no operator token: these views are off."),
+}
+INV_ID = param("id", "path", "An invocation id (inv_...).", {"type": "string", "minLength": 1, "pattern": KEY_PATTERN})
+UNREACHABLE = error("Not held by this worker, and a peer did not answer in time; retry.")
+
+
+def _operate(action: str, summary: str) -> Route:
+    return Route("POST", f"/invocations/{{id}}/{action}", "operate", {
+        "tags": ["operate"], "operationId": f"invocations.{action}", "summary": summary, "parameters": [INV_ID],
+        "responses": {
+            "202": ok("Accepted: the action is durable.", {"$ref": "#/components/schemas/OperatorAction"}),
+            "404": error("Unknown invocation."),
+            "504": UNREACHABLE,
+        },
+    }, guarded=True, args=(("action", action),))
+
+
+def _state(registry: Registry) -> Operation:
+    service = param("service", "path", "A registered service.", {"type": "string", "enum": sorted(registry.services)})
+    return {
+        "tags": ["inspect"], "operationId": "state.get", "summary": "A key's state (streamapp kv get)",
+        "parameters": [service, KEY_PARAM],
+        "responses": {
+            "200": ok("The key's state (empty when it has none).", {
+                "type": "object", "required": ["service", "key", "state"],
+                "properties": {"service": {"type": "string"}, "key": {"type": "string"},
+                               "state": {"type": "object", "additionalProperties": True}}}),
+            "404": error("Unknown service."),
+            "503": MOVING,
+        },
+    }
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/invocations", "invocations", {
+        "tags": ["inspect"], "operationId": "invocations.list", "summary": "Unfinished invocations of every worker",
+        "responses": {"200": ok("Unfinished invocations, oldest first.", {
+            "type": "object", "required": ["invocations"],
+            "properties": {"invocations": {"type": "array", "items": {"$ref": "#/components/schemas/Invocation"}},
+                           "unreachable": {"type": "array", "items": {"type": "string"},
+                                           "description": "Peers that did not answer in time."}}})},
+    }, guarded=True),
+    Route("GET", "/invocations/{id}", "invocation", {
+        "tags": ["inspect"], "operationId": "invocations.get",
+        "summary": "An invocation's status, result or error, and journal", "parameters": [INV_ID],
+        "responses": {"200": ok("The invocation.", {"$ref": "#/components/schemas/Invocation"}),
+                      "404": error("Unknown invocation."), "504": UNREACHABLE},
+    }, guarded=True),
+    _operate("resume", "Run a paused invocation again"),
+    _operate("kill", "Fail an invocation; its key moves on"),
+    Route("GET", "/state/{service}/{key}", "state", _state, guarded=True),
+    Route("GET", "/subscriptions", "subscriptions", {
+        "tags": ["inspect"], "operationId": "subscriptions", "summary": "Topics and the handlers they feed",
+        "responses": {"200": ok("Subscriptions.", {
+            "type": "object", "required": ["subscriptions"],
+            "properties": {"subscriptions": {"type": "array", "items": {
+                "type": "object", "required": ["source", "sink"],
+                "properties": {"source": {"type": "string", "example": "kafka://social-media-posts"},
+                               "sink": {"type": "string", "example": "service://UserFeed/ProcessPost"}}}}}})},
+    }),
+    Route("GET", "/health", "health", {
+        "tags": ["inspect"], "operationId": "health", "summary": "Readiness and load of this worker",
+        "responses": {"200": ok("This worker's health.", {
+            "type": "object", "required": ["ready", "live_partitions", "running", "pending"],
+            "properties": {
+                "ready": {"type": "boolean"},
+                "live_partitions": {"type": "array", "items": {"type": "integer"}},
+                "running": {"type": "integer"}, "pending": {"type": "integer"},
+                "backlog": {"type": "integer"}, "sleeping": {"type": "integer"},
+                "completed": {"type": "integer"}, "failed": {"type": "integer"},
+            },
+            "additionalProperties": {"type": "integer"}})},
+    }),
+    Route("GET", "/openapi.json", "openapi", {
+        "tags": ["inspect"], "operationId": "openapi", "summary": "This document",
+        "responses": {"200": ok("OpenAPI 3.0 document.", {"type": "object"})},
+    }),
+    # Handler routes: the view checks the method (405 with the allowed ones).
+    Route("*", "/{service}/{key}/{handler}", "invoke", fallback=True),
+    Route("POST", "/{service}/{key}/{handler}/send", "invoke", fallback=True, args=(("send", True),)),
+)
+
+
+# -- response models ------------------------------------------------------------------
+MODELS: dict[str, Any] = {
+    "Error": {
+        "type": "object", "required": ["error"],
+        "properties": {
+            "error": {"type": "string"},
+            "invocationId": {"type": "string"},
+            "allowed": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "Accepted": {
+        "type": "object", "required": ["invocationId", "status"],
+        "properties": {"invocationId": {"type": "string"}, "status": {"type": "string", "enum": ["Accepted"]}},
+    },
+    "OperatorAction": {
+        "type": "object", "required": ["invocationId", "action", "status"],
+        "properties": {"invocationId": {"type": "string"}, "action": {"type": "string", "enum": ["resume", "kill"]},
+                       "status": {"type": "string", "enum": ["Accepted"]}},
+    },
+    "Invocation": {
+        "type": "object",
+        "required": ["id", "service", "handler", "key", "method", "status", "attempts", "created"],
+        "properties": {
+            "id": {"type": "string"}, "service": {"type": "string"}, "handler": {"type": "string"},
+            "key": {"type": "string"}, "method": {"type": "string"},
+            "status": {"type": "string", "enum": STATUSES},
+            "attempts": {"type": "integer"},
+            "wakeAt": {"type": "number", "nullable": True},
+            "created": {"type": "number"},
+            "finished": {"type": "number", "nullable": True,
+                         "description": "When it finished; its outcome is kept STREAMAPP_RESULTS_RETENTION seconds."},
+            "result": {"description": "The result of a completed invocation (any JSON)."},
+            "error": {"type": "string", "nullable": True},
+            "journal": {"type": "array", "items": {
+                "type": "object", "properties": {"type": {"type": "string"}, "name": {"type": "string"}}}},
+        },
+    },
+}
+
