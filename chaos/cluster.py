@@ -88,8 +88,10 @@ class Broker:
         self.controller_port = free_port()
         while self.controller_port == self.port:
             self.controller_port = free_port()
+        # A broker SIGKILLed mid-write recovers its logs before it answers: on a
+        # busy 2-core box that took longer than kafka.sh's default minute.
         self.env = dict(os.environ, KAFKA_PORT=str(self.port), KAFKA_CONTROLLER_PORT=str(self.controller_port),
-                        STREAMAPP_DATA_DIR=str(data_dir))
+                        STREAMAPP_DATA_DIR=str(data_dir), KAFKA_START_WAIT="300")
         self.starter: subprocess.Popen[bytes] | None = None
         self.ever_started = False
 
@@ -131,7 +133,7 @@ class Broker:
             raise RuntimeError(f"kafka.sh up failed with {rc}; see {self.log_path}")
         return False
 
-    def wait_up(self, timeout: float = 120.0) -> None:
+    def wait_up(self, timeout: float = 360.0) -> None:
         deadline = time.monotonic() + timeout
         while self.starting():
             if time.monotonic() > deadline:

@@ -121,7 +121,8 @@ up() {
         -cp "$LIBS/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
         >"$KAFKA_DIR/logs/stdout.log" 2>&1 </dev/null &
     echo $! >"$PID_FILE"
-    for _ in $(seq 1 120); do
+    local wait_s="${KAFKA_START_WAIT:-60}"  # a broker killed mid-write recovers its logs first: slow on a busy box
+    for _ in $(seq 1 $((wait_s * 2))); do
         if answers; then
             log "broker up (pid $(cat "$PID_FILE")); log: $LOG_FILE"
             return 0
@@ -133,7 +134,7 @@ up() {
         fi
         sleep 0.5
     done
-    log "broker did not answer within 60 s; log: $LOG_FILE"
+    log "broker did not answer within $wait_s s (KAFKA_START_WAIT); log: $LOG_FILE"
     return 1
 }
 
