@@ -280,9 +280,10 @@ def _fire(st: PartitionState, offset: int, cmd: ops.Fire, out: list[Action]) -> 
 
 def _resume(st: PartitionState, offset: int, cmd: ops.Resume, out: list[Action]) -> None:
     rec = st.record(cmd.id)
-    if rec is None or rec["status"] != "paused":
-        return
+    if rec is None or rec["status"] != "paused" or offset <= rec.get("resumed_at", -1):
+        return  # not paused, or this very resume read again (after a restart) once it paused anew
     rec["status"] = "running"
+    rec["resumed_at"] = offset
     rec["attempt"] = 0
     rec["error"] = None
     st.save(rec)

@@ -118,7 +118,6 @@ def test_apply__any_prefix_applied_twice_equals_it_applied_once(cmds: list[dict[
     assert again.rows() == once.rows()
 
 
-@pytest.mark.xfail(strict=True, reason="resume has no staleness field: a late copy resumes a later pause")
 def test_resume__a_late_copy_after_the_invocation_paused_again_changes_nothing() -> None:
     m = Machine()
     pause = {"op": "fail", "id": "i0", "epoch": "e1", "attempt": 1, "error": "drift", "pause": True}
