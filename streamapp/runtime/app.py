@@ -54,9 +54,8 @@ from faust.types import TP
 from streamapp.config import Settings
 from streamapp.durable import mute
 from streamapp.durable.service import Registry
-from streamapp.runtime import commands, limits, tuning
+from streamapp.runtime import commands, limits, ops, tuning
 from streamapp.runtime.actors import ActorPool
-from streamapp.runtime.commands import invalid
 from streamapp.runtime.engine import Engine
 from streamapp.runtime.expiry import EXPIRE_EVERY
 from streamapp.runtime.flush import CompleteFlush
@@ -402,7 +401,7 @@ class Runtime:
         else:
             for guard in self.guards.values():
                 guard.forget([tp for tp in list(guard.next) if tp not in assigned])
-        self.engine.release((set(self.engine.partitions) | set(self.engine.applied)) - kept)
+        self.engine.release(self.engine.known_partitions() - kept)
 
     # -- rebalance -------------------------------------------------------------
     def reclaim(self, p: int) -> None:
@@ -460,7 +459,7 @@ class Runtime:
         log.warning("Worker stalled for %.1fs (limit %.1fs): stopping partitions=%s until the group reassigns them",
                     now - last, self.engine.stall_limit, sorted(live))
         self.stalled = True
-        self.engine.release(set(self.engine.partitions) | set(self.engine.applied))
+        self.engine.release(self.engine.known_partitions())
         self.distrust_tables()
         if self.recovering is None or self.recovering.done():
             self.recovering = asyncio.ensure_future(self._rejoin_after_stall())
@@ -613,11 +612,12 @@ class Runtime:
             cmd = commands.decode(value)
         except ValueError:
             return "undecodable command"
-        reason = invalid(cmd)
-        if reason is not None:
-            return reason
         try:
-            self.engine.apply(msg.partition, msg.offset, cmd)
+            command = ops.parse(cmd)
+        except ops.InvalidCommandError as exc:
+            return str(exc)
+        try:
+            self.engine.apply(msg.partition, msg.offset, command)
         except Exception as exc:  # ApplyError, or a failure while failing an invocation
             log.critical("Stopping the worker: could not apply %s", exc, exc_info=exc.__cause__ or exc)
             raise SystemExit(EX_SOFTWARE) from exc

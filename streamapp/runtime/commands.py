@@ -19,6 +19,9 @@ per partition).
     resume    operator        run a paused invocation again
     kill      operator        fail an invocation; it runs no more steps
     expire    the owner       forget outcomes of invocations finished before ``before``
+
+Each op is a typed command in ``ops.py`` (its fields, and how a record is
+read and validated); this module is the wire: keys, partitions, JSON.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import json
 from typing import Any
 
 from aiokafka.partitioner import murmur2
+
+from streamapp.runtime import ops
 
 
 def object_key(service: str, key: str) -> str:
@@ -48,40 +53,10 @@ def decode(raw: bytes) -> dict[str, Any]:
     return value
 
 
-# Fields each command needs; a command missing one can never be applied.
-REQUIRED: dict[str, tuple[str, ...]] = {
-    "invoke": ("id", "service", "handler", "key"),
-    "activate": ("epoch",),
-    "entry": ("id", "epoch", "index", "entry"),
-    "suspend": ("id", "epoch", "wake_at"),
-    "retry": ("id", "epoch", "wake_at", "error"),
-    "complete": ("id", "epoch"),
-    "fail": ("id", "epoch", "error"),
-    "fire": ("id", "epoch"),
-    "resume": ("id",),
-    "kill": ("id",),
-    "expire": ("before",),
-}
-
-
-NUMBERS = ("wake_at", "not_before", "before", "at", "index", "attempt")
-
-
 def invalid(cmd: dict[str, Any]) -> str | None:
-    """Why ``cmd`` can never be applied, or None when it is well formed."""
-    op = cmd.get("op")
-    if op not in REQUIRED:
-        return f"unknown command op={op!r}"
-    missing = [name for name in REQUIRED[op] if cmd.get(name) is None]
-    if missing:
-        return f"command op={op} lacks {', '.join(missing)}"
-    for name in NUMBERS:
-        value = cmd.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-            return f"command op={op} has a non-numeric {name}"
-    if op in ("invoke", "entry", "suspend", "retry", "complete", "fail", "fire", "resume", "kill") \
-            and not isinstance(cmd["id"], str):
-        return f"command op={op} has a non-string id"
-    if op == "complete" and not isinstance(cmd.get("state") or {}, dict):
-        return "command op=complete has state changes that are not an object"
+    """Why ``cmd`` can never be applied, or None when it is well formed (the rules are ``ops.parse``'s)."""
+    try:
+        ops.parse(cmd)
+    except ops.InvalidCommandError as exc:
+        return str(exc)
     return None

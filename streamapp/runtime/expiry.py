@@ -1,8 +1,8 @@
 """Expiry of finished invocations: their outcomes are kept for the results retention, then dropped.
 
-Part of the engine (``Engine`` inherits ``Expiry``): the methods below run
-inside the invocations agent's apply, like every other command, and write
-only the partition of the ``expire`` command being applied. The ``expiry``
+Part of the partition state machine (``partition.py`` applies ``expire``
+commands with ``expire`` below), like every other command: it writes only
+the partition of the command being applied. The ``expiry``
 table indexes outcomes by finish time, so a command walks from the oldest
 and stops at the first one not yet due, with bounded work.
 """
@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
 
+from streamapp.runtime.partition_state import PartitionState
 from streamapp.runtime.store import expiry_bound, expiry_key
-
-if TYPE_CHECKING:
-    from streamapp.runtime.engine import PartitionState
-    from streamapp.runtime.store import Tables
 
 log = logging.getLogger(__name__)
 
@@ -36,106 +32,99 @@ SWEEP_MAX = 500
 EXPIRE_LOG_EVERY = 60.0
 
 
-class Expiry:
-    """The engine's expire command and the owner's question whether one is due."""
+def due(st: PartitionState, before: float) -> bool:
+    """Whether an expire command for ``st.p`` would drop or sweep anything (a read, no write).
 
-    tables: Tables
-    expired_to: dict[int, tuple[str | None, str]]  # p -> (epoch, last expiry key dropped)
-    expired_log: dict[int, tuple[float, int]]  # p -> (last logged, dropped since)
-    expire_bucket: tuple[float, float]  # (rows this worker may still expire, when counted)
+    Lets the owner send expire commands only where there is work: an idle
+    partition costs no record on the internal topic.
+    """
+    store, p = st.shared.store, st.p
+    mark = store.meta.get(f"expiry/p{p}")
+    if mark is None or mark["swept"] is not True:
+        return True
+    hint = st.expired_to
+    start = hint[1] if hint is not None and hint[0] == st.epoch else None
+    for key in store.partition_keys(store.expiry, p, start):
+        return key < expiry_bound(before)
+    return False
 
-    def part(self, p: int) -> PartitionState:
-        raise NotImplementedError
 
-    def expiry_due(self, p: int, before: float) -> bool:
-        """Whether an expire command for ``p`` would drop or sweep anything (a read, no write).
+def expire(st: PartitionState, before: float) -> None:
+    """Drop outcomes older than the retention: their ids are no longer deduplicated.
 
-        Lets the owner send expire commands only where there is work: an idle
-        partition costs no record on the internal topic.
-        """
-        mark = self.tables.meta.get(f"expiry/p{p}")
-        if mark is None or mark["swept"] is not True:
-            return True
-        hint = self.expired_to.get(p)
-        start = hint[1] if hint is not None and hint[0] == self.part(p).epoch else None
-        for key in self.tables.partition_keys(self.tables.expiry, p, start):
-            return key < expiry_bound(before)
-        return False
+    Walks the expiry index from its oldest key and stops at the first one
+    not older than ``before`` or after EXPIRE_MAX rows; the next command
+    goes on from there. Each results row is deleted with its index row.
+    """
+    store, p = st.shared.store, st.p
+    bound = expiry_bound(before)
+    epoch = st.epoch
+    # Where the last command stopped (only an iteration hint, to seek past
+    # the deleted keys RocksDB has not compacted away yet): within one
+    # epoch only this worker writes the partition, and it indexes new
+    # outcomes at its clock's now, after every key already expired.
+    hint = st.expired_to
+    start = hint[1] if hint is not None and hint[0] == epoch else None
+    tokens, at = st.shared.expire_bucket
+    now = time.monotonic()
+    allowed = int(min(float(EXPIRE_MAX), tokens + (now - at) * EXPIRE_RATE))
+    dropped: list[str] = []
+    if allowed > 0:
+        for key in store.partition_keys(store.expiry, p, start):
+            if key >= bound:
+                break
+            dropped.append(key)
+            if len(dropped) == allowed:
+                break
+    for key in dropped:
+        inv_id = key.split("/", 1)[1]
+        if inv_id in store.results:
+            del store.results[inv_id]
+        del store.expiry[key]
+    if dropped:
+        st.expired_to = (epoch, dropped[-1])
+    visited, swept = _sweep_unindexed(st, before, min(SWEEP_MAX, allowed - len(dropped)))
+    st.shared.expire_bucket = (allowed - len(dropped) - visited, now)
+    # Commands come 10 times a second: say what they dropped once a minute.
+    logged, since = st.expired_log or (-EXPIRE_LOG_EVERY, 0)
+    since += len(dropped) + swept
+    if since and time.monotonic() - logged >= EXPIRE_LOG_EVERY:
+        log.info("Expired finished invocations partition=%s count=%d", p, since)
+        logged, since = time.monotonic(), 0
+    st.expired_log = (logged, since)
 
-    def _on_expire(self, p: int, offset: int, cmd: dict[str, Any]) -> None:
-        """Drop outcomes older than the retention: their ids are no longer deduplicated.
 
-        Walks the expiry index from its oldest key and stops at the first one
-        not older than ``before`` or after EXPIRE_MAX rows; the next command
-        goes on from there. Each results row is deleted with its index row.
-        """
-        before = cmd["before"]
-        bound = expiry_bound(before)
-        epoch = self.part(p).epoch
-        # Where the last command stopped (only an iteration hint, to seek past
-        # the deleted keys RocksDB has not compacted away yet): within one
-        # epoch only this worker writes the partition, and it indexes new
-        # outcomes at its clock's now, after every key already expired.
-        hint = self.expired_to.get(p)
-        start = hint[1] if hint is not None and hint[0] == epoch else None
-        tokens, at = self.expire_bucket
-        now = time.monotonic()
-        allowed = int(min(float(EXPIRE_MAX), tokens + (now - at) * EXPIRE_RATE))
-        dropped: list[str] = []
-        if allowed > 0:
-            for key in self.tables.partition_keys(self.tables.expiry, p, start):
-                if key >= bound:
-                    break
-                dropped.append(key)
-                if len(dropped) == allowed:
-                    break
-        for key in dropped:
-            inv_id = key.split("/", 1)[1]
-            if inv_id in self.tables.results:
-                del self.tables.results[inv_id]
-            del self.tables.expiry[key]
-        if dropped:
-            self.expired_to[p] = (epoch, dropped[-1])
-        visited, swept = self._sweep_unindexed(p, before, min(SWEEP_MAX, allowed - len(dropped)))
-        self.expire_bucket = (allowed - len(dropped) - visited, now)
-        # Commands come 10 times a second: say what they dropped once a minute.
-        logged, since = self.expired_log.get(p, (-EXPIRE_LOG_EVERY, 0))
-        since += len(dropped) + swept
-        if since and time.monotonic() - logged >= EXPIRE_LOG_EVERY:
-            log.info("Expired finished invocations partition=%s count=%d", p, since)
-            logged, since = time.monotonic(), 0
-        self.expired_log[p] = (logged, since)
+def _sweep_unindexed(st: PartitionState, before: float, limit: int) -> tuple[int, int]:
+    """Index (or drop, if already past the retention) results rows written before the index.
 
-    def _sweep_unindexed(self, p: int, before: float, limit: int) -> tuple[int, int]:
-        """Index (or drop, if already past the retention) results rows written before the index.
-
-        Once per partition, ``limit`` rows per command, from a cursor kept in
-        ``meta`` (so a restart or another owner goes on from there). Returns
-        how many rows it visited and how many it dropped.
-        """
-        mark_key = f"expiry/p{p}"
-        mark = self.tables.meta.get(mark_key)
-        if limit <= 0 or (mark is not None and mark["swept"] is True):
-            return 0, 0
-        cursor = None if mark is None else mark["swept"]
-        visited = dropped = 0
-        for inv_id, rec in self.tables.partition_items(self.tables.results, p, cursor):
-            if inv_id == cursor:
-                continue  # done by the last command
-            visited += 1
-            cursor = inv_id
-            finished = rec.get("finished", 0.0)
-            key = expiry_key(finished, inv_id)
-            if finished < before:
-                del self.tables.results[inv_id]
-                if key in self.tables.expiry:
-                    del self.tables.expiry[key]
-                dropped += 1
-            elif key not in self.tables.expiry:
-                self.tables.expiry[key] = inv_id
-            if visited == limit:
-                self.tables.meta[mark_key] = {"swept": cursor}
-                return visited, dropped
-        self.tables.meta[mark_key] = {"swept": True}
-        log.info("Expiry index covers every outcome partition=%s", p)
-        return visited, dropped
+    Once per partition, ``limit`` rows per command, from a cursor kept in
+    ``meta`` (so a restart or another owner goes on from there). Returns
+    how many rows it visited and how many it dropped.
+    """
+    store, p = st.shared.store, st.p
+    mark_key = f"expiry/p{p}"
+    mark = store.meta.get(mark_key)
+    if limit <= 0 or (mark is not None and mark["swept"] is True):
+        return 0, 0
+    cursor = None if mark is None else mark["swept"]
+    visited = dropped = 0
+    for inv_id, rec in store.partition_items(store.results, p, cursor):
+        if inv_id == cursor:
+            continue  # done by the last command
+        visited += 1
+        cursor = inv_id
+        finished = rec.get("finished", 0.0)
+        key = expiry_key(finished, inv_id)
+        if finished < before:
+            del store.results[inv_id]
+            if key in store.expiry:
+                del store.expiry[key]
+            dropped += 1
+        elif key not in store.expiry:
+            store.expiry[key] = inv_id
+        if visited == limit:
+            store.meta[mark_key] = {"swept": cursor}
+            return visited, dropped
+    store.meta[mark_key] = {"swept": True}
+    log.info("Expiry index covers every outcome partition=%s", p)
+    return visited, dropped

@@ -128,7 +128,7 @@ class RuntimeIngress:
 
     def unfinished(self) -> list[tuple[Record, bool]]:
         engine = self.rt.engine
-        running = {i for st in engine.partitions.values() for i in st.inflight.values()}
+        running = engine.running_ids()
         return [(rec, inv_id in running)
                 for p in sorted(engine.live_partitions())
                 for inv_id, rec in Tables.partition_items(self.rt.tables.invocations, p)]

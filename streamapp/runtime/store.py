@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 from faust.types import TP
@@ -39,6 +39,36 @@ ROCKSDB_OPTIONS = {
     "block_cache_size": 8 * 1024 * 1024,
     "block_cache_compressed_size": 0,
 }
+
+
+class Table(Protocol):
+    """One changelog-backed table, as the state machine uses it (a Faust table, or a dict-like fake)."""
+
+    def get(self, key: str, default: Any = None) -> Any: ...
+    def __setitem__(self, key: str, value: Any) -> None: ...
+    def __delitem__(self, key: str) -> None: ...
+    def __contains__(self, key: object) -> bool: ...
+
+
+class PartitionStore(Protocol):
+    """The tables the partition state machine reads and writes (``Tables``; in tests, an in-memory store).
+
+    Writes go to the partition of the command being applied; ``positions``
+    is told which command that is, so each changelog record names it.
+    """
+
+    positions: changelog.Positions
+    invocations: Table
+    results: Table
+    timers: Table
+    expiry: Table
+    state: Table
+    meta: Table
+
+    def partition_items(self, table: Any, partition: int, start: str | None = None
+                        ) -> Iterator[tuple[str, Any]]: ...
+
+    def partition_keys(self, table: Any, partition: int, start: str | None = None) -> Iterator[str]: ...
 
 
 class Tables:

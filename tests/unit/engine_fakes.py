@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from streamapp.runtime import changelog
+from streamapp.runtime import changelog, ops
 from streamapp.runtime.engine import Engine
 
 
@@ -129,7 +129,7 @@ class EngineRig:
         self.offsets[p] = max(offset, self.offsets.get(p, -1))
         self.tables.current = p
         try:
-            self.engine.apply(p, offset, cmd)
+            self.engine.apply(p, offset, ops.parse(cmd))
         finally:
             self.tables.current = None
         return offset

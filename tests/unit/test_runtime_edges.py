@@ -15,7 +15,6 @@ from streamapp.durable.service import Registry
 from streamapp.runtime import tuning
 from streamapp.runtime.actors import ActorPool
 from streamapp.runtime.app import EX_SOFTWARE, Runtime
-from streamapp.runtime.engine import PartitionState
 
 
 def recording_pool() -> tuple[ActorPool, list[dict[str, Any]]]:
@@ -82,8 +81,8 @@ async def test_stall__woken_worker_applies_nothing_and_waits_for_the_group_inste
         activations.append(True)
 
     runtime.activate_assigned = activate_assigned  # type: ignore[method-assign]
-    runtime.engine.partitions[0] = PartitionState(epoch="e1", live=True)
-    runtime.engine.applied[0] = 41
+    runtime.engine.leading[0] = "e1"
+    runtime.engine.part(0).applied = 41
     runtime.engine.alive_at = time.monotonic() - 60  # frozen for a minute: expelled, for all it knows
     runtime.watch_stall()
     assert runtime.engine.live_partitions() == set()
@@ -99,7 +98,7 @@ async def test_stall__woken_worker_applies_nothing_and_waits_for_the_group_inste
 
 
 async def test_stall__a_command_read_right_after_waking_is_fenced_before_the_tick_runs(runtime: Runtime) -> None:
-    runtime.engine.partitions[0] = PartitionState(epoch="e1", live=True)
+    runtime.engine.leading[0] = "e1"
     runtime.engine.alive_at = time.monotonic() - 60
     assert runtime.fenced()
     assert runtime.engine.live_partitions() == set()
