@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests import harness
 from tests.support.services import ledger
 
@@ -30,15 +32,24 @@ def test_call__waits_and_returns_the_result_and_idempotency_key_returns_the_same
 
 def test_send__delay_holds_the_invocation_without_blocking_the_key(workers, app_env):
     worker = workers.new()
+    # An hour-long delay: however slow the machine, it is still scheduled when the test ends.
+    held_at = time.time()
+    status, held = worker.request("POST", "/Test/dk/Nap/send?delay=1h", {"tag": "held"})
+    assert status == 202, held
     sent_at = time.time()
-    status, body = worker.request("POST", "/Test/dk/Nap/send?delay=3s", {"tag": "late"})
+    status, _ = worker.request("POST", "/Test/dk/Nap/send?delay=3s", {"tag": "late"})
     assert status == 202
-    status, _ = worker.request("POST", "/Test/dk/Nap", {"tag": "now"})
-    assert status == 200, "a delayed invocation must not block its key"
-    assert worker.invocation(body['invocationId'])["status"] == "scheduled"
+    try:  # a minute: the call queued behind the hour-long delay would wait for the hour
+        status, body = worker.request("POST", "/Test/dk/Nap", {"tag": "now"}, timeout=60)
+    except TimeoutError:
+        pytest.fail("a delayed invocation must not block its key: the call did not return in 60 s")
+    assert status == 200 and body["tag"] == "now", (status, body)
     late = harness.wait_for(lambda: [e for e in ledger(app_env["ledger"]) if e["tag"] == "late"
-                                     and e["event"] == "before"], timeout=30, what="the delayed invocation")
+                                     and e["event"] == "before"], timeout=60, what="the delayed invocation")
     assert late[0]["time"] - sent_at >= 3.0
+    info = worker.invocation(held["invocationId"])
+    assert info["status"] == "scheduled" and info["wakeAt"] >= held_at + 3600, info
+    assert "held" not in {e["tag"] for e in ledger(app_env["ledger"])}
 
 
 def test_errors__bad_requests_get_json_errors_and_the_worker_keeps_serving(workers):
