@@ -28,6 +28,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SH = ROOT / "tools" / "kafka" / "kafka.sh"
 T = TypeVar("T")
+READ_TIMEOUT = 30.0  # a read a loaded worker answers in well under a second; only a stuck one takes this long
 
 
 def broker_url() -> str:
@@ -77,6 +78,28 @@ def wait_for(
             extra = f"\n{detail()}" if detail else ""
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last value: {last!r}{extra}")
         time.sleep(interval)
+
+
+def wait_while_moving(
+    read: Callable[[], T], done: Callable[[T], bool], *, still: float, what: str, interval: float = 1.0,
+    detail: Callable[[], str] | None = None,
+) -> T:
+    """Poll ``read`` until ``done`` holds for what it returns; fail only once it returned the same for ``still`` s.
+
+    For work whose length depends on the machine's load: a slow run keeps
+    changing what ``read`` sees and goes on, a stuck one fails by name.
+    """
+    last = read()
+    moved = time.monotonic()
+    while not done(last):
+        time.sleep(interval)
+        now = read()
+        if now != last:
+            last, moved = now, time.monotonic()
+        elif time.monotonic() - moved > still:
+            extra = f"\n{detail()}" if detail else ""
+            raise AssertionError(f"{what}: no change for {still:.0f}s from {last!r}{extra}")
+    return last
 
 
 def run_async(coro: Any) -> Any:
@@ -339,11 +362,11 @@ class Worker:
 
     def invocation(self, inv_id: str) -> dict[str, Any]:
         """The invocation's view, or {"status": None} while the worker does not know it yet."""
-        status, body = self.request("GET", f"/invocations/{inv_id}", timeout=10.0)
+        status, body = self.request("GET", f"/invocations/{inv_id}", timeout=READ_TIMEOUT)
         return body if status == 200 else {"status": None}  # type: ignore[no-any-return]
 
     def get(self, path: str) -> Any:
-        status, body = self.request("GET", path, timeout=5.0)
+        status, body = self.request("GET", path, timeout=READ_TIMEOUT)
         if status != 200:
             raise ValueError(f"GET {path} -> {status}: {body}")
         return body

@@ -6,6 +6,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests import harness
 from tests.support.services import ledger
 
@@ -30,15 +32,24 @@ def test_call__waits_and_returns_the_result_and_idempotency_key_returns_the_same
 
 def test_send__delay_holds_the_invocation_without_blocking_the_key(workers, app_env):
     worker = workers.new()
+    # An hour-long delay: however slow the machine, it is still scheduled when the test ends.
+    held_at = time.time()
+    status, held = worker.request("POST", "/Test/dk/Nap/send?delay=1h", {"tag": "held"})
+    assert status == 202, held
     sent_at = time.time()
-    status, body = worker.request("POST", "/Test/dk/Nap/send?delay=3s", {"tag": "late"})
+    status, _ = worker.request("POST", "/Test/dk/Nap/send?delay=3s", {"tag": "late"})
     assert status == 202
-    status, _ = worker.request("POST", "/Test/dk/Nap", {"tag": "now"})
-    assert status == 200, "a delayed invocation must not block its key"
-    assert worker.invocation(body['invocationId'])["status"] == "scheduled"
+    try:  # a minute: the call queued behind the hour-long delay would wait for the hour
+        status, body = worker.request("POST", "/Test/dk/Nap", {"tag": "now"}, timeout=60)
+    except TimeoutError:
+        pytest.fail("a delayed invocation must not block its key: the call did not return in 60 s")
+    assert status == 200 and body["tag"] == "now", (status, body)
     late = harness.wait_for(lambda: [e for e in ledger(app_env["ledger"]) if e["tag"] == "late"
-                                     and e["event"] == "before"], timeout=30, what="the delayed invocation")
+                                     and e["event"] == "before"], timeout=60, what="the delayed invocation")
     assert late[0]["time"] - sent_at >= 3.0
+    info = worker.invocation(held["invocationId"])
+    assert info["status"] == "scheduled" and info["wakeAt"] >= held_at + 3600, info
+    assert "held" not in {e["tag"] for e in ledger(app_env["ledger"])}
 
 
 def test_errors__bad_requests_get_json_errors_and_the_worker_keeps_serving(workers):
@@ -94,8 +105,11 @@ def test_operator__paused_invocation_resumes_and_kill_lets_the_key_move_on(worke
     assert killed["status"] == "failed" and "killed" in killed["error"]
 
 
+RETENTION = 15  # the deduplicated call below comes well within it, however slow the machine
+
+
 def test_retention__finished_outcomes_expire_and_an_expired_idempotency_key_runs_again(workers):
-    worker = workers.new(env={"STREAMAPP_RESULTS_RETENTION": "3"})
+    worker = workers.new(env={"STREAMAPP_RESULTS_RETENTION": str(RETENTION)})
     hdr = {"idempotency-key": "once"}
     assert worker.request("POST", "/Test/ret/Nap", {"tag": "r"}, headers=hdr) == (200, {"tag": "r", "count": 1})
     assert worker.request("POST", "/Test/ret/Nap", {"tag": "r"}, headers=hdr) == (200, {"tag": "r", "count": 1})
@@ -106,9 +120,9 @@ def test_retention__finished_outcomes_expire_and_an_expired_idempotency_key_runs
     last_seen = time.time()  # when its outcome was last readable
     while worker.request("GET", f"/invocations/{inv}")[0] == 200:
         last_seen = time.time()
-        assert last_seen < info["finished"] + 30, "the finished invocation never expired"
+        assert last_seen < info["finished"] + RETENTION + 120, "the finished invocation never expired"
         time.sleep(0.2)
-    assert last_seen >= info["finished"] + 3 - 0.5, "expired before its retention"
+    assert last_seen >= info["finished"] + RETENTION - 0.5, "expired before its retention"
     assert "Expired finished invocations" in worker.log()
     # Past the retention the key is no longer deduplicated: it runs again (count 3: r, s, r).
     assert worker.request("POST", "/Test/ret/Nap", {"tag": "r"}, headers=hdr) == (200, {"tag": "r", "count": 3})

@@ -257,43 +257,59 @@ def test_idempotency_key__undecodable_bytes_are_a_400_not_a_stuck_call(seed_work
 
 # -- slow clients ------------------------------------------------------------------------
 def test_slow_clients__headers_sent_byte_by_byte_do_not_block_other_requests(seed_worker: harness.Worker) -> None:
+    """Slow clients hold their last header bytes until every fast request was answered.
+
+    A server that waits for one client's headers before serving others never answers
+    the fast requests (they time out); no bound here depends on the machine's speed.
+    """
     port = seed_worker.web_port
     request = b"GET /PackageTracker/slow/getPackageInfo HTTP/1.1\r\nHost: slow\r\nX-Filler: " + b"z" * 20 + b"\r\n\r\n"
     slow_clients = 20
-    byte_delay = 0.06  # ~5.5 s per request
+    byte_delay = 0.06
+    held_back = 2  # the final CRLF: without it the headers are not complete
 
-    async def slow() -> tuple[int, Any]:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            for i in range(len(request)):
-                writer.write(request[i:i + 1])
+    async def go() -> tuple[bool, list[tuple[int, Any]]]:
+        fast_done = asyncio.Event()
+        sending = [asyncio.Event() for _ in range(slow_clients)]
+
+        async def slow(i: int) -> tuple[int, Any]:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                for k in range(len(request) - held_back):
+                    writer.write(request[k:k + 1])
+                    await writer.drain()
+                    sending[i].set()
+                    await asyncio.sleep(byte_delay)
+                await fast_done.wait()
+                writer.write(request[-held_back:])
                 await writer.drain()
-                await asyncio.sleep(byte_delay)
-            status_line = await asyncio.wait_for(reader.readline(), 10)
-            return int(status_line.split()[1]), None
-        finally:
-            writer.close()
+                status_line = await asyncio.wait_for(reader.readline(), 60)
+                return int(status_line.split()[1]), None
+            finally:
+                writer.close()
 
-    async def go() -> tuple[list[float], list[tuple[int, Any]], bool]:
-        tasks = [asyncio.create_task(slow()) for _ in range(slow_clients)]
-        await asyncio.sleep(0.5)  # the slow clients are mid-headers
-        latencies = []
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        tasks = [asyncio.create_task(slow(i)) for i in range(slow_clients)]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in sending)), 60)  # all mid-headers
+        except TimeoutError:
+            pytest.fail(f"{sum(not e.is_set() for e in sending)} slow clients could not send a byte in 60 s")
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
             for i in range(20):
-                t0 = time.monotonic()
-                async with session.post(f"{seed_worker.url}/PackageTracker/fast{i}/RegisterPackage",
-                                        json={"finalDestination": "x"}) as resp:
-                    assert resp.status == 200, await resp.text()
-                async with session.get(f"{seed_worker.url}/health") as resp:
-                    assert resp.status == 200
-                latencies.append(time.monotonic() - t0)
+                try:
+                    async with session.post(f"{seed_worker.url}/PackageTracker/fast{i}/RegisterPackage",
+                                            json={"finalDestination": "x"}) as resp:
+                        assert resp.status == 200, await resp.text()
+                    async with session.get(f"{seed_worker.url}/health") as resp:
+                        assert resp.status == 200
+                except TimeoutError:
+                    pytest.fail(f"fast request {i} got no answer in 60 s while slow clients were mid-headers")
         still_sending = not any(t.done() for t in tasks)
-        return latencies, await asyncio.gather(*tasks), still_sending
+        fast_done.set()
+        return still_sending, await asyncio.gather(*tasks)
 
-    latencies, slow_results, still_sending = harness.run_async(go())
-    assert still_sending, "the fast requests should have finished while the slow clients were still sending"
-    assert max(latencies) < 2.0, f"fast requests waited behind slow clients: {max(latencies):.2f}s"
-    assert [status for status, _ in slow_results] == [200] * slow_clients
+    still_sending, slow_results = harness.run_async(go())
+    assert still_sending, "a slow client finished before it sent its whole headers"
+    assert [status for status, _ in slow_results] == [200] * slow_clients, slow_results
     assert_healthy(seed_worker)
 
 
@@ -319,14 +335,15 @@ def test_500_concurrent_connections__all_answered_and_worker_stays_healthy(seed_
     async def go() -> list[tuple[int, int]]:
         # One connection per request, all opened at once.
         connector = aiohttp.TCPConnector(limit=n, force_close=True)
-        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        # Each request may take up to two minutes: only a server that stops answering runs out.
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
             return await asyncio.gather(*(one(session, i) for i in range(n)))
 
-    started = time.monotonic()
-    results = harness.run_async(go())
-    elapsed = time.monotonic() - started
+    try:
+        results = harness.run_async(go())
+    except TimeoutError:
+        pytest.fail("a request got no answer in 120 s")
     expected = {0: 200, 1: 200, 2: 202, 3: 404}  # an update for an unregistered package: "package not found"
     wrong = [(i, status) for i, status in results if status != expected[i % 4]]
     assert not wrong, wrong[:20]
-    assert elapsed < 60
     assert_healthy(seed_worker)

@@ -64,19 +64,29 @@ def test_two_workers__one_sigkilled_mid_run__all_complete_and_no_step_runs_twice
 
 
 def test_rebalance__worker_joins_and_leaves_mid_run__partitions_move_without_concurrent_execution(
-    workers, app_env
+    workers, app_env, tmp_path
 ):
     a = workers.new("a")
-    records = workload(keys=30, per_key=24, work=0.5)  # >= 12 s of serial work per key
+    # Per key 24 invocations of 0.5 s: the 5th to 12th wait at a gate opened once c is ready,
+    # the rest at one opened once c has left, so both moves find invocations between their
+    # steps on every key however long c takes to start.
+    joined, left = tmp_path / "joined", tmp_path / "left"
+    records = [(f"k{k}", json.dumps({"tag": f"k{k}-{n:03d}", "work": 0.5,
+                                     "gate": str(left if n >= 12 else joined if n >= 4 else "")}))
+               for n in range(24) for k in range(30)]
     harness.produce(app_env["source"], records)
     harness.wait_for(lambda: len(events(app_env["ledger"], "after")) >= 30, timeout=60, what="some progress")
     c = workers.new("c")  # joins: partitions move from a to c while invocations run
     assert c.proc is not None and a.proc is not None
     c_pid = c.proc.pid
+    harness.wait_for(lambda: c.get("/health")["live_partitions"], timeout=60, what="c to drive partitions",
+                     detail=c.tail)
+    joined.touch()
     harness.wait_for(lambda: sum(e["pid"] == c_pid for e in events(app_env["ledger"], "after")) >= 20,
                      timeout=60, what="c to complete invocations", detail=c.tail)
     assert len({e["tag"] for e in events(app_env["ledger"], "after")}) < len(records), "workload too short"
     c.stop()  # leaves cleanly: its partitions go back to a
+    left.touch()
     done = harness.wait_for(
         lambda: len({e["tag"] for e in events(app_env["ledger"], "after")}) >= len(records)
         and events(app_env["ledger"], "after"),

@@ -8,9 +8,11 @@ from typing import Any
 import psutil
 
 from tests import harness
+from tests.support.services import ledger
 
 OPERATE = ("kill", "resume")
 INSPECT = ("/state/Test/{key}", "/invocations", "/invocations/{inv}")
+NEVER = 3600.0  # a sleep that outlasts the test on any machine: the invocation is there to act on
 
 
 def listening_addresses(worker: harness.Worker) -> set[str]:
@@ -20,11 +22,11 @@ def listening_addresses(worker: harness.Worker) -> set[str]:
     return {c.laddr.ip for c in conns if c.status == psutil.CONN_LISTEN and c.laddr.port == worker.web_port}
 
 
-def sleeping_invocation(worker: harness.Worker, key: str, seconds: float, token: str | None = None) -> str:
-    status, body = worker.request("POST", f"/Test/{key}/Nap/send", {"tag": key, "seconds": seconds})
+def sleeping_invocation(worker: harness.Worker, key: str, token: str | None = None) -> str:
+    status, body = worker.request("POST", f"/Test/{key}/Nap/send", {"tag": key, "seconds": NEVER})
     assert status == 202, body
     inv: str = body["invocationId"]
-    harness.wait_for(lambda: invocation(worker, inv, token)["status"] == "sleeping", timeout=30,
+    harness.wait_for(lambda: invocation(worker, inv, token)["status"] == "sleeping", timeout=60,
                      what=f"{key} to sleep", detail=worker.tail)
     return inv
 
@@ -32,14 +34,14 @@ def sleeping_invocation(worker: harness.Worker, key: str, seconds: float, token:
 def invocation(worker: harness.Worker, inv: str, token: str | None) -> dict[str, Any]:
     """The invocation's view, read with the operator token."""
     headers = {"authorization": f"Bearer {token}"} if token else {}
-    status, body = worker.request("GET", f"/invocations/{inv}", headers=headers, timeout=10.0)
+    status, body = worker.request("GET", f"/invocations/{inv}", headers=headers, timeout=harness.READ_TIMEOUT)
     return body if status == 200 else {"status": None}  # type: ignore[no-any-return]
 
 
 def test_default_bind__web_server_listens_on_loopback_only_and_operators_need_no_token(workers):
     worker = workers.new()
     assert listening_addresses(worker) == {"127.0.0.1"}
-    inv = sleeping_invocation(worker, "local", seconds=60)
+    inv = sleeping_invocation(worker, "local")
     status, body = worker.request("POST", f"/invocations/{inv}/kill")
     assert status == 202, body
     killed = harness.wait_for(lambda: worker.invocation(inv)["status"] == "failed" and worker.invocation(inv),
@@ -47,12 +49,16 @@ def test_default_bind__web_server_listens_on_loopback_only_and_operators_need_no
     assert "killed" in killed["error"]
 
 
-def test_public_bind_without_token__operator_actions_and_inspection_are_refused_with_403(workers):
+def test_public_bind_without_token__operator_actions_and_inspection_are_refused_with_403(workers, app_env, tmp_path):
     worker = workers.new(env={"STREAMAPP_WEB_HOST": "0.0.0.0"})
     assert listening_addresses(worker) == {"0.0.0.0"}
-    status, body = worker.request("POST", "/Test/public/Nap/send", {"tag": "public", "seconds": 2})
+    gate = tmp_path / "gate"  # holds the invocation between its steps until every refusal is done
+    status, body = worker.request("POST", "/Test/public/Nap/send", {"tag": "public", "gate": str(gate)})
     assert status == 202, body
     inv = body["invocationId"]
+    # Inspection is refused here, so the ledger tells when the invocation is under way.
+    harness.wait_for(lambda: [e for e in ledger(app_env["ledger"]) if e["tag"] == "public"], timeout=60,
+                     what="the invocation to start", detail=worker.tail)
     for path in INSPECT:
         status, body = worker.request("GET", path.format(key="public", inv=inv))
         assert status == 403 and "STREAMAPP_OPERATOR_TOKEN" in body["error"], (path, status, body)
@@ -62,6 +68,7 @@ def test_public_bind_without_token__operator_actions_and_inspection_are_refused_
             assert status == 403 and "STREAMAPP_OPERATOR_TOKEN" in body["error"], (action, status, body)
     status, body = worker.request("POST", "/invocations/inv_unknown/kill")
     assert status == 403, "refused before looking the invocation up"
+    gate.touch()
     # The call answers once the invocation finished: a refused kill must not have killed it.
     status, body = worker.request("POST", "/Test/public/Nap", {"tag": "after", "seconds": 0})
     assert status == 200 and body["count"] == 2, (status, body)
@@ -76,7 +83,7 @@ def test_public_bind_with_token__bearer_token_required_and_never_shown(workers):
         # Another secret in configuration: credentials in the downstream URL (never called here).
         "STREAMAPP_DOWNSTREAM_URL": f"http://streamapp:{password}@127.0.0.1:9",
     })
-    inv = sleeping_invocation(worker, "guarded", seconds=60, token=token)
+    inv = sleeping_invocation(worker, "guarded", token=token)
     refused: list[dict[str, str]] = [
         {}, {"authorization": token}, {"authorization": f"Bearer {token}x"}, {"authorization": f"Basic {token}"},
         {"authorization": "Bearer "}, {"x-operator-token": token},

@@ -1,7 +1,9 @@
 """Services used by integration tests (loaded by workers via STREAMAPP_SERVICES).
 
 Side effects are appended to a JSON-lines ledger (STREAMAPP_TEST_LEDGER) so a
-test can count how often each step really ran, where and when.
+test can count how often each step really ran, where and when. A handler that
+must stay busy until the test has seen what it needs waits on a gate (a file
+the test creates), not for a number of seconds.
 """
 
 from __future__ import annotations
@@ -36,6 +38,13 @@ class NapRequest:
     tag: str
     seconds: float = 0.0  # durable sleep between the two steps
     work: float = 0.0     # plain (non-durable) work between the steps
+    gate: str = ""        # then (non-durably) wait until the test creates this file
+
+
+async def wait_at_gate(path: str) -> None:
+    # A stat of a local file, polled: the gate is a file another process creates.
+    while not os.path.exists(path):  # noqa: ASYNC110, ASYNC240
+        await asyncio.sleep(0.05)
 
 
 @dataclasses.dataclass
@@ -59,6 +68,8 @@ async def Nap(ctx: ObjectContext, req: NapRequest) -> dict[str, Any]:
         await ctx.sleep(req.seconds)
     if req.work:
         await asyncio.sleep(req.work)
+    if req.gate:
+        await wait_at_gate(req.gate)
     await ctx.run("after", lambda: record(event="after", key=ctx.key, tag=req.tag, inv=inv, started=started))
     count = ctx.get("count", 0) + 1
     ctx.set("count", count)
