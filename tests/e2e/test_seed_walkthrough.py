@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 
 from tests import harness
 
@@ -67,6 +71,80 @@ def test_event_transactions__in_process_stubs_print_the_seed_lines(seed_workers,
         assert log.count(f"Updating the user feed for user {user} with post {post_id}") == 1
         pending = f"Content moderation for post {post_id} is still pending... Will check again in 1 seconds"
         assert log.count(pending) == log.count(f"{post_id} is still pending")
+
+
+def kill_when_frozen_log_shows(worker: harness.Worker, condition: Callable[[str], bool], *, timeout: float,
+                              what: str) -> str:
+    """SIGKILL ``worker`` at a moment its log satisfies ``condition``; return that log.
+
+    The log is read while the worker is stopped (SIGSTOP), so nothing happens
+    between the check and the kill; when the check fails it runs on (SIGCONT)
+    and the check is made again a moment later.
+    """
+    assert worker.proc is not None
+    pid = worker.proc.pid
+    deadline = time.monotonic() + timeout
+    while True:
+        os.killpg(pid, signal.SIGSTOP)
+        try:
+            log = worker.log()
+            if condition(log):
+                worker.kill()
+                return log
+        finally:
+            if worker.proc.poll() is None:
+                os.killpg(pid, signal.SIGCONT)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{worker.tail()}")
+        time.sleep(0.2)
+
+
+def test_event_transactions__kill_9_while_posts_wait_for_moderation__each_post_is_created_once(
+    seed_workers, seed_env
+):
+    """The README's walkthrough 1 ends: kill -9 the worker while a post waits for moderation, start it again."""
+    worker = seed_workers.new(env={"STREAMAPP_SESSION_TIMEOUT": "6"})
+    posts = [(f"user{n}", "Hi! This is my first post!") for n in range(6)] + [
+        ("user0", "Hi! This is my second post!"), ("user1", "Hi! This is my second post!")]
+    harness.console_produce(seed_env["posts"], [
+        f'{user}:{{"content": "{content}", "metadata": "public"}}' for user, content in posts])
+    created_re = re.compile(r"^Created post (\S+) for user (\w+) with content: (.*)$", re.M)
+
+    def done(log: str, post_id: str) -> bool:
+        return f"Content moderation for post {post_id} is done" in log
+
+    def pending_and_quiet(log: str) -> bool:
+        # Each created post was polled (a poll follows the create-post step's journal
+        # entry, so the recovery cannot create it again), no feed update is between its
+        # step and the invocation's completion, and a post still waits for moderation.
+        created = [p for p, _, _ in created_re.findall(log)]
+        updates = log.count("Updating the user feed for user")
+        completed = log.count("Invocation completed successfully method=UserFeed/ProcessPost")
+        return all(f"Content moderation for post {p} is " in log for p in created) and updates == completed \
+            and any(not done(log, p) for p in created)
+
+    first_life = kill_when_frozen_log_shows(worker, pending_and_quiet, timeout=90,
+                                            what="a post waiting for moderation, every created post polled")
+    pending_at_kill = {p for p, _, _ in created_re.findall(first_life) if not done(first_life, p)}
+    worker.start()
+    harness.wait_for(lambda: worker.log().count("Updating the user feed for user") == len(posts), timeout=120,
+                     what="every post's feed update", detail=worker.tail)
+    log = worker.log()
+    created = created_re.findall(log)
+    assert sorted((user, content) for _, user, content in created) == sorted(posts), "a post was created twice"
+    second_life = log[len(first_life):]
+    for post_id, user, _ in created:
+        update = f"Updating the user feed for user {user} with post {post_id}"
+        assert log.count(update) == 1 and log.count(f"Content moderation for post {post_id} is done") == 1
+        if post_id in pending_at_kill:  # it resumed from its journal: same post id, no second create
+            assert done(second_life, post_id) and update in second_life
+    for user in ("user0", "user1"):  # per-key order held across the kill
+        first, second = (next(p for p, u, c in created if u == user and c == text)
+                         for text in ("Hi! This is my first post!", "Hi! This is my second post!"))
+        assert log.index(f"Updating the user feed for user {user} with post {first}") \
+            < log.index(f"Created post {second} for user {user}")
+    harness.wait_for(lambda: worker.get("/invocations")["invocations"] == [], timeout=30,
+                     what="no unfinished invocation", detail=worker.tail)
 
 
 def test_event_enrichment__register_update_and_query_over_http_and_cli(seed_workers, seed_env):

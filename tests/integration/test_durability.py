@@ -150,21 +150,104 @@ def test_retries__flaky_succeeds_after_backoff_terminal_is_not_retried_and_drift
     assert json.loads(by_inv[terminal].value or b"") == {"tag": "term"}  # the original payload
 
 
-def test_retry__backoff_survives_a_crash_with_its_attempt_count(workers, app_env):
-    worker = workers.new()
-    inv = send(worker, "/SlowRetry/r/Flaky/send", {"tag": "crashy", "failures": 2})
-    harness.wait_for(lambda: worker.invocation(inv)["status"] == "retrying", timeout=30,
-                     what="the first attempt to fail", detail=worker.tail)
-    assert worker.invocation(inv)["attempts"] == 1
+def attempts_of(path: str, inv: str) -> list[dict[str, object]]:
+    return [e for e in events(path, "attempt") if e["inv"] == inv]
+
+
+def test_crash__retry_counts_carry_over_and_a_paused_invocation_stays_paused_until_resumed(workers, app_env):
+    worker = workers.new(env={"STREAMAPP_SESSION_TIMEOUT": "6"})
+    ledger_path = app_env["ledger"]
+    drift = send(worker, "/Test/d/DriftOnce/send", {"tag": "drift"})
+    harness.wait_for(lambda: worker.invocation(drift)["status"] == "paused", timeout=60,
+                     what="the drifting invocation to pause", detail=worker.tail)
+    # SlowRetry: 3 attempts, 3 s apart. Sent only now, so the kill lands well before a second attempt.
+    flaky = send(worker, "/SlowRetry/r/Flaky/send", {"tag": "crashy", "failures": 2})
+    doomed = send(worker, "/SlowRetry/x/Flaky/send", {"tag": "doomed", "failures": 99})
+    harness.wait_for(lambda: all(worker.invocation(i)["status"] == "retrying" for i in (flaky, doomed)),
+                     timeout=30, what="both first attempts to fail", detail=worker.tail)
+    assert worker.invocation(doomed)["attempts"] == 1
     worker.kill()
+    before = {inv: len(attempts_of(ledger_path, inv)) for inv in (flaky, doomed, drift)}
+    assert before[doomed] < 3 and before[flaky] < 3 and before[drift] == 2, before
     worker.start()
-    done = harness.wait_for(lambda: worker.invocation(inv)["status"] == "completed" and worker.invocation(inv),
-                            timeout=90, what="the invocation to succeed after the restart", detail=worker.tail)
-    attempts = [e for e in events(app_env["ledger"], "attempt") if e["inv"] == inv]
-    # max_attempts=3 and two failures: the count carried over the crash, or a third failure
-    # would have been needed after the restart and it would have been dead-lettered.
-    assert len(attempts) == 3 and done["result"] == "ok"
+
+    failed = harness.wait_for(lambda: worker.invocation(doomed)["status"] == "failed" and worker.invocation(doomed),
+                              timeout=90, what="the doomed invocation to exhaust its retries", detail=worker.tail)
+    # The count carried over the crash: 3 attempts in all, some in each life. A restart
+    # that forgot it would have allowed 3 more.
+    attempts = attempts_of(ledger_path, doomed)
+    assert len(attempts) == 3 and failed["attempts"] == 3, (attempts, failed)
     assert len({e["pid"] for e in attempts}) == 2
+    assert "RuntimeError: flaky failure of doomed (after 3 attempts)" == failed["error"]
+    done = harness.wait_for(lambda: worker.invocation(flaky)["status"] == "completed" and worker.invocation(flaky),
+                            timeout=60, what="the flaky invocation to succeed", detail=worker.tail)
+    assert done["result"] == "ok" and len(attempts_of(ledger_path, flaky)) == 3
+    dlq = [r for r in dead_letters(app_env["dead_letters"]) if r.headers["streamapp.invocation"] == doomed.encode()]
+    assert len(dlq) == 1, f"dead-lettered {len(dlq)} times"
+    assert dlq[0].headers["streamapp.error"] == b"RuntimeError: flaky failure of doomed (after 3 attempts)"
+    assert dlq[0].key == b"x" and json.loads(dlq[0].value or b"") == {"tag": "doomed", "failures": 99}
+
+    # The paused invocation stayed paused through the restart (the doomed one's retries,
+    # seconds after the restart, show the worker was running it all along): not run again,
+    # not dead-lettered; it resumes when asked.
+    paused = worker.invocation(drift)
+    assert paused["status"] == "paused" and "NonDeterminismError" in paused["error"], paused
+    assert len(attempts_of(ledger_path, drift)) == 2
+    assert [r for r in dead_letters(app_env["dead_letters"]) if r.headers["streamapp.invocation"] == drift.encode()] \
+        == []
+    status, reply = worker.request("POST", f"/invocations/{drift}/resume")
+    assert status == 202, reply
+    resumed = harness.wait_for(lambda: worker.invocation(drift)["status"] not in ("paused", "running", "sleeping")
+                               and worker.invocation(drift), timeout=60, what="the resumed invocation",
+                               detail=worker.tail)
+    assert resumed["status"] == "completed" and resumed["result"] == "resumed", resumed
+    assert [e["event"] for e in ledger(ledger_path) if e.get("inv") == drift] == ["attempt"] * 3 + ["after"]
+
+
+def test_crash__a_journaled_send_is_not_sent_again_and_its_target_runs_once(workers, app_env, tmp_path):
+    worker = workers.new(env={"STREAMAPP_SESSION_TIMEOUT": "6"})
+    ledger_path = app_env["ledger"]
+    gates = {name: tmp_path / f"gate-{name}" for name in ("hold", "r1", "r2")}
+    # Key t2 is held busy, so r2's target is still queued at the kill; t1 is free, so r1's has run.
+    hold = send(worker, "/Test/t2/Relay/send", {"tag": "hold", "gate": str(gates["hold"])})
+    r1 = send(worker, "/Test/r1/Relay/send", {"tag": "to-t1", "to": "t1", "gate": str(gates["r1"])})
+    r2 = send(worker, "/Test/r2/Relay/send", {"tag": "to-t2", "to": "t2", "gate": str(gates["r2"])})
+
+    def journal(inv: str) -> list[str]:
+        return [f"{e['type']} {e['name']}" for e in worker.invocation(inv).get("journal") or []]
+
+    harness.wait_for(lambda: journal(r1) == journal(r2) == ["send send Test/Receive"]
+                     and [e["key"] for e in events(ledger_path, "received")] == ["t1"],
+                     timeout=60, what="both sends journaled and t1's target run", detail=worker.tail)
+    t1_early = events(ledger_path, "received")[0]["inv"]
+    harness.wait_for(lambda: worker.invocation(t1_early)["status"] == "completed", timeout=30,
+                     what="t1's target to complete", detail=worker.tail)
+    queued = [i for i in worker.get("/invocations")["invocations"] if i["method"] == "Test/Receive"]
+    assert [(i["key"], i["status"]) for i in queued] == [("t2", "pending")], queued
+    first_life = worker.proc.pid if worker.proc else -1
+    worker.kill()  # each relay waits at its gate: the send is journaled, the invocation not complete
+    assert not events(ledger_path, "after")
+    worker.start()
+    for gate in gates.values():
+        gate.touch()
+    results = {}
+    for inv in (hold, r1, r2):
+        results[inv] = harness.wait_for(
+            lambda i=inv: worker.invocation(i)["status"] == "completed" and worker.invocation(i), timeout=60,
+            what=f"relay {inv} to complete", detail=worker.tail)
+    t1, t2 = results[r1]["result"], results[r2]["result"]
+    assert t1 == t1_early
+    harness.wait_for(lambda: worker.invocation(t2)["status"] == "completed", timeout=60,
+                     what="the queued target to run after the restart", detail=worker.tail)
+    received = events(ledger_path, "received")
+    assert Counter(e["inv"] for e in received) == {t1: 1, t2: 1}, received
+    assert {e["inv"]: (e["key"], e["pid"] == first_life) for e in received} == {t1: ("t1", True), t2: ("t2", False)}
+    for inv in (r1, r2):
+        assert journal(inv) == ["send send Test/Receive", "run after"]
+        assert [e["sent"] for e in events(ledger_path, "after") if e["inv"] == inv] == [results[inv]["result"]]
+    assert results[hold]["result"] is None
+    # Nothing else was invoked: one Receive per relay, none pending.
+    assert worker.get("/invocations")["invocations"] == []
 
 
 def test_code_change__renamed_step_pauses_a_sleeper_and_the_rolled_back_code_resumes_it(workers, app_env):

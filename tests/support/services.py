@@ -106,6 +106,53 @@ async def Drift(ctx: ObjectContext, req: Fail) -> None:
     await ctx.run("end", lambda: None)
 
 
+@test.handler()
+async def DriftOnce(ctx: ObjectContext, req: Fail) -> str:
+    """Its second execution names its first step differently: a bad deploy, then the rollback.
+
+    The first execution journals ``step-a`` and sleeps; the second (the timer
+    fired) asks for ``step-b`` and pauses; a third (after a resume) matches again.
+    """
+    inv = ctx.invocation_id
+    record(event="attempt", key=ctx.key, tag=req.tag, inv=inv)
+    await ctx.run("step-b" if _attempts(inv) == 2 else "step-a", lambda: None)
+    await ctx.sleep(0.2)
+    await ctx.run("end", lambda: record(event="after", key=ctx.key, tag=req.tag, inv=inv))
+    return "resumed"
+
+
+@dataclasses.dataclass
+class RelayRequest:
+    tag: str
+    to: str = ""    # key of the Test/Receive invocation it sends (none when empty)
+    gate: str = ""  # a file the handler waits for, not durably, after the send (a test opens it)
+
+
+async def wait_gate(path: str) -> None:
+    """Wait until the test creates ``path`` (polled: a file gives nothing to await)."""
+    while path:
+        if await asyncio.to_thread(os.path.exists, path):
+            return
+        await asyncio.sleep(0.05)
+
+
+@test.handler()
+async def Relay(ctx: ObjectContext, req: RelayRequest) -> str | None:
+    """``ctx.send`` to Test/Receive, then wait at a gate, then one step: a kill can land between them."""
+    inv = ctx.invocation_id
+    sent = await ctx.send("Test", req.to, "Receive", {"tag": req.tag}) if req.to else None
+    await wait_gate(req.gate)
+    await ctx.run("after", lambda: record(event="after", key=ctx.key, tag=req.tag, inv=inv, sent=sent))
+    return sent
+
+
+@test.handler()
+async def Receive(ctx: ObjectContext, req: NapRequest) -> str:
+    inv = ctx.invocation_id
+    await ctx.run("received", lambda: record(event="received", key=ctx.key, tag=req.tag, inv=inv))
+    return inv
+
+
 @dataclasses.dataclass
 class TickRequest:
     n: int
