@@ -495,9 +495,15 @@ class Runtime:
         if self.app.rebalancing or self.activation is None or not self.activation.done():
             return False
         changelog = self.tables.invocations.changelog_topic.get_topic_name()
-        if not any(parts.get(changelog) for parts in self.app.assignor.table_metadata(changelog).values()):
+        given = self.app.assignor.table_metadata(changelog)
+        if not any(parts.get(changelog) for parts in given.values()):
             return False  # the group has not assigned the internal topic yet (created moments ago)
-        return self.assigned_partitions() <= self.engine.live_partitions()
+        # What the group gave this worker, as the assignor says and as the consumer holds: a
+        # topic created moments ago can be in the first and missing from the second until
+        # the next rebalance, and this worker answers for those partitions (owner lookups).
+        me = str(self.app.conf.canonical_url).rstrip("/")
+        mine = {p for url, parts in given.items() if str(url).rstrip("/") == me for p in parts.get(changelog, ())}
+        return (mine | self.assigned_partitions()) <= self.engine.live_partitions()
 
     def _wire(self) -> None:
         app = self.app
