@@ -6,6 +6,8 @@ Evidence (gathered by the driver once the system is quiet):
     posts, feeds  the backend's records, one per idempotency key, with a global sequence
                   (``createdAt`` / ``seq``) that orders every recorded side effect
     dead_letters  the dead-letter topic
+    bad           the malformed records the driver interleaved (``--bad-records``), read back
+                  from the source topic with the reason each dead letter must give
     status        the engine's view (GET /invocations/{id}) of events that did not complete
     calls         the recording proxy: each backend call, the worker incarnation that made it,
                   when it arrived and when it was answered
@@ -14,7 +16,9 @@ Evidence (gathered by the driver once the system is quiet):
     entries,      the internal topic's journal ``entry`` and ``activate`` commands (log order):
     epochs        which step executions the engine journaled under which activation
 
-Crashes, journaled re-runs and re-runs of steps: ``chaos.steps``.
+Crashes, journaled re-runs and re-runs of steps: ``chaos.steps``. Malformed
+records: ``_bad_records`` (one dead letter each, with its reason; a repeat only
+after a fault that fell before the record's offset was committed).
 
 What each check can and cannot see:
 
@@ -73,11 +77,21 @@ class SourceEvent:
 
 
 @dataclass(frozen=True)
+class BadSource:
+    """A malformed record in the source topic, and what its dead letter's error must say."""
+
+    offset: int
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class DeadLetter:
     key: str | None
     error: str
     invocation: str | None
     offset: int | None
+    time: float = 0.0  # when it was produced (record timestamp)
 
 
 @dataclass(frozen=True)
@@ -103,6 +117,7 @@ class Evidence:
     entries: list[Entry] = field(default_factory=list)
     epochs: list[EpochStart] = field(default_factory=list)
     session_timeout: float = 10.0
+    bad: list[BadSource] = field(default_factory=list)  # malformed source records (not events)
 
     def to_json(self) -> dict[str, Any]:
         """Everything but ``partition_of``, for ``python -m chaos --recheck``."""
@@ -113,6 +128,7 @@ class Evidence:
             "calls": [asdict(c) for c in self.calls], "activations": [asdict(a) for a in self.activations],
             "events": [asdict(d) for d in self.events], "entries": [asdict(e) for e in self.entries],
             "epochs": [asdict(e) for e in self.epochs], "session_timeout": self.session_timeout,
+            "bad": [asdict(b) for b in self.bad],
         }
 
     @classmethod
@@ -126,6 +142,7 @@ class Evidence:
             entries=[Entry(**e) for e in data.get("entries", [])],
             epochs=[EpochStart(**e) for e in data.get("epochs", [])],
             session_timeout=data.get("session_timeout", 10.0),
+            bad=[BadSource(**b) for b in data.get("bad", [])],
         )
 
 
@@ -158,6 +175,11 @@ class Report:
     crashes: int = 0
     journaled_reruns: int = 0
     reruns: int = 0  # steps run again before their entry was durable (allowed; unexplained ones are violations)
+    bad_records: int = 0  # malformed records in the source topic
+    bad_missing: int = 0  # ... with no dead letter
+    bad_duplicated: int = 0  # dead letters beyond the first of a malformed record, unexplained by a fault
+    bad_redelivered: int = 0  # ... explained: a fault just after the first, before the source offset was committed
+    bad_wrong_reason: int = 0  # ... whose dead letter does not give the reason
     violations: list[Violation] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     subjects: set[str] = field(default_factory=set)  # invocation ids involved in violations
@@ -172,7 +194,9 @@ class Report:
             f"order_violations={self.order_violations} stuck={self.stuck} dead_lettered={self.dead_lettered} "
             f"serial_violations={self.serial_violations} overlaps={self.overlaps} stale_calls={self.stale_calls} "
             f"crashes={self.crashes} journaled_reruns={self.journaled_reruns} reruns={self.reruns} "
-            f"faults_effective={self.faults_effective} "
+            f"faults_effective={self.faults_effective} bad_records={self.bad_records} "
+            f"bad_missing={self.bad_missing} bad_duplicated={self.bad_duplicated} "
+            f"bad_redelivered={self.bad_redelivered} bad_wrong_reason={self.bad_wrong_reason} "
             f"dup_attempts={self.dup_post_attempts + self.dup_feed_attempts} "
             f"(posts={self.dup_post_attempts} feeds={self.dup_feed_attempts})"
         )
@@ -203,6 +227,7 @@ def check(ev: Evidence, faults: int) -> Report:
     _order(ev, r, done)
     _overlaps(ev, r)
     _steps(ev, r)
+    _bad_records(ev, r)
     return r
 
 
@@ -263,8 +288,10 @@ def _completion(ev: Evidence, r: Report) -> dict[str, tuple[dict[str, Any], dict
         if post_id not in {p["postId"] for p in ev.posts}:
             r.add("duplicated", post_id, f"feed update(s) {feeds} for a post the backend does not know")
 
-    r.dead_lettered = len(ev.dead_letters)
-    for dl in ev.dead_letters:
+    bad_offsets = {b.offset for b in ev.bad}
+    unexpected = [dl for dl in ev.dead_letters if dl.offset not in bad_offsets]
+    r.dead_lettered = len(unexpected)
+    for dl in unexpected:
         r.add("dead_lettered", dl.key or "(no key)", f"invocation={dl.invocation} source offset={dl.offset} "
               f"error={dl.error}", dl.invocation)
     dead_invs = {dl.invocation for dl in ev.dead_letters}
@@ -420,3 +447,54 @@ def _steps(ev: Evidence, r: Report) -> None:
                   f"{rr.first.incarnation} at {clock(rr.first.start)}, with no fault or crash from "
                   f"{steps.RERUN_WINDOW + ev.session_timeout:g}s before the first call to the repeat",
                   inv_of_key(rr.key))
+
+
+# -- each malformed record dead-lettered once, with its reason -------------------
+COMMIT_WINDOW = 8.0  # seconds after a dead letter within which its source offset is committed (Faust: 2.8 s)
+
+
+def _bad_records(ev: Evidence, r: Report) -> None:
+    """Each malformed record: one dead letter, with its reason.
+
+    The sources agent dead-letters a record, and Faust commits its offset at
+    the next commit (every ``broker_commit_interval``, 2.8 s); a rebalance
+    drops uncommitted acks without committing them. A worker killed or paused
+    past its session, a rebalance, or the broker going away in between lets
+    the partition's next owner read the record again and dead-letter it again
+    (dead letters of source records are at least once). Such a repeat is
+    counted (``bad_redelivered``), not failed, when an effective fault or crash
+    falls within ``COMMIT_WINDOW`` after the first letter; when it comes later
+    (a broker outage can hold the re-read back for long) is not bounded. Any
+    other repeat is a violation (``bad_duplicated``): the record was handled
+    twice with nothing to excuse it (a skipped commit, a replay not skipped).
+    """
+    letters: dict[int | None, list[DeadLetter]] = defaultdict(list)
+    for dl in ev.dead_letters:
+        letters[dl.offset].append(dl)
+    disturbances = sorted((d for d in ev.events if d.effective and (d.kind in FAULTS or d.kind == "crash")),
+                          key=lambda d: d.time)
+    r.bad_records = len(ev.bad)
+    for bad in ev.bad:
+        mine = sorted(letters.get(bad.offset, []), key=lambda dl: dl.time)
+        subject = f"{bad.kind} record at source offset {bad.offset}"
+        if not mine:
+            r.bad_missing += 1
+            r.add("bad_missing", subject, "no dead letter")
+            continue
+        first = mine[0]
+        for again in mine[1:]:
+            cause = next((d for d in disturbances if first.time - 1.0 <= d.time <= first.time + COMMIT_WINDOW),
+                         None)
+            if cause is not None:
+                r.bad_redelivered += 1
+                r.notes.append(f"{subject} dead-lettered again at {clock(again.time)} after {cause.kind} "
+                               f"{cause.target or ''} at {clock(cause.time)} (first at {clock(first.time)})")
+            else:
+                r.bad_duplicated += 1
+                r.add("bad_duplicated", subject, f"dead-lettered at {clock(first.time)} and again at "
+                      f"{clock(again.time)}, with no fault or crash within {COMMIT_WINDOW:g}s after the first "
+                      "(its source offset stayed uncommitted)")
+        wrong = [dl.error for dl in mine if bad.reason not in dl.error]
+        if wrong:
+            r.bad_wrong_reason += 1
+            r.add("bad_wrong_reason", subject, f"dead letter says {wrong[0]!r}, expected {bad.reason!r}")

@@ -42,7 +42,7 @@ from chaos.cluster import Broker, Downstream, Worker, http_json, snapshot_code
 from chaos.proxy import RecordingProxy
 from chaos.steps import Disturbance
 from chaos.topics import create_topics, read_topic
-from chaos.workload import Producer
+from chaos.workload import BAD_HEADER, REASONS, Producer, bad_records
 
 
 def say(text: str) -> None:
@@ -143,7 +143,8 @@ class ChaosRun:
         assert self.broker is not None
         a = self.args
         self.producer = Producer(self.broker.bootstrap, self.source_topic, workload,
-                                 window=a.duration * a.produce_fraction).start()
+                                 window=a.duration * a.produce_fraction, bad=bad_records(a.bad_records),
+                                 seed=self.seed).start()
         self.t0 = time.monotonic()
         for action in plan:
             while self.elapsed() < action.at:
@@ -255,7 +256,8 @@ class ChaosRun:
                 parts = "".join(str(p) for p in health.get("live_partitions", []))
                 states.append(f"{w.incarnation}[{parts}]{'' if health.get('ready') else '(not ready)'}")
         broker = "starting" if self.broker.starter is not None else ("up" if self.broker.pid() else "down")
-        self.log(f"progress: produced={self.producer.acked}/{len(self.producer.events)} feed_updates={feeds} "
+        self.log(f"progress: produced={self.producer.acked}/{len(self.producer.events)} "
+                 f"bad={self.producer.acked_bad} feed_updates={feeds} "
                  f"workers={','.join(states) or '-'} broker={broker}")
 
     # -- phase 3 ---------------------------------------------------------------------
@@ -294,6 +296,8 @@ class ChaosRun:
             if ready and len(ready) == len(alive):
                 code, body = http_json(ready[0].url + "/invocations", timeout=20)
                 unfinished = len(body["invocations"]) if code == 200 else None
+            if done and unfinished == 0 and self.producer.acked_bad:  # and the bad records' dead letters
+                done = len(read_topic(self.broker.bootstrap, self.dead_letter_topic)) >= self.producer.acked_bad
             if done and unfinished == 0:
                 quiet_since = quiet_since or time.monotonic()
                 if time.monotonic() - quiet_since >= 3.0:  # let stray (zombie) calls land too
@@ -310,7 +314,12 @@ class ChaosRun:
         for_record, partition_for, topic_id = engine_functions(self.workdir / "code")
         source = []
         source_id = topic_id(self.broker.bootstrap, self.source_topic)  # ids name the topic's incarnation
+        bad = []
         for rec in read_topic(self.broker.bootstrap, self.source_topic):
+            kind = rec.headers.get(BAD_HEADER)
+            if kind is not None:  # a malformed record the driver interleaved: it must be dead-lettered
+                bad.append(checks.BadSource(rec.offset, kind.decode(), REASONS[kind.decode()]))
+                continue
             value = json.loads(rec.value or b"null")
             source.append(checks.SourceEvent(rec.offset, (rec.key or b"").decode(), value["content"],
                                              for_record(self.app_id, rec.topic, source_id, rec.partition,
@@ -321,7 +330,7 @@ class ChaosRun:
             offset = h.get("streamapp.source.offset")
             dead.append(checks.DeadLetter((rec.key or b"").decode("utf-8", "replace") if rec.key else None,
                                           h.get("streamapp.error", ""), h.get("streamapp.invocation"),
-                                          int(offset) if offset and offset.isdigit() else None))
+                                          int(offset) if offset and offset.isdigit() else None, rec.timestamp))
         records = self.downstream.records()
         complete_posts = {f["postId"] for f in records["feedUpdates"]}
         complete = {checks.inv_of_key(p["idempotencyKey"]) for p in records["posts"] if p["postId"] in complete_posts}
@@ -345,6 +354,7 @@ class ChaosRun:
             dead_letters=dead, status=status, calls=self.proxy.snapshot(), activations=activations,
             partition_of=lambda user: partition_for(f"UserFeed/{user}", partitions),
             events=self.events, entries=entries, epochs=epochs, session_timeout=self.args.session_timeout,
+            bad=bad,
         )
         (self.workdir / "evidence.json").write_text(json.dumps({"partitions": partitions, **evidence.to_json()}))
         return evidence

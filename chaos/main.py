@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=None, help="fault plan and workload seed (default: random)")
     p.add_argument("--events", type=int, default=2000, help="M events")
     p.add_argument("--users", type=int, default=50, help="K users (keys)")
+    p.add_argument("--bad-records", type=int, default=0,
+                   help="malformed records (bad JSON, no key, wrong type, invalid UTF-8, empty) interleaved with "
+                        "the events; each must be dead-lettered once with its reason")
     p.add_argument("--workers", type=int, default=2, help="workers at the start")
     p.add_argument("--max-workers", type=int, default=3, help="worker slots (add_worker fills them)")
     p.add_argument("--partitions", type=int, default=8, help="STREAMAPP_PARTITIONS")
@@ -84,7 +87,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def reproduce(args: argparse.Namespace) -> str:
     extra = []
-    for name, default in (("events", 2000), ("users", 50), ("workers", 2), ("max_workers", 3), ("partitions", 8),
+    for name, default in (("events", 2000), ("users", 50), ("bad_records", 0), ("workers", 2), ("max_workers", 3),
+                          ("partitions", 8),
                           ("session_timeout", 10.0), ("poll_interval", 0.2), ("pending_polls", 1), ("gap", "3,12"),
                           ("faults", ",".join(faults.FAULTS)), ("produce_fraction", 0.8), ("settle", 180.0)):
         value = getattr(args, name)
@@ -189,6 +193,7 @@ def write_report(run: ChaosRun, report: checks.Report, evidence: checks.Evidence
     """Write ``report.txt`` in the work dir, print the summary; returns the report's lines."""
     args = run.args
     lines = [f"chaos run: seed={args.seed} duration={args.duration:g}s events={args.events} users={args.users} "
+             f"bad_records={args.bad_records} "
              f"workers={args.workers}..{args.max_workers} partitions={args.partitions} "
              f"session_timeout={args.session_timeout:g}s code={run.code_version}"]
     lines += run.fault_log

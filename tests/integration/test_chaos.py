@@ -1,4 +1,5 @@
-"""A short fixed-seed chaos run (issue 6, item 2): every fault kind once or more, a few hundred events.
+"""A short fixed-seed chaos run (issue 6, item 2): every fault kind once or more, a few hundred events,
+and malformed records of every kind interleaved with them (each must be dead-lettered once, with its reason).
 
 The driver brings its own broker (ports from the OS, a temp data dir), so the
 broker it SIGKILLs is never the one the rest of the suite uses. Seed 1 over 60
@@ -35,11 +36,12 @@ SETTLE = 180
 SILENT_LIMIT = 300
 RUN_LIMIT = 1500  # a last resort under pytest's timeout below, leaving the driver time to clean up
 SUMMARY = re.compile(r"^faults=.*$", re.M)
+BAD_RECORDS = 25  # 5 of each kind
 # Every invariant the driver checks, crashes (a worker exiting on its own) and journaled
 # re-runs included; a step re-run before its entry was durable (after a fault) is counted
 # (``reruns``), not failed, and a re-run with no fault near it is a violation (exit code 1).
 ZERO = ("lost", "stuck", "dead_lettered", "duplicated", "order_violations", "serial_violations", "overlaps",
-        "stale_calls", "crashes", "journaled_reruns")
+        "stale_calls", "crashes", "journaled_reruns", "bad_missing", "bad_duplicated", "bad_wrong_reason")
 
 
 def run_driver(args: list[str]) -> tuple[int, str]:
@@ -85,7 +87,8 @@ def test_chaos__short_fixed_seed_run__every_invariant_holds(tmp_path):
     assert {a.kind for a in planned} == set(faults.FAULTS)
     code, out = run_driver([
         "--duration", str(DURATION), "--seed", str(SEED), "--gap", GAP, "--session-timeout", str(SESSION_TIMEOUT),
-        "--events", "300", "--users", "20", "--settle", str(SETTLE), "--workdir", str(tmp_path / "run"),
+        "--events", "300", "--users", "20", "--bad-records", str(BAD_RECORDS), "--settle", str(SETTLE),
+        "--workdir", str(tmp_path / "run"),
         "--save", str(tmp_path / "results"), "--allow-dirty",  # the suite runs from any tree
     ])
     summary = SUMMARY.search(out)
@@ -94,7 +97,7 @@ def test_chaos__short_fixed_seed_run__every_invariant_holds(tmp_path):
     print(summary.group(0))
     assert int(fields["faults"]) == len(planned)
     assert 0 < int(fields["faults_effective"]) <= len(planned)
-    assert int(fields["events"]) == 300
+    assert int(fields["events"]) == 300 and int(fields["bad_records"]) == BAD_RECORDS
     violations = "\n".join(line for line in out.splitlines() if "VIOLATION" in line)
     assert {k: int(fields[k]) for k in ZERO} == dict.fromkeys(ZERO, 0), violations[:6000]
     assert code == 0, f"chaos run failed ({code}); work dir {tmp_path / 'run'}:\n{out[-6000:]}"

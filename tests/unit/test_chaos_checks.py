@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from chaos import checks, faults, logs
+from chaos import checks, faults, logs, workload
 from chaos.proxy import Call
 from chaos.steps import Disturbance, Entry, EpochStart
 
@@ -51,11 +51,12 @@ class World:
         self.events: list[Disturbance] = []
         self.entries: list[Entry] = []
         self.epochs: list[EpochStart] = []
+        self.bad: list[checks.BadSource] = []
 
     def check(self) -> checks.Report:
         ev = checks.Evidence(self.source, self.posts, self.feeds, self.dup_posts, self.dup_feeds, self.dead,
                              self.status, self.calls, self.activations, lambda user: int(user[1:]),
-                             self.events, self.entries, self.epochs, session_timeout=6.0)
+                             self.events, self.entries, self.epochs, session_timeout=6.0, bad=self.bad)
         return checks.check(ev, faults=3)
 
 
@@ -70,8 +71,8 @@ def test_checks__a_clean_run_passes_and_counts_duplicate_attempts_without_failin
     assert report.ok, report.violations
     assert report.summary() == (
         "faults=3 events=6 lost=0 duplicated=0 order_violations=0 stuck=0 dead_lettered=0 serial_violations=0 "
-        "overlaps=0 stale_calls=0 crashes=0 journaled_reruns=0 reruns=0 faults_effective=0 "
-        "dup_attempts=3 (posts=2 feeds=1)"
+        "overlaps=0 stale_calls=0 crashes=0 journaled_reruns=0 reruns=0 faults_effective=0 bad_records=0 "
+        "bad_missing=0 bad_duplicated=0 bad_redelivered=0 bad_wrong_reason=0 dup_attempts=3 (posts=2 feeds=1)"
     )
 
 
@@ -108,6 +109,39 @@ def test_checks__dead_letters_fail_the_run():
     world = World()
     world.dead.append(checks.DeadLetter("u0", "TerminalError: boom", inv(0), 0))
     assert world.check().dead_lettered == 1
+
+
+def test_checks__each_bad_record_must_be_dead_lettered_once_with_its_reason_or_again_only_after_a_fault():
+    world = World()
+    reasons = workload.REASONS
+    for n, kind in enumerate(workload.BAD_KINDS):
+        world.bad.append(checks.BadSource(100 + n, kind, reasons[kind]))
+        world.dead.append(checks.DeadLetter(None, f"InvalidInputError: {reasons[kind]}: ...", None, 100 + n))
+    report = world.check()
+    assert report.ok and report.bad_records == 5 and report.dead_lettered == 0, report.violations
+    world.dead.append(checks.DeadLetter("bad0", f"InvalidInputError: {reasons['bad-json']}", None, 100))  # again
+    world.dead = [d if d.offset != 103 else checks.DeadLetter(d.key, d.error, None, 103, T0) for d in world.dead]
+    # Dead-lettered again after its worker was killed before the offset was committed: allowed.
+    world.dead.append(checks.DeadLetter("bad3", f"InvalidInputError: {reasons['bad-utf8']}", None, 103, T0 + 20))
+    world.events.append(Disturbance(T0 + 2, "kill_worker", "w0.1"))
+    world.dead = [d for d in world.dead if d.offset != 101]  # the no-key record never dead-lettered
+    world.dead = [d if d.offset != 102 else checks.DeadLetter("bad2", "TerminalError: boom", "inv_x", 102)
+                  for d in world.dead]  # dead-lettered by a handler, not refused at the source
+    report = world.check()
+    assert (report.bad_duplicated, report.bad_missing, report.bad_wrong_reason) == (1, 1, 1), report.violations
+    assert report.bad_redelivered == 1 and any("offset 103" in n and "kill_worker" in n for n in report.notes)
+    assert kinds(report) == {"bad_duplicated": 1, "bad_missing": 1, "bad_wrong_reason": 1}
+    assert "bad_duplicated=1" in report.summary()
+
+
+def test_workload__bad_records_interleave_with_events_in_order():
+    events = workload.events(1, 40, 4)
+    bad = workload.bad_records(7)
+    mixed = workload.interleave(1, events, bad)
+    assert [e for e in mixed if isinstance(e, workload.Event)] == events
+    assert [b for b in mixed if isinstance(b, workload.BadRecord)] == bad
+    assert mixed == workload.interleave(1, events, bad)  # the seed names the positions
+    assert {b.kind for b in bad} == set(workload.BAD_KINDS) and bad[1].key is None
 
 
 def test_checks__feed_updates_out_of_source_order_are_order_violations():
