@@ -44,9 +44,12 @@ class Ingress(Protocol):
 
     def handler(self, service: str, name: str) -> Handler | None: ...
     def owner(self, okey: str) -> str | None:
-        """Base URL of the worker owning ``okey``, None for this one; NotDrivenError if nobody owns it."""
+        """Base URL of the worker owning ``okey``, None when this one drives it; NotDrivenError if nobody
+        drives it yet (unowned, or assigned here and still starting)."""
     def peers(self) -> list[str]:
         """The other workers' base URLs."""
+    def driven(self) -> set[int]:
+        """The partitions this worker drives (their tables are complete here)."""
     async def invoke(self, target: dict[str, Any], source: Any) -> None:
         """Make an invocation durable in its key's inbox (MessageSizeTooLargeError when too large)."""
     def wait(self, inv_id: str, okey: str) -> asyncio.Future[Record]:
@@ -91,12 +94,18 @@ class RuntimeIngress:
         for url, topics in self.rt.app.assignor.table_metadata(changelog).items():
             if p in topics.get(changelog, ()):
                 base = str(url).rstrip("/")
-                return None if base == self._me() else base
+                if base == self._me():
+                    # Assigned here, not driven yet: its tables may still be restoring.
+                    raise NotDrivenError(p, starting=True)
+                return base
         raise NotDrivenError(p, starting=False)
 
     def peers(self) -> list[str]:
         urls = {str(url).rstrip("/") for url in self.rt.app.assignor.tables_metadata()}
         return sorted(urls - {self._me()})
+
+    def driven(self) -> set[int]:
+        return set(self.rt.engine.live_partitions())
 
     async def invoke(self, target: dict[str, Any], source: Any) -> None:
         await self.rt.invoke(target, source=source)

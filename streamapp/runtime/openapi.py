@@ -28,11 +28,13 @@ from streamapp.durable.service import Handler, Registry
 from streamapp.runtime.routes import (
     DELAY_PATTERN,
     IDEMPOTENCY,
+    INVOCATION_HEADER,
     JSON,
     KEY_PARAM,
     MODELS,
     MOVING,
     OPENAPI_VERSION,
+    OWNER_GONE,
     ROUTES,
     TOO_LARGE,
     error,
@@ -72,6 +74,7 @@ def _handler_paths(builder: SchemaBuilder, handler: Handler) -> dict[str, Any]:
                 "404": error("Unknown service or handler."),
                 "413": TOO_LARGE,
                 "503": MOVING,
+                "504": OWNER_GONE,
             },
         }
         return {base: {
@@ -84,7 +87,7 @@ def _handler_paths(builder: SchemaBuilder, handler: Handler) -> dict[str, Any]:
         "summary": f"Call {handler.method} and wait for its result",
         "parameters": [KEY_PARAM, IDEMPOTENCY],
         "responses": {
-            "200": {**result, "headers": {"x-streamapp-invocation-id": {
+            "200": {**result, "headers": {INVOCATION_HEADER: {
                 "description": "The invocation's id.", "schema": {"type": "string"}}}},
             "400": error("The body is not JSON or does not match the handler's input, or the idempotency-key "
                           "is not UTF-8."),
@@ -93,7 +96,9 @@ def _handler_paths(builder: SchemaBuilder, handler: Handler) -> dict[str, Any]:
             "413": TOO_LARGE,
             "500": error("The invocation failed terminally (TerminalError, or retries exhausted)."),
             "503": MOVING,
-            "504": error("The invocation is still running after the call timeout; poll /invocations/{id}."),
+            "504": error("The invocation is still running after the call timeout (poll /invocations/{id}), or "
+                          "the key's owner stopped answering mid-call (it died): retry with the same "
+                          "idempotency-key."),
         },
     }
     send = {

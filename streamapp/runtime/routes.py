@@ -48,9 +48,13 @@ def param(name: str, where: str, description: str, schema: dict[str, Any], requi
     return {"name": name, "in": where, "required": required, "description": description, "schema": schema}
 
 
+INVOCATION_HEADER = "x-streamapp-invocation-id"  # on a call's 200 answer, also when forwarded
 KEY_PARAM = param("key", "path", "The object's key: one actor per (service, key).",
                    {"type": "string", "minLength": 1, "pattern": KEY_PATTERN})
-MOVING = error("No worker owns the key's partition yet, or the key moved while the call waited: retry.")
+MOVING = error("No worker owns the key's partition yet, its owner is still starting it or does not answer (killed, "
+               "its session not expired yet), or the key moved while the call waited: retry.")
+OWNER_GONE = error("The key's owner stopped answering mid-request (it died): retry, with the same "
+                   "idempotency-key for a call.")
 TOO_LARGE = error("The body is larger than STREAMAPP_MAX_BODY_BYTES.")
 IDEMPOTENCY = param("idempotency-key", "header", "Deduplicates: the same key returns the same invocation.",
                      {"type": "string"}, required=False)
@@ -86,6 +90,8 @@ REFUSED = {
 }
 INV_ID = param("id", "path", "An invocation id (inv_...).", {"type": "string", "minLength": 1, "pattern": KEY_PATTERN})
 UNREACHABLE = error("Not held by this worker, and a peer did not answer in time; retry.")
+RESTORING = error("Not found on the workers that answered, and a partition is between owners or its tables are "
+                  "being restored: retry.")
 
 
 def _operate(action: str, summary: str) -> Route:
@@ -94,6 +100,7 @@ def _operate(action: str, summary: str) -> Route:
         "responses": {
             "202": ok("Accepted: the action is durable.", {"$ref": "#/components/schemas/OperatorAction"}),
             "404": error("Unknown invocation."),
+            "503": RESTORING,
             "504": UNREACHABLE,
         },
     }, guarded=True, args=(("action", action),))
@@ -111,6 +118,7 @@ def _state(registry: Registry) -> Operation:
                                "state": {"type": "object", "additionalProperties": True}}}),
             "404": error("Unknown service."),
             "503": MOVING,
+            "504": OWNER_GONE,
         },
     }
 
@@ -128,7 +136,7 @@ ROUTES: tuple[Route, ...] = (
         "tags": ["inspect"], "operationId": "invocations.get",
         "summary": "An invocation's status, result or error, and journal", "parameters": [INV_ID],
         "responses": {"200": ok("The invocation.", {"$ref": "#/components/schemas/Invocation"}),
-                      "404": error("Unknown invocation."), "504": UNREACHABLE},
+                      "404": error("Unknown invocation."), "503": RESTORING, "504": UNREACHABLE},
     }, guarded=True),
     _operate("resume", "Run a paused invocation again"),
     _operate("kill", "Fail an invocation; its key moves on"),

@@ -40,7 +40,7 @@ from streamapp.durable.context import SharedContext
 from streamapp.durable.errors import InvalidInputError
 from streamapp.runtime import commands, openapi
 from streamapp.runtime.ingress import Ingress, NotDrivenError, RuntimeIngress
-from streamapp.runtime.routes import ROUTES, Route
+from streamapp.runtime.routes import INVOCATION_HEADER, ROUTES, Route
 
 if TYPE_CHECKING:
     from streamapp.runtime.app import Runtime
@@ -80,10 +80,8 @@ class Views:
         try:
             return self.rt.owner(okey)
         except NotDrivenError as exc:
-            raise web.HTTPServiceUnavailable(
-                text=json.dumps({"error": f"no worker owns partition {exc.partition} yet; retry"}),
-                content_type="application/json",
-            ) from None
+            raise web.HTTPServiceUnavailable(text=json.dumps({"error": str(exc)}),
+                                             content_type="application/json") from None
 
     async def forward(self, request: web.Request, base: str, body: bytes | None) -> web.Response:
         if request.headers.get(FORWARDED):
@@ -93,8 +91,19 @@ class Views:
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "idempotency-key",
                                                                                  "authorization")}
         headers[FORWARDED] = "1"
-        async with self.session.request(request.method, base + request.path_qs, data=body, headers=headers) as resp:
-            return web.Response(body=await resp.read(), status=resp.status, content_type="application/json")
+        try:
+            async with self.session.request(request.method, base + request.path_qs, data=body,
+                                            headers=headers) as resp:
+                passed = {k: v for k, v in resp.headers.items() if k.lower() == INVOCATION_HEADER}
+                return web.Response(body=await resp.read(), status=resp.status, content_type="application/json",
+                                    headers=passed)
+        except aiohttp.ClientConnectorError:
+            # Nothing reached the owner: killed and still holding its partitions until
+            # its session expires, or not listening yet.
+            return json_error(503, f"the key's owner {base} does not answer; retry")
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            # Sent, but no answer came back (the owner died or hung mid-call): it may have run.
+            return json_error(504, f"the key's owner {base} stopped answering; retry with the same idempotency-key")
 
     async def read_body(self, request: web.Request) -> bytes:
         limit = self.rt.settings.max_body_bytes
@@ -177,7 +186,7 @@ class Views:
         if rec["status"] == "failed":
             code = rec.get("code") or 500
             return json_error(code if 400 <= code <= 599 else 500, rec["error"], invocationId=inv_id)
-        return web.json_response(rec["result"], headers={"x-streamapp-invocation-id": inv_id})
+        return web.json_response(rec["result"], headers={INVOCATION_HEADER: inv_id})
 
     # -- inspection --------------------------------------------------------------
     async def state(self, request: web.Request) -> web.Response:
@@ -224,24 +233,33 @@ class Views:
                 silent.append(tasks[task])
         return out, sorted(silent)
 
-    async def find(self, request: web.Request, inv_id: str) -> tuple[dict[str, Any] | None, list[str]]:
-        """The invocation's view (here or on a peer), and the peers that could not say."""
+    async def find(self, request: web.Request, inv_id: str) -> tuple[dict[str, Any] | None, list[str], list[int]]:
+        """The invocation's view (here or on a peer); else the peers that could not say, and the
+        partitions no worker that answered drives (being restored, or between owners).
+
+        Only the tables of a partition a worker drives are complete: "not found" is
+        definite when the workers that said so drive every partition between them
+        (each 404 names the partitions its worker drives).
+        """
         held = self.rt.lookup(inv_id)
         if held is not None:
-            return view(held[0], running=held[1]), []
+            return view(held[0], running=held[1]), [], []
         if request.headers.get(FORWARDED):
-            return None, []
+            return None, [], []
         answers, silent = await self.ask_peers(request, f"/invocations/{inv_id}")
+        covered = self.rt.driven()
         for status, body in answers:
             if status == 200:
-                return body, []
-        return None, silent
+                return body, [], []
+            if status == 404 and isinstance(body, dict) and isinstance(body.get("live_partitions"), list):
+                covered.update(p for p in body["live_partitions"] if isinstance(p, int))
+        return None, silent, sorted(set(range(self.rt.settings.partitions)) - covered)
 
     async def invocation(self, request: web.Request) -> web.Response:
         inv_id = request.match_info["id"]
-        found, silent = await self.find(request, inv_id)
+        found, silent, moving = await self.find(request, inv_id)
         if found is None:
-            return not_found(inv_id, silent)
+            return not_found(inv_id, silent, moving, self.rt.driven())
         return web.json_response(found)
 
     async def invocations(self, request: web.Request) -> web.Response:
@@ -260,9 +278,9 @@ class Views:
 
     async def operate(self, request: web.Request, action: str) -> web.Response:
         inv_id = request.match_info["id"]
-        found, silent = await self.find(request, inv_id)
+        found, silent, moving = await self.find(request, inv_id)
         if found is None:
-            return not_found(inv_id, silent)
+            return not_found(inv_id, silent, moving, self.rt.driven())
         await self.rt.operate(found["service"], found["key"], inv_id, action)
         return web.json_response({"invocationId": inv_id, "action": action, "status": "Accepted"}, status=202)
 
@@ -303,11 +321,14 @@ class Views:
         ]})
 
 
-def not_found(inv_id: str, silent: list[str]) -> web.Response:
+def not_found(inv_id: str, silent: list[str], moving: list[int], live: set[int]) -> web.Response:
     if silent:  # one of them may hold it: not a definite 404
         return json_error(504, f"invocation {inv_id} not found here; {len(silent)} peer(s) did not answer in time",
                           unreachable=silent)
-    return json_error(404, f"unknown invocation {inv_id}")
+    if moving:  # a partition's tables are being restored, or it is between owners
+        return json_error(503, f"invocation {inv_id} not found; partitions {moving} are not driven by any worker "
+                          "that answered (moving or restoring); retry", moving=moving)
+    return json_error(404, f"unknown invocation {inv_id}", live_partitions=sorted(live))
 
 
 def view(rec: dict[str, Any], journal: bool = True, running: bool = False) -> dict[str, Any]:

@@ -174,3 +174,94 @@ async def test_invocation_lookup__every_peer_answers_unknown__404() -> None:
             resp = await asyncio.wait_for(client.get("/invocations/inv_nowhere"), 60)
     assert resp.status == 404
 
+
+
+async def test_reads__partition_assigned_but_not_driven__503_not_a_stale_answer() -> None:
+    # Assigned here, tables still being restored: what the local tables hold may be behind.
+    async with serve(runtime(EngineRig(), nothing)) as client:
+        for path in ("/state/Test/k", "/Test/k/Count"):
+            resp = await client.get(path)
+            body = await resp.json()
+            assert resp.status == 503 and "retry" in body["error"], (path, body)
+
+
+@contextlib.asynccontextmanager
+async def driving_peer(live: list[int]) -> AsyncIterator[str]:
+    """A peer that holds no invocation and says which partitions it drives."""
+    async def invocation(request: web.Request) -> web.Response:
+        return web.json_response({"error": "unknown", "live_partitions": live}, status=404)
+
+    app = web.Application()
+    app.router.add_get("/invocations/{id}", invocation)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_invocation_lookup__unknown_everywhere_while_a_partition_is_not_driven__503_not_404() -> None:
+    rig = EngineRig()
+    rig.activate(0)
+    rig.activate(1)
+    async with driving_peer([2]) as partial, driving_peer([2, 3]) as full:
+        async with serve(runtime(rig, nothing, [partial])) as client:
+            resp = await asyncio.wait_for(client.get("/invocations/inv_somewhere"), 60)
+            body = await resp.json()
+        assert resp.status == 503 and "retry" in body["error"], body  # partition 3 is restoring somewhere
+        async with serve(runtime(rig, nothing, [full])) as client:
+            resp = await asyncio.wait_for(client.get("/invocations/inv_nowhere"), 60)
+            body = await resp.json()
+        assert resp.status == 404 and body["live_partitions"] == [0, 1], body
+
+
+def runtime_owned_by(owner: str) -> Any:
+    """Views of a worker that owns no partition: every key is forwarded to ``owner``."""
+    rt = runtime(EngineRig(), nothing, [owner])
+    changelog = rt.tables.invocations.changelog_topic.get_topic_name()
+    owned = {owner: {changelog: set(range(PARTITIONS))}}
+    rt.app.assignor.table_metadata = lambda topic: owned if topic == changelog else {}
+    return rt
+
+
+@contextlib.asynccontextmanager
+async def owner(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_forward__owner_down_503_owner_dying_mid_call_504_and_the_answer_keeps_its_invocation_id() -> None:
+    async def answers(request: web.Request) -> web.StreamResponse:
+        return web.json_response({"tag": "t", "count": 1}, headers={"x-streamapp-invocation-id": "inv_x"})
+
+    async def dies(request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        request.transport.close()  # the owner is killed while the call waits
+        await asyncio.sleep(10)
+        raise AssertionError("unreachable")
+
+    async with owner(answers) as url, serve(runtime_owned_by(url)) as client:
+        resp = await client.post("/Test/k/Nap", json={"tag": "t"})
+        assert resp.status == 200 and resp.headers["x-streamapp-invocation-id"] == "inv_x"
+    async with owner(dies) as url, serve(runtime_owned_by(url)) as client:
+        resp = await client.post("/Test/k/Nap", json={"tag": "t"})
+        body = await resp.json()
+        assert resp.status == 504 and "retry" in body["error"], body
+    async with owner(answers) as url:
+        pass  # stopped: nothing listens there any more, as with a killed worker before its session expires
+    async with serve(runtime_owned_by(url)) as client:
+        for method, path in (("POST", "/Test/k/Nap"), ("GET", "/state/Test/k"), ("GET", "/Test/k/Count")):
+            resp = await client.request(method, path, json={"tag": "t"})
+            body = await resp.json()
+            assert resp.status == 503 and "retry" in body["error"], (path, body)

@@ -42,6 +42,9 @@ class MemoryIngress:
     def peers(self) -> list[str]:
         return []
 
+    def driven(self) -> set[int]:
+        return set(range(self.settings.partitions))
+
     async def invoke(self, target: dict[str, Any], source: Any) -> None:
         raise AssertionError("not used here")
 
