@@ -8,30 +8,11 @@ Data flow:
                                           ▲
              actors (journal entries, outcomes), scheduler (fire), HTTP, operators
 
-Commit order for a source record (at-least-once):
-  1. the record is decoded and validated (or dead-lettered, with its reason);
-  2. its ``invoke`` command is produced to the internal topic and the broker
-     acknowledges it (acks=all): the invocation is now durable in the inbox;
-  3. the agent's loop moves on, which acks the event to Faust;
-  4. Faust's commit (every ``broker_commit_interval``) flushes the producer,
-     then commits the highest offset below which every record is acked.
-     The sources agent runs with concurrency 1, so acks arrive in offset
-     order and the committed offset never passes an undurable record.
-
-Commit order for an internal command: the agent applies it to the tables
-(changelog records are buffered), acks it; Faust's commit flushes the
-changelog records (every one buffered before the flush began is acknowledged:
-``runtime/flush.py``; Faust's own flush can return early), then commits the
-command's offset. A crash before that
-replays the command; applying is idempotent (ids, statuses, journal indexes).
-
-Two guards keep Faust's delivery honest around rebalances and stalls:
-  * each agent admits a partition's records once and in offset order
-    (``runtime/offsets.py``): a jump seeks back instead of running ahead;
-  * only records an agent handled become committable (the ack gate in
-    ``runtime/tuning.py``): Faust acks records its stream skips.
-A worker that finds it was frozen past most of its session stops its actors
-and partitions until the group confirms what it owns (``watch_stall``).
+The commit protocol (what makes a record's offset committable, in which
+order) is ``runtime/delivery.py``'s; Faust and aiokafka internals are reached
+only in ``runtime/faust_adapter.py``. A worker that finds it was frozen past
+most of its session stops its actors and partitions until the group confirms
+what it owns (``watch_stall``).
 """
 
 from __future__ import annotations
@@ -40,13 +21,10 @@ import asyncio
 import logging
 import time
 import uuid
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 import faust
-from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 from faust.sensors import Sensor
 from faust.types import TP
@@ -54,12 +32,11 @@ from faust.types import TP
 from streamapp.config import Settings
 from streamapp.durable import mute
 from streamapp.durable.service import Registry
-from streamapp.runtime import commands, limits, ops, tuning
+from streamapp.runtime import commands, faust_adapter, limits, ops
 from streamapp.runtime.actors import ActorPool
+from streamapp.runtime.delivery import Delivery
 from streamapp.runtime.engine import Engine
 from streamapp.runtime.expiry import EXPIRE_EVERY
-from streamapp.runtime.flush import CompleteFlush
-from streamapp.runtime.offsets import OffsetGuard
 from streamapp.runtime.scheduler import Scheduler
 from streamapp.runtime.sources import Ingest
 from streamapp.runtime.startup import (
@@ -81,7 +58,7 @@ class StreamApp(faust.App):
     """faust.App that lets the runtime add raw aiohttp routes."""
 
     runtime: Runtime
-    ack_gate: Callable[[Any], bool] | None = None  # consulted by the consumer (runtime/tuning.py)
+    ack_gate: Callable[[Any], bool] | None = None  # consulted by the consumer (faust_adapter.Consumer.ack)
 
     def on_webserver_init(self, web: Any) -> None:
         # Faust calls this more than once for the same aiohttp app.
@@ -101,7 +78,7 @@ class StreamApp(faust.App):
         await wait_for_broker(settings.broker, settings.broker_wait)
         # Faust's producer and consumer bootstrap after this returns; the
         # broker may be killed or restarting by then.
-        tuning.patient_bootstrap(settings.broker, settings.broker_wait)
+        faust_adapter.patient_bootstrap(settings.broker_wait)
         topic = self.runtime.internal.get_topic_name()
         await check_partitions(bootstrap_servers(settings.broker), topic, settings.partitions)
 
@@ -111,10 +88,7 @@ class StreamApp(faust.App):
         # flushes and stops the producer.
         await self.runtime.actors.stop()
         await super().on_stop()
-        if self.runtime._admin is not None:
-            await self.runtime._admin.close()
-        if self.runtime._prober is not None:
-            await self.runtime._prober.stop()
+        await self.runtime.delivery.close()
         await self.runtime.ingest.close()
 
     async def on_shutdown(self) -> None:
@@ -136,13 +110,13 @@ class _RebalanceSensor(Sensor):
 
 class Runtime:
     def __init__(self, settings: Settings, registry: Registry) -> None:
-        tuning.install()
+        faust_adapter.check_versions()
         self.settings = settings
         self.registry = registry
         advertised = advertised_url(settings)
         self.app = StreamApp(
             settings.app_id,
-            broker=settings.broker,
+            broker=faust_adapter.transport_url(bootstrap_servers(settings.broker)),  # streamapp's transport
             store="rocksdb://",
             datadir=str(settings.table_dir),  # per app id: two apps never share table files
             web_bind=settings.web_host,
@@ -199,18 +173,9 @@ class Runtime:
         self.capacity.set()
         self.activation: asyncio.Future[None] | None = None
         self.reclaiming: asyncio.Future[None] | None = None
-        self.guards = {
-            name: OffsetGuard(name, self.seek, self.start_offset, self.forget_faust_gap, self.overtaken, self.probe)
-            for name in ("invocations", "sources")
-        }
+        self.delivery = Delivery(self.app, bootstrap_servers(settings.broker))
         self.generation: int | None = None  # the consumer generation of the last assignment
-        # Records the agents handled (or had handled before): only their acks count.
-        self.handled: weakref.WeakSet[Any] = weakref.WeakSet()
-        self.gated_topics: set[str] = set()
-        self.app.ack_gate = self.ackable
-        self._admin: AIOKafkaAdminClient | None = None
-        self._prober: AIOKafkaConsumer | None = None
-        self._probing = asyncio.Lock()
+        self.app.ack_gate = self.delivery.ackable
         self.limits: limits.Limits | None = None  # read from the broker before the first command is applied
         self._reading_limits = asyncio.Lock()
         self._dead_lettering: set[asyncio.Future[None]] = set()
@@ -300,7 +265,7 @@ class Runtime:
                     topics[name] = getattr(self.tables, name).changelog_topic.get_topic_name()
                 try:
                     found = await asyncio.wait_for(
-                        limits.read(await self.admin(), topics, self.app.conf.producer_max_request_size), 30)
+                        limits.read(await self.delivery.admin(), topics, self.app.conf.producer_max_request_size), 30)
                 except (KafkaError, OSError, LookupError) as exc:  # OSError covers TimeoutError
                     log.warning("Could not read the broker's record limits, retrying in=%.0fs error=%r", delay, exc)
                     await asyncio.sleep(delay)
@@ -309,78 +274,6 @@ class Runtime:
                 self.limits = self.engine.limits = self.actors.limits = found
                 log.info("Record limits command=%d rows=%s", found.command, dict(found.rows))
             return self.limits
-
-    # -- offsets ---------------------------------------------------------------
-    async def seek(self, tp: TP, offset: int) -> None:
-        try:
-            await self.app.consumer.seek_wait({tp: offset})
-        except Exception as exc:  # the partition moved meanwhile: the next owner reads it
-            log.warning("Seek failed partition=%s offset=%s error=%r", tp, offset, exc)
-
-    def overtaken(self, message: Any) -> bool:
-        """Whether a rebalance began after ``message`` was fetched (Faust delivers it again)."""
-        return bool(message.generation_id != self.app.consumer_generation_id
-                    or not self.app.flow_control.is_active())
-
-    def ackable(self, message: Any) -> bool:
-        """Whether the consumer may count ``message`` as processed (see runtime/tuning.py)."""
-        if message.topic not in self.gated_topics:
-            return True
-        if message in self.handled:
-            self.handled.discard(message)
-            return True
-        return False
-
-    async def admin(self) -> AIOKafkaAdminClient:
-        if self._admin is None:
-            self._admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(self.settings.broker))
-            await self._admin.start()
-        return self._admin
-
-    async def start_offset(self, tp: TP) -> int | None:
-        """Where this group starts reading ``tp``: its committed offset, else the log start."""
-        try:
-            admin = await self.admin()
-            offsets = await asyncio.wait_for(
-                admin.list_consumer_group_offsets(self.app.conf.id, partitions=[tp]), timeout=10)
-            meta = offsets.get(tp)
-            if meta is not None and meta.offset >= 0:
-                return int(meta.offset)
-            earliest = await asyncio.wait_for(self.app.consumer.earliest_offsets(tp), timeout=10)
-            return int(earliest[tp])
-        except Exception as exc:
-            log.warning("Could not read the start offset partition=%s error=%r", tp, exc)
-            return None
-
-    async def probe(self, tp: TP, offset: int) -> int | None:
-        """The offset of the first record the broker holds at or after ``offset`` in ``tp``.
-
-        Read with a reader of its own (no group), so Faust's pipeline cannot
-        blur the answer. None when the broker could not say in time.
-        """
-        async with self._probing:
-            try:
-                if self._prober is None:
-                    self._prober = AIOKafkaConsumer(
-                        bootstrap_servers=bootstrap_servers(self.settings.broker), enable_auto_commit=False,
-                        auto_offset_reset="earliest", max_partition_fetch_bytes=self.app.conf.consumer_max_fetch_size)
-                    await self._prober.start()
-                self._prober.assign([tp])
-                self._prober.seek(tp, offset)
-                records = await self._prober.getmany(tp, timeout_ms=5000, max_records=1)
-                found = records.get(tp)  # type: ignore[call-overload]
-                return int(found[0].offset) if found else None
-            except Exception as exc:
-                log.warning("Could not probe partition=%s offset=%s error=%r", tp, offset, exc)
-                return None
-
-    def forget_faust_gap(self, tp: TP, start: int, last: int) -> None:
-        """Faust counts a jump in offsets as a compaction gap that may be committed
-        without being acked; after a hole the guard filled, that range was read
-        again and is acked record by record."""
-        gaps = getattr(self.app.consumer, "_gap", None)
-        if gaps is not None and tp in gaps:
-            gaps[tp].chop(start, last + 1)
 
     def on_assignment(self, assigned: set[TP]) -> None:
         """Drop what belonged to partitions that moved (or may have moved) away.
@@ -399,11 +292,7 @@ class Runtime:
         kept = set() if skipped else {tp.partition for tp in assigned if tp.topic == topic}
         if skipped:
             log.warning("Rebalance skipped generations (now %s): restarting every partition", generation)
-            for guard in self.guards.values():
-                guard.forget()
-        else:
-            for guard in self.guards.values():
-                guard.forget([tp for tp in list(guard.next) if tp not in assigned])
+        self.delivery.forget(None if skipped else assigned)
         self.engine.release(self.engine.known_partitions() - kept)
 
     # -- rebalance -------------------------------------------------------------
@@ -456,8 +345,7 @@ class Runtime:
         self.engine.alive_at = now
         if last is None or now - last <= self.engine.stall_limit:
             return
-        for guard in self.guards.values():
-            guard.forget()  # others may have read on meanwhile: start again from the group's commits
+        self.delivery.forget()  # others may have read on meanwhile: start again from the group's commits
         live = self.engine.live_partitions()
         log.warning("Worker stalled for %.1fs (limit %.1fs): stopping partitions=%s until the group reassigns them",
                     now - last, self.engine.stall_limit, sorted(live))
@@ -485,7 +373,7 @@ class Runtime:
 
     async def _rejoin_after_stall(self) -> None:
         while self.stalled:
-            if tuning.request_rejoin(self.app.consumer):
+            if faust_adapter.request_rejoin(self.app.consumer):
                 log.info("Asked the group for a new assignment after the stall")
             await asyncio.sleep(self.settings.session_timeout)
 
@@ -512,7 +400,6 @@ class Runtime:
         app = self.app
         self.app.sensors.add(_RebalanceSensor(self))
         self.app.sensors.add(limits.ChangelogGuard(self.changelog_topics))
-        CompleteFlush(app.producer)  # a commit waits for every table row written before it
 
         @app.on_partitions_revoked.connect  # type: ignore[arg-type]
         async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
@@ -524,7 +411,7 @@ class Runtime:
             self.on_assignment(assigned)
             await self.ingest.on_assigned(assigned)  # source topic ids, before the records are fetched
 
-        guard = self.guards["invocations"]
+        guard = self.delivery.guards["invocations"]
 
         @app.agent(self.internal, name="invocations")
         async def invocations(stream: Any) -> None:
@@ -539,17 +426,17 @@ class Runtime:
                         await self.dead_letter_command(msg, reason)
                 elif msg.acked:
                     continue  # dropped past a hole: read again after the seek
-                self.handled.add(msg)  # applied now, or before this rebalance
+                self.delivery.mark_handled(msg)  # applied now, or before this rebalance
 
         source_topics = [topic for topic, _ in self.settings.subscriptions]
         # Declared so that a missing source topic is created (1 partition, as
         # the seed's compose file does) instead of silently never assigned.
         sources = app.topic(*source_topics, partitions=1, internal=True, key_serializer="raw", value_serializer="raw")
-        self.gated_topics = {self.internal.get_topic_name(), *source_topics}
+        self.delivery.gate([self.internal.get_topic_name(), *source_topics])
 
         @app.agent(sources, name="sources")
         async def sources_agent(stream: Any) -> None:
-            source_guard = self.guards["sources"]
+            source_guard = self.delivery.guards["sources"]
             async for events in stream.take_events(500, within=0.005):
                 await self.admit()
                 events = await self.ingest.confirm(events)  # which topic incarnation the records are from
@@ -560,7 +447,7 @@ class Runtime:
                         if await source_guard.admit(event.message):
                             admitted.append(event)
                         elif not event.message.acked:
-                            self.handled.add(event.message)  # made durable before this rebalance
+                            self.delivery.mark_handled(event.message)  # made durable before this rebalance
                     await self.ingest.batch(admitted)
                     durable = True
                 finally:
@@ -568,7 +455,7 @@ class Runtime:
                         # Not durable (cancelled, failed): read these again from the commit, not as replays.
                         source_guard.forget({event.message.tp for event in admitted})
                 for event in admitted:
-                    self.handled.add(event.message)
+                    self.delivery.mark_handled(event.message)
 
         @app.task
         async def scheduler() -> None:
@@ -588,8 +475,7 @@ class Runtime:
         async def flow_control() -> None:
             self.watch_stall()
             self.flow_control()
-            for guard in self.guards.values():
-                await guard.tick()
+            await self.delivery.tick()
 
     async def expire_results(self) -> None:
         """Ask each partition this worker drives to drop outcomes past the retention.

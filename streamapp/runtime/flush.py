@@ -12,8 +12,10 @@ the next owner reads on from the committed offset with tables that lack
 those rows (invocations it never learns of, journals that restart from an
 earlier entry).
 
-``CompleteFlush`` replaces the producer's ``flush`` on the instance: it
-remembers every record put into the buffer, and a flush returns only once
+``CompleteFlush`` stands between the producer and its buffer (the
+transport's ``Producer`` in ``runtime/faust_adapter.py`` routes ``send_soon``
+and ``flush`` through it): it remembers every record put into the buffer,
+and a flush returns only once
 every record put before it began was acknowledged by the broker. Records put
 while it waits (the agent keeps applying) are left to the next flush, so a
 commit under steady load is not postponed indefinitely. A record the broker
@@ -32,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -41,13 +44,11 @@ STILL_WAITING = 30.0  # seconds between warnings while records stay unacknowledg
 
 
 class CompleteFlush:
-    def __init__(self, producer: Any) -> None:
-        self.producer = producer
+    def __init__(self, put: Callable[[Any], None], flush: Callable[[], Awaitable[None]]) -> None:
+        """``put``: the buffer's put; ``flush``: the producer's own flush (Faust's)."""
         self.unsent: deque[asyncio.Future[Any]] = deque()  # in buffer order
-        self._put = producer.buffer.put
-        self._flush = producer.flush
-        producer.buffer.put = self.put
-        producer.flush = self.flush
+        self._put = put
+        self._flush = flush
 
     def put(self, fut: asyncio.Future[Any]) -> None:
         self._put(fut)

@@ -52,6 +52,8 @@ from typing import Any
 
 from faust.types import TP
 
+from streamapp.runtime import faust_adapter
+
 log = logging.getLogger(__name__)
 
 RESEEK_AFTER = 1.0
@@ -100,7 +102,7 @@ class OffsetGuard:
         if expected is None:
             found = await self._start_of(message)
             if found is None:  # a rebalance overtook this record: Faust delivers it again
-                message.acked = True
+                faust_adapter.mark_done(message)
                 return False
             expected = self.next[tp] = found
         if offset == expected:
@@ -120,7 +122,7 @@ class OffsetGuard:
                         self.name, tp.partition, expected, offset)
             await self._seek_back(tp, hole)
         hole.last = max(hole.last, offset)
-        message.acked = True  # done with this delivery, but not acked: the commit stays below the hole
+        faust_adapter.mark_done(message)  # done with this delivery, but not acked: the commit stays below the hole
         if time.monotonic() - hole.sought_at > RESEEK_AFTER:
             await self._seek_back(tp, hole)
         return False

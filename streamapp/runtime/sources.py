@@ -39,6 +39,7 @@ from faust.types import TP
 
 from streamapp.durable import codec, ids
 from streamapp.durable.errors import InvalidInputError
+from streamapp.runtime import faust_adapter
 from streamapp.runtime.topic_ids import TopicIds
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ class Ingest:
             if known is not None and known != topic_id:
                 log.warning("Source topic recreated topic=%s was=%s now=%s", topic, known, topic_id)
                 self.changes[topic] = self.changes.get(topic, 0) + 1
-                self.runtime.guards["sources"].forget([tp for tp in assigned if tp.topic == topic])
+                self.runtime.delivery.guards["sources"].forget([tp for tp in assigned if tp.topic == topic])
             self.topic_ids[topic] = topic_id
 
     async def confirm(self, events: list[Any]) -> list[Any]:
@@ -103,7 +104,7 @@ class Ingest:
         found = await self._current(topics, events)
         if found is None:  # a rebalance overtook the batch: Faust delivers it again
             for event in events:
-                event.message.acked = True
+                faust_adapter.mark_done(event.message)
             return []
         await self._compare(found)
         # Changed now, or by ``watch`` while the lookup ran: either way the batch is of unknown incarnation.
@@ -111,7 +112,7 @@ class Ingest:
         kept = []
         for event in events:
             if event.message.topic in recreated:
-                event.message.acked = True
+                faust_adapter.mark_done(event.message)
             else:
                 kept.append(event)
         return kept
@@ -152,7 +153,7 @@ class Ingest:
                 error: Exception = KeyError(sorted(missing))
             except (TimeoutError, KafkaError, OSError) as exc:  # a deleted topic: unknown until recreated
                 error = exc
-            if any(self.runtime.overtaken(event.message) for event in events):
+            if any(self.runtime.delivery.overtaken(event.message) for event in events):
                 return None
             log.warning("Could not read topic ids, retrying topics=%s in=%.1fs error=%r", topics, delay, error)
             await asyncio.sleep(delay)
@@ -163,7 +164,7 @@ class Ingest:
         tps = [tp for tp in self.runtime.app.consumer.assignment() if tp.topic == topic]
         log.warning("Source topic recreated while assigned topic=%s was=%s now=%s: reading partitions=%s "
                     "again from the start", topic, was, now, sorted(tp.partition for tp in tps))
-        guard = self.runtime.guards["sources"]
+        guard = self.runtime.delivery.guards["sources"]
         guard.forget(tps)
         if not tps:
             return
@@ -175,7 +176,7 @@ class Ingest:
         for tp in tps:
             # Not the group's commit: one made for the old topic may have landed on the new one.
             guard.next[tp] = int(earliest[tp])
-            await self.runtime.seek(tp, guard.next[tp])
+            await self.runtime.delivery.seek(tp, guard.next[tp])
 
     async def batch(self, events: list[Any]) -> None:
         """Make every record of the batch durable (as an invocation or a dead letter).

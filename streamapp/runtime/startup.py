@@ -16,7 +16,7 @@ from aiokafka.errors import KafkaError
 from yarl import URL
 
 from streamapp.config import Settings
-from streamapp.runtime import tuning
+from streamapp.runtime import faust_adapter
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ async def check_partitions(servers: list[str], topic: str, configured: int) -> N
     Keys are placed on partitions by the count: another count reads a key's
     state from the wrong partition and puts one key on two partitions.
     """
-    existing = await tuning.patiently(lambda: existing_partitions(servers, topic), f"describe topic {topic}")
+    existing = await faust_adapter.patiently(lambda: existing_partitions(servers, topic), f"describe topic {topic}")
     if existing is not None and existing != configured:
         raise SystemExit(
             f"STREAMAPP_PARTITIONS={configured} but the internal topic {topic} has {existing} partitions: "

@@ -20,14 +20,13 @@ iteration, so each write lands in the partition of the command being applied
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any, Protocol
 
 import faust
 from faust.types import TP
 
-from streamapp.runtime import changelog
+from streamapp.runtime import changelog, faust_adapter
 
 # One RocksDB per table and partition (6 tables x N partitions): Faust's
 # defaults (64 MB write buffers, a 2 GB block cache each) let memory grow with
@@ -103,7 +102,7 @@ class Tables:
         for table in (self.invocations, self.results, self.timers, self.state, self.meta):
             store = table.data
             topic = table.changelog_topic.get_topic_name()
-            for partition in list(store._dbs):  # the partitions with a local DB open
+            for partition in faust_adapter.open_partitions(store):
                 tp = TP(topic, partition)
                 store.set_persisted_offset(tp, -1)
                 reset.append(tp)
@@ -112,32 +111,13 @@ class Tables:
 
     @staticmethod
     def partition_items(table: Any, partition: int, start: str | None = None) -> Iterator[tuple[str, Any]]:
-        """Items of one partition's RocksDB store, in key order, from ``start`` (inclusive).
-
-        Uses the store's per-partition DBs (Faust's RocksDB store keeps one DB
-        per partition; its public ``items()`` spans all active partitions).
-        Lazy: a value is read and decoded only when the caller gets to it.
-        """
-        store = table.data
-        db = store._db_for_partition(partition)
-        from_key = None if start is None else store._encode_key(start)
-        for raw_key, raw_value in db.items(from_key=from_key):
-            if raw_key != store.offset_key:
-                yield store._decode_key(raw_key), store._decode_value(raw_value)
+        """Items of one partition's RocksDB store, in key order, from ``start`` (inclusive); lazy."""
+        return faust_adapter.items(table.data, partition, start)
 
     @staticmethod
     def partition_keys(table: Any, partition: int, start: str | None = None) -> Iterator[str]:
         """Keys of one partition's RocksDB store, in key order, from ``start``; no value is read."""
-        store = table.data
-        db = store._db_for_partition(partition)
-        from_key = None if start is None else store._encode_key(start)
-        # Faust stores these str keys JSON-encoded; its codec registry costs
-        # more than the RocksDB read, so decode with json when that is the
-        # encoding (checked on a probe key), else through the store.
-        decode = json.loads if store._encode_key('k/"') == json.dumps('k/"').encode() else store._decode_key
-        for raw_key in db.keys(from_key=from_key):
-            if raw_key != store.offset_key:
-                yield decode(raw_key)
+        return faust_adapter.keys(table.data, partition, start)
 
 
 def expiry_key(finished: float, inv_id: str) -> str:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import faust
 import pytest
-from faust.transport.consumer import Consumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from streamapp.runtime import tuning
+from streamapp.runtime import faust_adapter
 
 
 @dataclass(eq=False)
@@ -17,30 +18,47 @@ class Msg:
     acked: bool = False
 
 
-class FakeApp:
-    def __init__(self, handled: set[int]) -> None:
-        self.handled = handled
-
-    def ack_gate(self, message: Any) -> bool:
-        return id(message) in self.handled
+def close(*apps: faust.App) -> None:
+    """Close the loop each consumer's (never started) thread made for itself."""
+    for app in apps:
+        app.consumer._thread.thread_loop.close()  # type: ignore[attr-defined]
 
 
-class FakeConsumer:
-    def __init__(self, app: FakeApp) -> None:
-        self.app = app
+def app_on(broker: str, handled: set[int]) -> faust.App:
+    app = faust.App(f"gate-{id(handled)}", broker=broker, store="memory://")
+    app.ack_gate = lambda message: id(message) in handled  # type: ignore[attr-defined]
+    return app
 
 
-def test_refused_acks_mark_the_delivery_done_but_do_not_reach_the_consumer(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_refused_acks_mark_the_delivery_done_but_do_not_reach_the_consumer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     counted: list[Msg] = []
-    monkeypatch.setattr(tuning, "_original_ack", lambda self, m: counted.append(m) or True)
+    monkeypatch.setattr(faust_aiokafka.Consumer, "ack", lambda self, m: counted.append(m) or True)
     handled, skipped = Msg("t"), Msg("t")
-    consumer = FakeConsumer(FakeApp({id(handled)}))
-    assert tuning._gated_ack(consumer, handled) is True
-    assert tuning._gated_ack(consumer, skipped) is False
+    app = app_on(faust_adapter.transport_url(["127.0.0.1:1"]), {id(handled)})
+    assert app.consumer.ack(handled) is True  # type: ignore[arg-type]
+    assert app.consumer.ack(skipped) is False  # type: ignore[arg-type]
+    close(app)
     assert counted == [handled]
     assert skipped.acked  # so Faust's rebalance does not wait for it
 
 
-def test_install_puts_the_gate_on_faust_consumers() -> None:
-    tuning.install()
-    assert Consumer.ack is tuning._gated_ack
+async def test_the_gate_is_on_streamapps_transport_only() -> None:
+    # Selected through Faust's transport registry by the broker URL's scheme; Faust's own classes are untouched.
+    ours = app_on(faust_adapter.transport_url(["127.0.0.1:1"]), set())
+    plain = app_on("kafka://127.0.0.1:1", set())
+    assert isinstance(ours.consumer, faust_adapter.Consumer)
+    assert isinstance(ours.producer, faust_adapter.Producer)
+    assert not isinstance(plain.consumer, faust_adapter.Consumer)
+    assert faust_aiokafka.Consumer.ack is not faust_adapter.Consumer.ack
+    close(ours, plain)
+
+
+def test_untested_faust_or_aiokafka__refused_with_the_versions_unless_allowed(
+        monkeypatch: pytest.MonkeyPatch, caplog: Any) -> None:
+    faust_adapter.check_versions(env={})  # the pinned versions pass
+    monkeypatch.setitem(faust_adapter.TESTED, "faust-streaming", ("0.0.1",))
+    with pytest.raises(faust_adapter.UntestedVersionError, match=r"faust-streaming 0\.15\.3 \(tested: 0\.0\.1\)"):
+        faust_adapter.check_versions(env={})
+    faust_adapter.check_versions(env={faust_adapter.ALLOW_UNTESTED: "1"})
+    assert "faust-streaming 0.15.3 (tested: 0.0.1)" in caplog.text

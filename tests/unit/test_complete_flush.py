@@ -5,7 +5,8 @@ than 0.1 s to hand to the Kafka client (a broker restart, a leader moving, a
 full accumulator) and Faust then commits: a crash in that window lost the
 table rows of committed commands (chaos: lost invocations, journals that
 diverged between two owners). These tests drive Faust's own buffer, topic
-and sensors; only the Kafka client is a fake.
+and sensors, and streamapp's transport producer (``runtime/faust_adapter.py``);
+only the Kafka client is a fake.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import faust
 import pytest
 
-from streamapp.runtime.flush import CompleteFlush
+from streamapp.runtime import faust_adapter
 
 
 class SlowClient:
@@ -41,8 +42,10 @@ class SlowClient:
         return fut
 
 
-async def app_with(client: SlowClient) -> tuple[faust.App, faust.TopicT]:
-    app = faust.App(f"flush-{id(client)}", broker="kafka://127.0.0.1:1", store="memory://")
+async def app_with(client: SlowClient, faust_only: bool = False) -> tuple[faust.App, faust.TopicT]:
+    """An app on streamapp's transport (on Faust's own with ``faust_only``) sending through ``client``."""
+    broker = "kafka://127.0.0.1:1" if faust_only else faust_adapter.transport_url(["127.0.0.1:1"])
+    app = faust.App(f"flush-{id(client)}", broker=broker, store="memory://")
     topic = app.topic("t-changelog", key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw")
 
@@ -64,7 +67,8 @@ async def stop(app: faust.App) -> None:
 async def test_faust_flush_alone_returns_with_records_still_buffered() -> None:
     # The defect this module exists for: if this starts failing, Faust fixed it.
     client = SlowClient(hand_off=0.25)
-    app, topic = await app_with(client)
+    app, topic = await app_with(client, faust_only=True)
+    assert not isinstance(app.producer, faust_adapter.Producer)
     try:
         for i in range(4):
             topic.send_soon(key=b"k", value=b"%d" % i)
@@ -77,7 +81,7 @@ async def test_faust_flush_alone_returns_with_records_still_buffered() -> None:
 async def test_flush_waits_for_every_record_buffered_before_it() -> None:
     client = SlowClient(hand_off=0.25)
     app, topic = await app_with(client)
-    CompleteFlush(app.producer)
+    assert isinstance(app.producer, faust_adapter.Producer)
     try:
         for i in range(4):
             topic.send_soon(key=b"k", value=b"%d" % i)
@@ -92,7 +96,7 @@ async def test_flush_does_not_wait_for_records_buffered_after_it_began() -> None
     # for those too would postpone the commit for as long as the load lasts.
     client = SlowClient(hand_off=0.2)
     app, topic = await app_with(client)
-    CompleteFlush(app.producer)
+    assert isinstance(app.producer, faust_adapter.Producer)
     try:
         topic.send_soon(key=b"k", value=b"before")
         flush = asyncio.ensure_future(app.producer.flush())
@@ -109,7 +113,7 @@ async def test_flush_does_not_wait_for_records_buffered_after_it_began() -> None
 async def test_a_record_the_broker_refused_fails_the_flush() -> None:
     client = SlowClient(hand_off=0.01, fail=b"bad")
     app, topic = await app_with(client)
-    CompleteFlush(app.producer)
+    assert isinstance(app.producer, faust_adapter.Producer)
     try:
         topic.send_soon(key=b"k", value=b"good")
         topic.send_soon(key=b"k", value=b"bad")
@@ -122,7 +126,7 @@ async def test_a_record_the_broker_refused_fails_the_flush() -> None:
 async def test_a_cancelled_flush_leaves_the_records_to_the_next_one() -> None:
     client = SlowClient(hand_off=0.3)
     app, topic = await app_with(client)
-    flusher = CompleteFlush(app.producer)
+    flusher = app.producer.complete_flush
     try:
         topic.send_soon(key=b"k", value=b"one")
         first = asyncio.ensure_future(app.producer.flush())

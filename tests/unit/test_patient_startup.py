@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
+import faust
 import pytest
-from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from streamapp.runtime import tuning
-
-
-@pytest.fixture
-def restore() -> Any:
-    bootstrap, create_topic = AIOKafkaClient.bootstrap, faust_aiokafka.Transport._create_topic
-    yield
-    AIOKafkaClient.bootstrap = bootstrap  # type: ignore[method-assign]
-    faust_aiokafka.Transport._create_topic = create_topic  # type: ignore[method-assign]
+from streamapp.runtime import faust_adapter
 
 
 def flaky(failures: list[BaseException], calls: list[str]) -> Any:
@@ -28,33 +21,61 @@ def flaky(failures: list[BaseException], calls: list[str]) -> Any:
     return create_topic
 
 
+def transport() -> Any:
+    """streamapp's transport, as a worker's app makes it (Faust's ``_create_topic`` below it is faked)."""
+    app = faust.App("patient", broker=faust_adapter.transport_url(["127.0.0.1:1"]), store="memory://")
+    assert isinstance(app.transport, faust_adapter.Transport)
+    return app.transport
+
+
 async def test_create_topic__connection_closed_by_a_restarting_broker_is_tried_again(
-        restore: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     closed = KafkaConnectionError("Connection at 127.0.0.1:9092 closed")
-    monkeypatch.setattr(tuning, "_plain_create_topic", flaky([closed, closed], calls))
-    tuning.patient_bootstrap("kafka://127.0.0.1:9092", patience=30)
-    await faust_aiokafka.Transport._create_topic(object(), object(), object(), "t", 1, 1)
+    monkeypatch.setattr(faust_aiokafka.Transport, "_create_topic", flaky([closed, closed], calls))
+    faust_adapter.patient_bootstrap(patience=30)
+    await transport()._create_topic(object(), object(), "t", 1, 1)
     assert calls == ["t", "t", "t"]
 
 
 async def test_create_topic__past_the_window_or_for_a_lasting_error_fails_at_once(
-        restore: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    monkeypatch.setattr(tuning, "_plain_create_topic",
-                        flaky([TopicAuthorizationFailedError("denied")], calls))
-    tuning.patient_bootstrap("kafka://127.0.0.1:9092", patience=30)
+    denied = TopicAuthorizationFailedError("denied")
+    monkeypatch.setattr(faust_aiokafka.Transport, "_create_topic", flaky([denied], calls))
+    faust_adapter.patient_bootstrap(patience=30)
     with pytest.raises(TopicAuthorizationFailedError):
-        await faust_aiokafka.Transport._create_topic(object(), object(), object(), "t", 1, 1)
-    monkeypatch.setattr(tuning, "_plain_create_topic", flaky([KafkaConnectionError("closed")], calls))
-    tuning.patient_bootstrap("kafka://127.0.0.1:9092", patience=0)
+        await transport()._create_topic(object(), object(), "t", 1, 1)
+    monkeypatch.setattr(faust_aiokafka.Transport, "_create_topic", flaky([KafkaConnectionError("closed")], calls))
+    faust_adapter.patient_bootstrap(patience=0)
     with pytest.raises(KafkaConnectionError):
-        await faust_aiokafka.Transport._create_topic(object(), object(), object(), "t", 1, 1)
+        await transport()._create_topic(object(), object(), "t", 1, 1)
     assert calls == ["t", "t"]
 
 
+async def test_client_bootstrap__the_producers_client_waits_for_a_restarting_broker(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    tries: list[int] = []
+
+    async def bootstrap() -> None:
+        tries.append(1)
+        if len(tries) < 3:
+            raise KafkaConnectionError("Unable to bootstrap from [('127.0.0.1', 1)]")
+
+    made = SimpleNamespace(client=SimpleNamespace(bootstrap=bootstrap))  # what aiokafka's producer holds
+    monkeypatch.setattr(faust_aiokafka.Producer, "_new_producer", lambda self, transactional_id=None: made)
+    producer = transport().create_producer()._new_producer()
+    faust_adapter.patient_bootstrap(patience=30)
+    await producer.client.bootstrap()
+    assert len(tries) == 3
+    faust_adapter.patient_bootstrap(patience=0)
+    tries.clear()
+    with pytest.raises(KafkaConnectionError):
+        await producer.client.bootstrap()
+
+
 async def test_check_partitions__a_broker_going_away_while_it_reads_is_waited_for(
-        restore: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch) -> None:
     from streamapp.runtime import startup
 
     answers: list[object] = [KafkaConnectionError("Connection closed"), KafkaConnectionError("closed"), 4]
@@ -67,7 +88,7 @@ async def test_check_partitions__a_broker_going_away_while_it_reads_is_waited_fo
         return answer
 
     monkeypatch.setattr(startup, "existing_partitions", existing_partitions)
-    tuning.patient_bootstrap("kafka://127.0.0.1:9092", patience=30)
+    faust_adapter.patient_bootstrap(patience=30)
     with pytest.raises(SystemExit, match="STREAMAPP_PARTITIONS=2 but the internal topic t has 4 partitions"):
         await startup.check_partitions(["127.0.0.1:9092"], "t", 2)
     assert answers == []

@@ -12,7 +12,7 @@ import pytest
 
 from streamapp.config import Settings
 from streamapp.durable.service import Registry
-from streamapp.runtime import tuning
+from streamapp.runtime import faust_adapter
 from streamapp.runtime.actors import ActorPool
 from streamapp.runtime.app import EX_SOFTWARE, Runtime
 
@@ -75,7 +75,7 @@ async def test_stall__woken_worker_applies_nothing_and_waits_for_the_group_inste
 ) -> None:
     rejoins: list[object] = []
     activations: list[object] = []
-    monkeypatch.setattr(tuning, "request_rejoin", lambda consumer: rejoins.append(consumer) or True)
+    monkeypatch.setattr(faust_adapter, "request_rejoin", lambda consumer: rejoins.append(consumer) or True)
 
     async def activate_assigned() -> None:
         activations.append(True)

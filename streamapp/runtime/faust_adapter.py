@@ -1,0 +1,275 @@
+"""Every use of Faust and aiokafka internals, in one module, reached through Faust's transport registry.
+
+Faust picks its transport by the scheme of the broker URL, from a plugin
+registry (``faust.transport.drivers.TRANSPORTS``: ``kafka`` is its aiokafka
+driver). This module registers the scheme ``streamapp`` for ``Transport``, a
+subclass of that driver, and the runtime hands Faust its broker list with
+that scheme (``transport_url``). Nothing is replaced process-wide: a plain
+``faust.App`` in the same process keeps Faust's own classes.
+
+What the subclasses change, and why:
+
+``Consumer.ack`` — the ack gate. Faust's stream skips a record that arrives
+while flow is suspended (a rebalance is starting) or that was fetched under
+an older consumer generation, and acks it all the same; the record then
+counts as processed and the next commit can pass it although no agent saw it
+(chaos runs lost invocations this way). The consumer asks the app's
+``ack_gate(message)`` first: a refused record is done with for this delivery
+(rebalances do not wait for it) but its offset never becomes committable; it
+is read again from the committed offset.
+
+``ConsumerThread._create_worker_consumer`` — fetch wait. Faust builds its
+aiokafka consumer with ``fetch_max_wait_ms=1500``; aiokafka keeps one fetch
+in flight per broker and leaves out partitions that still hold fetched
+records, so data arriving meanwhile waits up to the full 1.5 s. Commands make
+round trips through the internal topic (actor -> log -> agent) on every step:
+a short wait keeps a step's round trip in milliseconds.
+
+``ConsumerThread.request_rejoin`` — a worker frozen past its session may have
+been expelled without knowing it; this makes the group coordinator (on the
+consumer thread's loop) join again, so ownership comes from a fresh
+assignment, not from what the worker believed.
+
+``Producer.send_soon`` / ``Producer.flush`` — the complete flush
+(``runtime/flush.py``): Faust commits right after the producer's flush, and
+Faust's buffer flush can return with table rows still unsent.
+
+Patient start-up — ``wait_for_broker`` proves the broker answered once;
+Faust's clients bootstrap and declare topics right after, and a broker killed
+in between made the worker exit. Within a window (``patient_bootstrap``) the
+bootstrap of each client this transport makes (``Producer._new_producer``,
+``ConsumerThread._create_worker_consumer``) and ``Transport._create_topic``
+are tried again every second after a transient failure.
+
+Readers of internals: ``forget_gap`` (the consumer's compaction-gap ranges),
+``mark_done`` (a message's ``acked`` flag under Faust's ack lock) and the
+RocksDB store's per-partition DBs (``open_partitions``, ``items``, ``keys``).
+
+Checked against the versions in ``TESTED``; ``check_versions`` refuses any
+other at start-up (``STREAMAPP_ALLOW_UNTESTED_FAUST=1`` turns that into a
+warning, for whoever checks a new version).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from importlib import metadata
+from typing import Any, TypeVar
+
+from aiokafka.errors import KafkaConnectionError, KafkaError
+from faust.transport import drivers
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+from faust.types.tuples import ack_lock
+
+from streamapp.runtime.flush import CompleteFlush
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEME = "streamapp"
+FETCH_MAX_WAIT_MS = 10
+# The versions whose internals this module was read against (distribution -> versions).
+TESTED = {"faust-streaming": ("0.15.3",), "aiokafka": ("0.14.0",)}
+ALLOW_UNTESTED = "STREAMAPP_ALLOW_UNTESTED_FAUST"
+
+
+class UntestedVersionError(RuntimeError):
+    """faust-streaming or aiokafka is not a version this module was checked against."""
+
+
+def check_versions(env: dict[str, str] | None = None) -> None:
+    """Refuse to start on a faust-streaming or aiokafka whose internals were not checked."""
+    found = {}
+    for dist in TESTED:
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = "not installed"
+    wrong = [f"{dist} {found[dist]} (tested: {', '.join(TESTED[dist])})"
+             for dist in TESTED if found[dist] not in TESTED[dist]]
+    if not wrong:
+        return
+    message = (f"streamapp relies on internals of faust-streaming and aiokafka checked against known versions; "
+               f"installed: {'; '.join(wrong)}. Install the pinned versions (pip install -e .), or set "
+               f"{ALLOW_UNTESTED}=1 to start anyway while checking a new version (runtime/faust_adapter.py "
+               f"lists what it relies on).")
+    if (env if env is not None else os.environ).get(ALLOW_UNTESTED) == "1":
+        log.warning("%s", message)
+        return
+    raise UntestedVersionError(message)
+
+
+def transport_url(servers: list[str]) -> str:
+    """Faust's broker setting for ``host:port`` servers, selecting this module's transport."""
+    return ";".join(f"{SCHEME}://{server}" for server in servers)
+
+
+# -- start-up patience ---------------------------------------------------------------
+_patient_until = 0.0  # monotonic deadline of the start-up window (patient_bootstrap)
+
+
+def patient_bootstrap(patience: float) -> None:
+    """For ``patience`` seconds from now, start-up waits for the broker instead of failing.
+
+    Covers the clients this transport makes and the topics it declares, and
+    the runtime's own start-up reads (``patiently``); after the window they
+    fail at once as before.
+    """
+    global _patient_until
+    _patient_until = time.monotonic() + patience
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, KafkaConnectionError) or (isinstance(exc, KafkaError) and exc.retriable)
+
+
+async def patiently(call: Callable[[], Awaitable[T]], what: str) -> T:
+    """Run ``call``; within the start-up window, try it again every second while the broker is away."""
+    said = 0.0
+    while True:
+        try:
+            return await call()
+        except Exception as exc:
+            now = time.monotonic()
+            if not _transient(exc) or now >= _patient_until:
+                raise
+            if now - said >= 5:
+                log.warning("Waiting for the broker to %s (up to %.0fs more): %r", what, _patient_until - now, exc)
+                said = now
+        await asyncio.sleep(1.0)
+
+
+def _patient_client(client: Any) -> None:
+    """Make one aiokafka client's bootstrap patient (on the instance)."""
+    plain = client.bootstrap
+
+    async def bootstrap() -> None:
+        await patiently(plain, "bootstrap")
+
+    client.bootstrap = bootstrap
+
+
+# -- the transport -------------------------------------------------------------------
+class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by AIOKafkaConsumer.start() to build its Fetcher
+        _patient_client(consumer._client)
+        return consumer
+
+    def request_rejoin(self) -> bool:
+        """Ask the group coordinator for a rejoin; False when the consumer is not running yet."""
+        client = self._consumer
+        if client is None:
+            return False
+        self.thread_loop.call_soon_threadsafe(client._coordinator.request_rejoin)
+        return True
+
+
+class Consumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> ConsumerThread:
+        return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def ack(self, message: Any) -> bool:
+        gate = getattr(self.app, "ack_gate", None)
+        if gate is not None and not gate(message):
+            mark_done(message)
+            return False
+        return bool(super().ack(message))
+
+    def request_rejoin(self) -> bool:
+        thread = getattr(self, "_thread", None)
+        return isinstance(thread, ConsumerThread) and thread.request_rejoin()
+
+
+class Producer(faust_aiokafka.Producer):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # makes the buffer
+        self.complete_flush = CompleteFlush(self.buffer.put, super().flush)
+
+    def send_soon(self, fut: Any) -> None:
+        self.complete_flush.put(fut)
+
+    async def flush(self) -> None:
+        await self.complete_flush.flush()
+
+    def _new_producer(self, transactional_id: str | None = None) -> Any:
+        producer = super()._new_producer(transactional_id)
+        _patient_client(producer.client)
+        return producer
+
+
+class Transport(faust_aiokafka.Transport):
+    Consumer = Consumer
+    Producer = Producer
+
+    async def _create_topic(self, owner: Any, client: Any, topic: str, partitions: int, replication: int,
+                            **kwargs: Any) -> None:
+        create = super()._create_topic
+        await patiently(lambda: create(owner, client, topic, partitions, replication, **kwargs),
+                        f"create topic {topic}")
+
+
+drivers.TRANSPORTS[SCHEME] = f"{__name__}:Transport"
+
+
+# -- readers of internals ------------------------------------------------------------
+def request_rejoin(consumer: Any) -> bool:
+    """Ask the group for a new assignment; False when the consumer cannot (not started, not ours)."""
+    rejoin = getattr(consumer, "request_rejoin", None)
+    return bool(rejoin()) if rejoin is not None else False
+
+
+def mark_done(message: Any) -> None:
+    """Done with this delivery, not acked: the commit stays below it and it is read again later."""
+    with ack_lock:
+        message.acked = True
+
+
+def forget_gap(consumer: Any, tp: TP, start: int, end: int) -> None:
+    """Drop ``[start, end)`` from the consumer's compaction gaps of ``tp``.
+
+    Faust counts a jump in offsets as a compaction gap that may be committed
+    without being acked; after a hole the offset guard filled, that range
+    was read again and is acked record by record.
+    """
+    gaps = getattr(consumer, "_gap", None)
+    if gaps is not None and tp in gaps:
+        gaps[tp].chop(start, end)
+
+
+def open_partitions(store: Any) -> list[int]:
+    """The partitions of a Faust RocksDB store with a local DB open."""
+    return list(store._dbs)
+
+
+def items(store: Any, partition: int, start: str | None = None) -> Iterator[tuple[str, Any]]:
+    """One partition's (key, value) pairs of a Faust RocksDB store, in key order, from ``start``.
+
+    Faust keeps one DB per partition; its public ``items()`` spans all
+    active partitions. Lazy: a value is read and decoded only when reached.
+    """
+    db = store._db_for_partition(partition)
+    from_key = None if start is None else store._encode_key(start)
+    for raw_key, raw_value in db.items(from_key=from_key):
+        if raw_key != store.offset_key:
+            yield store._decode_key(raw_key), store._decode_value(raw_value)
+
+
+def keys(store: Any, partition: int, start: str | None = None) -> Iterator[str]:
+    """One partition's keys of a Faust RocksDB store, in key order, from ``start``; no value is read."""
+    db = store._db_for_partition(partition)
+    from_key = None if start is None else store._encode_key(start)
+    # Faust stores these str keys JSON-encoded; its codec registry costs more
+    # than the RocksDB read, so decode with json when that is the encoding
+    # (checked on a probe key), else through the store.
+    decode = json.loads if store._encode_key('k/"') == json.dumps('k/"').encode() else store._decode_key
+    for raw_key in db.keys(from_key=from_key):
+        if raw_key != store.offset_key:
+            yield decode(raw_key)
