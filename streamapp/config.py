@@ -34,8 +34,6 @@ class Settings:
     broker_wait: float = 60.0         # seconds a starting worker waits for the broker
     max_running: int = 1000          # invocations executing at once per worker
     max_pending: int = 10_000        # queued invocations before the sources pause
-    moderation_poll_interval: float = 5.0
-    downstream_url: str | None = None  # None: in-process stubs print the seed's lines
     max_body_bytes: int = 1_048_576
     results_retention: float = 86_400.0  # seconds a finished invocation's outcome is kept
     operator_token: str | None = dataclasses.field(default=None, repr=False)
@@ -54,17 +52,7 @@ class Settings:
 
         def num(name: str, default: float, kind: type = int, low: float = 0, high: float = math.inf,
                 why: str = "") -> float:
-            raw = env.get(name)
-            if raw is None or raw == "":
-                return default
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise SystemExit(f"{name}={raw!r} is not a valid {kind.__name__}") from None
-            if not low <= value <= high:  # NaN fails this too
-                bounds = f"at least {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
-                raise SystemExit(f"{name}={raw!r} must be {bounds}{why}")
-            return value  # type: ignore[no-any-return]
+            return env_number(env, name, default, kind, low, high, why)
 
         subs = defaults.subscriptions
         if env.get("STREAMAPP_SUBSCRIPTIONS"):
@@ -91,15 +79,27 @@ class Settings:
             broker_wait=num("STREAMAPP_BROKER_WAIT", defaults.broker_wait, float),
             max_running=int(num("STREAMAPP_MAX_RUNNING", defaults.max_running, low=1)),
             max_pending=int(num("STREAMAPP_MAX_PENDING", defaults.max_pending, low=1)),
-            moderation_poll_interval=num(
-                "STREAMAPP_MODERATION_POLL_INTERVAL", defaults.moderation_poll_interval, float, low=0.001
-            ),
-            downstream_url=env.get("STREAMAPP_DOWNSTREAM_URL") or None,
             max_body_bytes=int(num("STREAMAPP_MAX_BODY_BYTES", defaults.max_body_bytes, low=1)),
             results_retention=num("STREAMAPP_RESULTS_RETENTION", defaults.results_retention, float, low=1),
             operator_token=env.get("STREAMAPP_OPERATOR_TOKEN") or None,
             extra_services=tuple(s.strip() for s in env.get("STREAMAPP_SERVICES", "").split(",") if s.strip()),
         )
+
+
+def env_number(env: Mapping[str, str], name: str, default: float, kind: type = int, low: float = 0,
+               high: float = math.inf, why: str = "") -> float:
+    """The number in ``env[name]`` (``default`` when unset or empty); exit with a message naming it if invalid."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise SystemExit(f"{name}={raw!r} is not a valid {kind.__name__}") from None
+    if not low <= value <= high:  # NaN fails this too
+        bounds = f"at least {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
+        raise SystemExit(f"{name}={raw!r} must be {bounds}{why}")
+    return value  # type: ignore[no-any-return]
 
 
 _APP_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")

@@ -23,6 +23,7 @@ from streamapp.durable.errors import TooLargeError
 from streamapp.durable.service import Registry
 from streamapp.runtime import limits
 from streamapp.runtime.commands import object_key
+from streamapp.runtime.leadership import Leadership
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,9 @@ class ActorPool:
         invoke: Callable[..., Awaitable[None]],
         dead_letter: DeadLetter,
         max_running: int,
+        leadership: Leadership | None = None,
     ) -> None:
+        """Without ``leadership`` (tests) every actor may act, and a step goes on at its entry's ack."""
         self.registry = registry
         self.send = send
         self.invoke = invoke
@@ -121,10 +124,12 @@ class ActorPool:
         self.partition_of: dict[str, int] = {}
         self.sending: set[asyncio.Future[None]] = set()  # journal entries on their way to the log
         self.owns: Callable[[int, str], bool] = lambda p, epoch: True
-        # (invocation id, journal index) -> future resolved when the entry is applied (True) or refused:
-        # set by the runtime to the engine's; None (tests) goes on at the ack.
+        # (invocation id, journal index) -> future resolved when the entry is applied (True) or refused.
         self.expect_entry: Callable[[str, int], asyncio.Future[bool]] | None = None
         self.forget_entry: Callable[[str, int], None] = lambda inv_id, index: None
+        if leadership is not None:
+            self.owns, self.expect_entry, self.forget_entry = (
+                leadership.owns, leadership.expect_entry, leadership.forget_entry)
         self.ready: deque[tuple[int, str, dict[str, Any], dict[str, Any]]] = deque()
         self.limits = limits.Limits()  # the broker's record limits, once the runtime read them
         self.stopped = False  # the worker is shutting down: no actor starts, no step begins

@@ -21,7 +21,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -37,6 +36,7 @@ from streamapp.runtime.actors import ActorPool
 from streamapp.runtime.delivery import Delivery
 from streamapp.runtime.engine import Engine
 from streamapp.runtime.expiry import EXPIRE_EVERY
+from streamapp.runtime.leadership import Leadership
 from streamapp.runtime.scheduler import Scheduler
 from streamapp.runtime.sources import Ingest
 from streamapp.runtime.startup import (
@@ -57,8 +57,13 @@ EX_SOFTWARE = 70  # exit status of a worker stopped because a command could not 
 class StreamApp(faust.App):
     """faust.App that lets the runtime add raw aiohttp routes."""
 
-    runtime: Runtime
-    ack_gate: Callable[[Any], bool] | None = None  # consulted by the consumer (faust_adapter.Consumer.ack)
+    def __init__(self, id: str, *, runtime: Runtime, **options: Any) -> None:
+        super().__init__(id, **options)
+        self.runtime = runtime
+
+    def ack_gate(self, message: Any) -> bool:
+        """Consulted by the consumer before it counts an ack (``faust_adapter.Consumer.ack``)."""
+        return self.runtime.delivery.ackable(message)
 
     def on_webserver_init(self, web: Any) -> None:
         # Faust calls this more than once for the same aiohttp app.
@@ -116,6 +121,7 @@ class Runtime:
         advertised = advertised_url(settings)
         self.app = StreamApp(
             settings.app_id,
+            runtime=self,
             broker=faust_adapter.transport_url(bootstrap_servers(settings.broker)),  # streamapp's transport
             store="rocksdb://",
             datadir=str(settings.table_dir),  # per app id: two apps never share table files
@@ -147,7 +153,6 @@ class Runtime:
             broker_session_timeout=settings.session_timeout,
             broker_heartbeat_interval=max(0.5, settings.session_timeout / 10),
         )
-        self.app.runtime = self
         self.internal = self.app.topic(
             f"{settings.app_id}-invocations", partitions=settings.partitions, internal=True,
             key_serializer="raw", value_serializer="raw",
@@ -157,17 +162,15 @@ class Runtime:
         )
         self.tables = Tables(self.app, settings.partitions)
         self.scheduler = Scheduler(self.fire)
-        self.actors = ActorPool(registry, self.send, self.invoke, self.dead_letter_invocation, settings.max_running)
-        self.engine = Engine(self.tables, self.actors, self.scheduler)
-        self.engine.on_foreign_activation = self.reclaim
-        self.expire_turn = 0  # which live partition gets the first expire command of the next round
         # A heartbeat may be up to one interval old when the process freezes.
-        self.engine.stall_limit = settings.session_timeout * 0.8
+        leadership = Leadership(stall_limit=settings.session_timeout * 0.8)
+        self.actors = ActorPool(registry, self.send, self.invoke, self.dead_letter_invocation, settings.max_running,
+                                leadership)
+        self.engine = Engine(self.tables, self.actors, self.scheduler, leadership,
+                             on_dead_letter=self.dead_letter_soon, on_foreign_activation=self.reclaim)
+        self.expire_turn = 0  # which live partition gets the first expire command of the next round
         self.recovering: asyncio.Future[None] | None = None
         self.stalled = False  # woke from a stall; no command is applied until the group reassigns
-        self.actors.owns = self.engine.owns
-        self.actors.expect_entry = self.engine.expect_entry
-        self.actors.forget_entry = self.engine.forget_entry
         self.ingest = Ingest(self)
         self.capacity = asyncio.Event()
         self.capacity.set()
@@ -175,12 +178,10 @@ class Runtime:
         self.reclaiming: asyncio.Future[None] | None = None
         self.delivery = Delivery(self.app, bootstrap_servers(settings.broker))
         self.generation: int | None = None  # the consumer generation of the last assignment
-        self.app.ack_gate = self.delivery.ackable
         self.limits: limits.Limits | None = None  # read from the broker before the first command is applied
         self._reading_limits = asyncio.Lock()
         self._dead_lettering: set[asyncio.Future[None]] = set()
         self.written: dict[int, int] = {}  # internal partition -> offset of the last command this worker sent there
-        self.engine.on_dead_letter = self.dead_letter_soon
         self._wire()
 
     # -- producing -----------------------------------------------------------

@@ -3,15 +3,13 @@
 The invocations agent hands each command to ``Engine.apply``, which applies
 it (``partition.apply``: rows written, actions returned) and executes the
 actions (``actions.py`` says which ones only a leader runs). Leadership is
-this module's alone, the state machine knows nothing of it:
+the engine's to take and give up (``runtime/leadership.py`` holds it, shared
+with the actor pool); the state machine knows nothing of it:
 
     live    this worker leads a partition from its own ``activate`` command
             (the token it sent, ``expect_activation``) until the partition is
             released, or another worker's activation is applied;
-    owns    an actor started under an epoch may still act: the worker leads
-            the partition under that epoch, and has not just woken from a
-            stall (``alive_at``, ``stall_limit``): until the runtime confirms
-            it still belongs to the group, another worker may drive it.
+    owns    an actor started under an epoch may still act (``Leadership.owns``).
 
 Another worker's activation applied while this worker leads the partition
 means it lost the partition without noticing (paused past its session,
@@ -23,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +36,7 @@ from streamapp.runtime.actions import (
     StartActor,
 )
 from streamapp.runtime.commands import object_key
+from streamapp.runtime.leadership import Leadership
 from streamapp.runtime.limits import Limits
 from streamapp.runtime.partition import apply
 from streamapp.runtime.partition_state import ApplyError, PartitionState, Shared
@@ -54,25 +52,58 @@ log = logging.getLogger(__name__)
 
 
 class Engine:
-    def __init__(self, tables: PartitionStore, actors: ActorPool, scheduler: Scheduler) -> None:
+    def __init__(self, tables: PartitionStore, actors: ActorPool, scheduler: Scheduler,
+                 leadership: Leadership | None = None, *,
+                 on_dead_letter: Callable[[dict[str, Any], str], None] | None = None,
+                 on_foreign_activation: Callable[[int], None] | None = None) -> None:
+        """``on_dead_letter(rec, error)``: an invocation failed for good; ``on_foreign_activation(p)``: another
+        worker's activation of a partition this worker led was applied (it lost the partition unawares)."""
         self.tables = tables
         self.actors = actors
         self.scheduler = scheduler
+        self.lead = leadership if leadership is not None else Leadership()
         self.shared = Shared(tables)
         self.partitions: dict[int, PartitionState] = {}  # the state machine of each partition applied here
-        self.leading: dict[int, str] = {}  # partition -> the epoch this worker leads it under
-        self.my_tokens: dict[int, str] = {}  # activations this worker asked for
         self.waiters: dict[str, list[Any]] = {}  # invocation id -> futures awaiting completion
         self.waiter_partition: dict[str, int] = {}
-        self.entry_waiters: dict[tuple[str, int], asyncio.Future[bool]] = {}  # actors awaiting their entry
         self.finished = {"completed": 0, "failed": 0}  # applied by this worker since it started
-        self.on_foreign_activation: Callable[[int], None] | None = None
-        self.on_dead_letter: Callable[[dict[str, Any], str], None] | None = None
-        # Liveness of this process: the runtime's timer stamps ``alive_at``; a gap
-        # longer than ``stall_limit`` means the process was frozen (or starved) long
-        # enough to have been expelled from the group without noticing yet.
-        self.alive_at: float | None = None  # None until the timer first ran
-        self.stall_limit = float("inf")
+        self.on_foreign_activation = on_foreign_activation
+        self.on_dead_letter = on_dead_letter
+
+    # -- leadership (runtime/leadership.py) ---------------------------------
+    @property
+    def leading(self) -> dict[int, str]:
+        """Partition -> the epoch this worker leads it under."""
+        return self.lead.leading
+
+    @property
+    def my_tokens(self) -> dict[int, str]:
+        return self.lead.my_tokens
+
+    @property
+    def alive_at(self) -> float | None:
+        return self.lead.alive_at
+
+    @alive_at.setter
+    def alive_at(self, value: float | None) -> None:
+        self.lead.alive_at = value
+
+    @property
+    def stall_limit(self) -> float:
+        return self.lead.stall_limit
+
+    @stall_limit.setter
+    def stall_limit(self, value: float) -> None:
+        self.lead.stall_limit = value
+
+    def owns(self, p: int, epoch: str) -> bool:
+        return self.lead.owns(p, epoch)
+
+    def expect_entry(self, inv_id: str, index: int) -> asyncio.Future[bool]:
+        return self.lead.expect_entry(inv_id, index)
+
+    def forget_entry(self, inv_id: str, index: int) -> None:
+        self.lead.forget_entry(inv_id, index)
 
     @property
     def limits(self) -> Limits:
@@ -138,24 +169,6 @@ class Engine:
             del self.waiters[inv_id]
             self.waiter_partition.pop(inv_id, None)
 
-    def expect_entry(self, inv_id: str, index: int) -> asyncio.Future[bool]:
-        """A future resolved when journal entry ``index`` of ``inv_id`` is applied (True) or refused (False)."""
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.entry_waiters[(inv_id, index)] = fut
-        return fut
-
-    def forget_entry(self, inv_id: str, index: int) -> None:
-        self.entry_waiters.pop((inv_id, index), None)
-
-    def owns(self, p: int, epoch: str) -> bool:
-        """Whether actors started under ``epoch`` may still act for partition ``p``.
-
-        Not while the process has just woken from a stall: until the runtime
-        confirmed it still belongs to the group, another worker may drive ``p``.
-        """
-        fresh = self.alive_at is None or time.monotonic() - self.alive_at <= self.stall_limit
-        return fresh and self.leading.get(p) == epoch
-
     def running_ids(self) -> set[str]:
         """Invocations in flight (running, sleeping, retrying or paused) in the partitions this worker leads."""
         return {i for p in self.leading if (st := self.partitions.get(p)) for i in st.inflight.values()}
@@ -206,9 +219,7 @@ class Engine:
                         if not fut.done():
                             fut.set_result(rec)
                 case EntryDecided(id=inv_id, index=index, applied=applied):
-                    entry = self.entry_waiters.get((inv_id, index))
-                    if entry is not None and not entry.done():
-                        entry.set_result(applied)
+                    self.lead.entry_decided(inv_id, index, applied)
                 case CancelActor(id=inv_id):
                     self.actors.cancel(inv_id)
                 case DeadLetter(rec=rec, error=error):

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 
 from streamapp.config import Settings
 from streamapp.durable.service import Registry, Service
 
 
-def registry(settings: Settings) -> Registry:
+def registry(settings: Settings, env: Mapping[str, str] | None = None) -> Registry:
+    """The services, each configured from the environment (``env``: os.environ) by its own settings."""
     from streamapp.services import packagetracker, userfeed
 
-    reg = Registry([userfeed.build(settings), packagetracker.tracker])
+    reg = Registry([userfeed.build(userfeed.Config.from_env(env)), packagetracker.tracker])
     for spec in settings.extra_services:
         module_name, _, attr = spec.partition(":")
         svc = getattr(importlib.import_module(module_name), attr)

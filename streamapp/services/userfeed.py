@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import dataclasses
+import os
+from collections.abc import Mapping
 
+from streamapp.config import env_number
 from streamapp.durable import ObjectContext, Service
 from streamapp.services.socialmedia import (
     DONE,
@@ -14,18 +17,32 @@ from streamapp.services.socialmedia import (
     StubClient,
 )
 
-if TYPE_CHECKING:
-    from streamapp.config import Settings
-
-__all__ = ["DONE", "PENDING", "SocialMediaClient", "SocialMediaPost", "StubClient", "build"]
+__all__ = ["DONE", "PENDING", "Config", "SocialMediaClient", "SocialMediaPost", "StubClient", "build"]
 
 
-def build(settings: Settings, client: SocialMediaClient | None = None) -> Service:
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """UserFeed's own settings (not the runtime's)."""
+
+    poll_interval: float = 5.0  # seconds of durable sleep between moderation polls
+    downstream_url: str | None = None  # the social-media backend; None: in-process stubs print the seed's lines
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        env = os.environ if env is None else env
+        return cls(
+            poll_interval=env_number(env, "STREAMAPP_MODERATION_POLL_INTERVAL", cls.poll_interval, float, low=0.001),
+            downstream_url=env.get("STREAMAPP_DOWNSTREAM_URL") or None,
+        )
+
+
+def build(config: Config | None = None, client: SocialMediaClient | None = None) -> Service:
     """The UserFeed service bound to a backend client and poll interval."""
+    config = config if config is not None else Config()
     if client is None:
-        client = HttpClient(settings.downstream_url) if settings.downstream_url else StubClient()
+        client = HttpClient(config.downstream_url) if config.downstream_url else StubClient()
     backend: SocialMediaClient = client
-    interval = settings.moderation_poll_interval
+    interval = config.poll_interval
     feed = Service("UserFeed")
 
     @feed.handler()

@@ -36,7 +36,6 @@ def test_values_are_read_and_typed() -> None:
     ("STREAMAPP_SESSION_TIMEOUT", "nan", "between 6 and 1800"),
     ("STREAMAPP_MAX_RUNNING", "-1", "at least 1"),
     ("STREAMAPP_MAX_PENDING", "1.5", "is not a valid int"),
-    ("STREAMAPP_MODERATION_POLL_INTERVAL", "0", "at least 0.001"),
     ("STREAMAPP_PRODUCER_LINGER", "-0.1", "between 0 and 10"),
     ("STREAMAPP_MAX_BODY_BYTES", "0", "at least 1"),
     ("STREAMAPP_RESULTS_RETENTION", "0.5", "at least 1"),
@@ -82,3 +81,16 @@ def test_app_id__not_usable_as_topic_prefix_or_directory__stops_with_a_message(r
     with pytest.raises(SystemExit) as exc:
         Settings.from_env({"STREAMAPP_APP_ID": raw})
     assert "STREAMAPP_APP_ID" in str(exc.value)
+
+
+def test_userfeed_config__its_own_settings_from_the_environment_validated_by_name() -> None:
+    from streamapp.services import userfeed
+
+    assert userfeed.Config.from_env({}) == userfeed.Config(poll_interval=5.0, downstream_url=None)
+    got = userfeed.Config.from_env({"STREAMAPP_MODERATION_POLL_INTERVAL": "0.25",
+                                    "STREAMAPP_DOWNSTREAM_URL": "http://127.0.0.1:8090"})
+    assert got == userfeed.Config(poll_interval=0.25, downstream_url="http://127.0.0.1:8090")
+    for bad in ("0", "nan", "soon"):
+        with pytest.raises(SystemExit, match="STREAMAPP_MODERATION_POLL_INTERVAL"):
+            userfeed.Config.from_env({"STREAMAPP_MODERATION_POLL_INTERVAL": bad})
+    assert not hasattr(Settings(), "moderation_poll_interval")  # the runtime's settings do not carry it

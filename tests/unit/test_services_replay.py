@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from replay_harness import MODES, START, run_invocation
 
-from streamapp.config import Settings
 from streamapp.durable import SharedContext, mute
 from streamapp.durable.executor import Failed
 from streamapp.services import packagetracker, userfeed
@@ -59,7 +58,7 @@ POST = {"content": "hello world", "metadata": "m"}
 
 async def test_process_post__creates_one_post_polls_until_done_and_updates_feed_once(mode: str) -> None:
     client = FakeSocialMedia([PENDING, PENDING, DONE])
-    feed = userfeed.build(Settings(), client=client)
+    feed = userfeed.build(userfeed.Config(), client=client)
 
     run = await run_invocation(feed.handlers["ProcessPost"], mode, key="alice", payload=POST, invocation_id="inv_p")
 
@@ -71,7 +70,7 @@ async def test_process_post__creates_one_post_polls_until_done_and_updates_feed_
 
 async def test_process_post__sleeps_the_configured_poll_interval_between_checks(mode: str) -> None:
     client = FakeSocialMedia([PENDING, PENDING, PENDING, DONE])
-    feed = userfeed.build(Settings(moderation_poll_interval=2.5), client=client)
+    feed = userfeed.build(userfeed.Config(poll_interval=2.5), client=client)
 
     run = await run_invocation(feed.handlers["ProcessPost"], mode, key="alice", payload=POST)
 
@@ -82,7 +81,7 @@ async def test_process_post__sleeps_the_configured_poll_interval_between_checks(
 
 async def test_process_post__default_settings_poll_every_five_seconds(mode: str) -> None:
     client = FakeSocialMedia([PENDING, DONE])
-    feed = userfeed.build(Settings(), client=client)
+    feed = userfeed.build(userfeed.Config(), client=client)
 
     run = await run_invocation(feed.handlers["ProcessPost"], mode, key="alice", payload=POST)
 
@@ -91,7 +90,7 @@ async def test_process_post__default_settings_poll_every_five_seconds(mode: str)
 
 async def test_process_post__prints_each_line_once_despite_replays(mode: str) -> None:
     client = FakeSocialMedia([PENDING, PENDING, DONE])
-    feed = userfeed.build(Settings(moderation_poll_interval=5), client=client)
+    feed = userfeed.build(userfeed.Config(poll_interval=5), client=client)
 
     with muted_stdout() as out:
         await run_invocation(feed.handlers["ProcessPost"], mode, key="alice", payload=POST)
@@ -102,7 +101,7 @@ async def test_process_post__prints_each_line_once_despite_replays(mode: str) ->
 
 async def test_process_post__transient_status_failure_is_retried_without_a_second_post(mode: str) -> None:
     client = FakeSocialMedia([DONE], status_failures=2)
-    feed = userfeed.build(Settings(), client=client)
+    feed = userfeed.build(userfeed.Config(), client=client)
 
     run = await run_invocation(feed.handlers["ProcessPost"], mode, key="alice", payload=POST)
 
@@ -114,7 +113,7 @@ async def test_process_post__transient_status_failure_is_retried_without_a_secon
 
 async def test_process_post__invalid_post_fails_terminally_before_any_call(mode: str) -> None:
     client = FakeSocialMedia([DONE])
-    feed = userfeed.build(Settings(), client=client)
+    feed = userfeed.build(userfeed.Config(), client=client)
 
     run = await run_invocation(feed.handlers["ProcessPost"], mode, key="alice", payload={"content": "hi"})
 
