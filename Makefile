@@ -29,8 +29,9 @@ test: venv
 	tools/run-tests.sh
 
 lint: venv
-	$(BIN)/ruff check streamapp tests
+	$(BIN)/ruff check streamapp tests bench chaos
 	$(BIN)/mypy
+	$(BIN)/python tools/import_cycles.py streamapp
 
 kafka-fetch:
 	$(KAFKA) fetch

@@ -31,6 +31,9 @@ took ruff
 echo "== mypy"
 $BIN/mypy
 took mypy
+echo "== import cycles"
+$BIN/python tools/import_cycles.py streamapp
+took "import cycles"
 echo "== pytest (broker $STREAMAPP_TEST_BROKER)"
 $BIN/pytest "$@"
 took pytest

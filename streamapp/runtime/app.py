@@ -23,9 +23,7 @@ import time
 import uuid
 from typing import Any
 
-import faust
-from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
-from faust.sensors import Sensor
+from aiokafka.errors import KafkaError
 from faust.types import TP
 
 from streamapp.config import Settings
@@ -36,81 +34,21 @@ from streamapp.runtime.actors import ActorPool
 from streamapp.runtime.delivery import Delivery
 from streamapp.runtime.engine import Engine
 from streamapp.runtime.expiry import EXPIRE_EVERY
+from streamapp.runtime.faust_app import RebalanceSensor, StreamApp
+from streamapp.runtime.flow import FlowControl
 from streamapp.runtime.leadership import Leadership
+from streamapp.runtime.outbox import Outbox
 from streamapp.runtime.scheduler import Scheduler
 from streamapp.runtime.sources import Ingest
 from streamapp.runtime.startup import (
     advertised_url,
     bootstrap_servers,
-    check_partitions,
-    mark_clean_stop,
-    prepare_table_dir,
-    wait_for_broker,
 )
 from streamapp.runtime.store import Tables
 
 log = logging.getLogger(__name__)
 
 EX_SOFTWARE = 70  # exit status of a worker stopped because a command could not be applied
-
-
-class StreamApp(faust.App):
-    """faust.App that lets the runtime add raw aiohttp routes."""
-
-    def __init__(self, id: str, *, runtime: Runtime, **options: Any) -> None:
-        super().__init__(id, **options)
-        self.runtime = runtime
-
-    def ack_gate(self, message: Any) -> bool:
-        """Consulted by the consumer before it counts an ack (``faust_adapter.Consumer.ack``)."""
-        return self.runtime.delivery.ackable(message)
-
-    def on_webserver_init(self, web: Any) -> None:
-        # Faust calls this more than once for the same aiohttp app.
-        if getattr(web.web_app, "_streamapp_routes", False):
-            return
-        from streamapp.runtime import web as web_views
-
-        web_views.install(web.web_app, self.runtime)
-        web.web_app._streamapp_routes = True
-
-
-    async def on_first_start(self) -> None:
-        settings = self.runtime.settings
-        prepare_table_dir(settings.table_dir)
-        self.runtime.tables.positions.load(settings.table_dir)  # after a clean stop only: else dropped above
-        await super().on_first_start()
-        await wait_for_broker(settings.broker, settings.broker_wait)
-        # Faust's producer and consumer bootstrap after this returns; the
-        # broker may be killed or restarting by then.
-        faust_adapter.patient_bootstrap(settings.broker_wait)
-        topic = self.runtime.internal.get_topic_name()
-        await check_partitions(bootstrap_servers(settings.broker), topic, settings.partitions)
-
-    async def on_stop(self) -> None:
-        # Stop the actors while the producer still runs, so a step that ran
-        # gets its journal entry out; then Faust stops the consumer (commit),
-        # flushes and stops the producer.
-        await self.runtime.actors.stop()
-        await super().on_stop()
-        await self.runtime.delivery.close()
-        await self.runtime.ingest.close()
-
-    async def on_shutdown(self) -> None:
-        # Children (tables, producer) are stopped by now: every table write
-        # was flushed to its changelog, so the next start may trust the tables.
-        await super().on_shutdown()
-        self.runtime.tables.positions.save(self.runtime.settings.table_dir)
-        mark_clean_stop(self.runtime.settings.table_dir)
-
-
-class _RebalanceSensor(Sensor):
-    def __init__(self, runtime: Runtime) -> None:
-        super().__init__()
-        self.runtime = runtime
-
-    def on_rebalance_end(self, app: Any, state: dict[str, Any]) -> None:
-        self.runtime.activation = asyncio.ensure_future(self.runtime.activate_assigned())
 
 
 class Runtime:
@@ -161,106 +99,32 @@ class Runtime:
             settings.dead_letter_topic, partitions=1, internal=True, key_serializer="raw", value_serializer="raw"
         )
         self.tables = Tables(self.app, settings.partitions)
-        self.scheduler = Scheduler(self.fire)
+        self.outbox = Outbox(self.app, self.internal, self.dead_letters, settings.partitions)
+        self.scheduler = Scheduler(self.outbox.fire)
         # A heartbeat may be up to one interval old when the process freezes.
         leadership = Leadership(stall_limit=settings.session_timeout * 0.8)
-        self.actors = ActorPool(registry, self.send, self.invoke, self.dead_letter_invocation, settings.max_running,
-                                leadership)
+        self.actors = ActorPool(registry, self.outbox.send, self.outbox.invoke, self.outbox.dead_letter_invocation,
+                                settings.max_running, leadership)
         self.engine = Engine(self.tables, self.actors, self.scheduler, leadership,
-                             on_dead_letter=self.dead_letter_soon, on_foreign_activation=self.reclaim)
+                             on_dead_letter=self.outbox.dead_letter_soon, on_foreign_activation=self.reclaim)
+        self.flow = FlowControl(self.engine, lambda tp: self.app.consumer.highwater(tp), self.internal.get_topic_name,
+                                self.outbox.written, settings.max_pending)
         self.expire_turn = 0  # which live partition gets the first expire command of the next round
         self.recovering: asyncio.Future[None] | None = None
         self.stalled = False  # woke from a stall; no command is applied until the group reassigns
         self.ingest = Ingest(self)
-        self.capacity = asyncio.Event()
-        self.capacity.set()
         self.activation: asyncio.Future[None] | None = None
         self.reclaiming: asyncio.Future[None] | None = None
         self.delivery = Delivery(self.app, bootstrap_servers(settings.broker))
         self.generation: int | None = None  # the consumer generation of the last assignment
-        self.limits: limits.Limits | None = None  # read from the broker before the first command is applied
         self._reading_limits = asyncio.Lock()
-        self._dead_lettering: set[asyncio.Future[None]] = set()
-        self.written: dict[int, int] = {}  # internal partition -> offset of the last command this worker sent there
         self._wire()
-
-    # -- producing -----------------------------------------------------------
-    async def send(self, p: int, okey: str, cmd: dict[str, Any]) -> None:
-        """Produce a command to partition ``p`` and wait for the broker's ack.
-
-        Transient broker errors (the broker restarting, a leader moving) are
-        retried with backoff: every command is idempotent when applied, so a
-        command sent twice is harmless, and an actor waiting here holds only
-        its own key.
-        """
-        value = commands.encode(cmd)
-        if self.limits is not None:
-            self.limits.check_command(okey.encode(), value, cmd.get("op"))
-        delay = 0.1
-        while True:
-            try:
-                fut = await self.app.producer.send(self.internal.get_topic_name(), okey.encode(), value, p, None, None)
-                offset = (await fut).offset
-                if offset > self.written.get(p, -1):
-                    self.written[p] = offset
-                return
-            except KafkaError as exc:
-                if not exc.retriable and not isinstance(exc, KafkaTimeoutError):
-                    raise
-                log.warning("Command send failed, retrying op=%s in=%.1fs error=%r", cmd.get("op"), delay, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-    async def invoke(self, target: dict[str, Any], parent: str | None = None, source: Any = None) -> None:
-        okey = commands.object_key(target["service"], target["key"])
-        p = commands.partition_for(okey, self.settings.partitions)
-        origin = source or ({"parent": parent} if parent else None)
-        await self.send(p, okey, {"op": "invoke", **target, "source": origin})
-
-    async def fire(self, p: int, epoch: str, inv_id: str, wake_at: float) -> None:
-        await self.send(p, f"timer/{inv_id}", {"op": "fire", "id": inv_id, "epoch": epoch, "at": wake_at})
-
-    async def dead_letter(self, key: bytes | None, value: bytes | None, headers: dict[str, str]) -> None:
-        fut = await self.app.producer.send(
-            self.dead_letters.get_topic_name(), key, value, None, None,
-            [(k, v.encode("utf-8", "replace")) for k, v in headers.items()],
-        )
-        await fut
-
-    async def dead_letter_invocation(self, rec: dict[str, Any], error: str) -> None:
-        source = rec.get("source") or {}
-        headers = {
-            "streamapp.error": error,
-            "streamapp.service": rec["service"],
-            "streamapp.handler": rec["handler"],
-            "streamapp.invocation": rec["id"],
-        }
-        for name in ("topic", "partition", "offset"):
-            if name in source:
-                headers[f"streamapp.source.{name}"] = str(source[name])
-        value = commands.encode(rec["payload"]) if "raw" not in source else source["raw"].encode()
-        try:
-            await self.dead_letter(rec["key"].encode(), value, headers)
-        except MessageSizeTooLargeError:  # keep the reason and coordinates, leave the value out
-            await self.dead_letter(rec["key"].encode(), None, {**headers, "streamapp.value.bytes": str(len(value))})
-
-    def dead_letter_soon(self, rec: dict[str, Any], error: str) -> None:
-        """Dead-letter an invocation the engine ended (it cannot wait for the broker)."""
-        fut = asyncio.ensure_future(self.dead_letter_invocation(rec, error))
-        self._dead_lettering.add(fut)
-
-        def done(f: asyncio.Future[None]) -> None:
-            self._dead_lettering.discard(f)
-            if not f.cancelled() and f.exception() is not None:
-                log.error("Could not dead-letter invocationID=%s", rec["id"], exc_info=f.exception())
-
-        fut.add_done_callback(done)
 
     async def read_limits(self) -> limits.Limits:
         """The broker's record limits for the internal topic and the changelogs, asked once."""
         async with self._reading_limits:
             delay = 1.0
-            while self.limits is None:
+            while self.outbox.limits is None:
                 topics = {"command": self.internal.get_topic_name()}
                 for name in ("invocations", "results", "state"):
                     topics[name] = getattr(self.tables, name).changelog_topic.get_topic_name()
@@ -272,9 +136,9 @@ class Runtime:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 10.0)
                     continue
-                self.limits = self.engine.limits = self.actors.limits = found
+                self.outbox.limits = self.engine.limits = self.actors.limits = found
                 log.info("Record limits command=%d rows=%s", found.command, dict(found.rows))
-            return self.limits
+            return self.outbox.limits
 
     def on_assignment(self, assigned: set[TP]) -> None:
         """Drop what belonged to partitions that moved (or may have moved) away.
@@ -319,7 +183,7 @@ class Runtime:
         for p in assigned:
             token = f"{uuid.uuid4().hex[:12]}"
             self.engine.expect_activation(p, token)
-            await self.send(p, f"activate/{p}", {"op": "activate", "epoch": token, "at": time.time()})
+            await self.outbox.send(p, f"activate/{p}", {"op": "activate", "epoch": token, "at": time.time()})
         log.info("Requested activation of partitions=%s", assigned)
 
     def watch_stall(self) -> None:
@@ -399,7 +263,7 @@ class Runtime:
 
     def _wire(self) -> None:
         app = self.app
-        self.app.sensors.add(_RebalanceSensor(self))
+        self.app.sensors.add(RebalanceSensor(self))
         self.app.sensors.add(limits.ChangelogGuard(self.changelog_topics))
 
         @app.on_partitions_revoked.connect  # type: ignore[arg-type]
@@ -424,7 +288,7 @@ class Runtime:
                 if await guard.admit(msg):
                     reason = self.apply_command(msg, event.value)
                     if reason is not None:
-                        await self.dead_letter_command(msg, reason)
+                        await self.outbox.dead_letter_command(msg, reason)
                 elif msg.acked:
                     continue  # dropped past a hole: read again after the seek
                 self.delivery.mark_handled(msg)  # applied now, or before this rebalance
@@ -439,7 +303,7 @@ class Runtime:
         async def sources_agent(stream: Any) -> None:
             source_guard = self.delivery.guards["sources"]
             async for events in stream.take_events(500, within=0.005):
-                await self.admit()
+                await self.flow.admit()
                 events = await self.ingest.confirm(events)  # which topic incarnation the records are from
                 durable = False
                 admitted = []
@@ -475,7 +339,7 @@ class Runtime:
         @app.timer(0.25)
         async def flow_control() -> None:
             self.watch_stall()
-            self.flow_control()
+            self.flow.tick()
             await self.delivery.tick()
 
     async def expire_results(self) -> None:
@@ -492,7 +356,7 @@ class Runtime:
         live = [p for p in sorted(self.engine.live_partitions()) if self.engine.expiry_due(p, before)]
         self.expire_turn += 1
         first = self.expire_turn % len(live) if live else 0  # the worker's budget goes first come first served
-        await asyncio.gather(*(self.send(p, f"expire/{p}", {"op": "expire", "before": before})
+        await asyncio.gather(*(self.outbox.send(p, f"expire/{p}", {"op": "expire", "before": before})
                                for p in live[first:] + live[:first]))
 
     def apply_command(self, msg: Any, value: bytes) -> str | None:
@@ -518,52 +382,3 @@ class Runtime:
             log.critical("Stopping the worker: could not apply %s", exc, exc_info=exc.__cause__ or exc)
             raise SystemExit(EX_SOFTWARE) from exc
         return None
-
-    async def dead_letter_command(self, msg: Any, reason: str) -> None:
-        """A command that can never be applied: skipped, and kept in the dead-letter topic."""
-        log.error("Skipping command that cannot be applied partition=%s offset=%s reason=%s",
-                  msg.partition, msg.offset, reason)
-        await self.dead_letter(msg.key, msg.value, {
-            "streamapp.error": reason, "streamapp.source.topic": msg.topic,
-            "streamapp.source.partition": str(msg.partition), "streamapp.source.offset": str(msg.offset),
-        })
-
-    def backlog(self) -> int:
-        """Commands in this worker's internal partitions not applied yet.
-
-        The consumer's high watermark alone lags far behind while the
-        invocations agent is busy (it is refreshed only by fetches, which
-        Faust stops while the agent's buffer is full): the sources agent
-        could then turn tens of thousands of records into commands before
-        the bound saw one. The offsets of this worker's own acked sends
-        close that gap.
-        """
-        topic = self.internal.get_topic_name()
-        total = 0
-        for p in self.engine.live_partitions():
-            highwater = self.app.consumer.highwater(TP(topic, p))
-            last = max(-1 if highwater is None else highwater - 1, self.written.get(p, -1))
-            total += max(0, last - self.engine.applied.get(p, -1))
-        return total
-
-    def pending(self) -> int:
-        """Work accepted but not started: queued invocations plus unapplied commands."""
-        return self.engine.pending_count() + self.backlog()
-
-    async def admit(self) -> None:
-        """Flow control: hold the sources agent while too much work is pending.
-
-        While it waits, Faust's own stream-buffer flow control stops fetching
-        the source partitions (no record is dropped: Faust's explicit
-        pause_partitions can drop records already fetched, so it is not used).
-        """
-        pending = self.pending()
-        if pending > self.settings.max_pending and self.capacity.is_set():
-            log.info("Pausing sources pending=%d bound=%d", pending, self.settings.max_pending)
-            self.capacity.clear()
-        await self.capacity.wait()
-
-    def flow_control(self) -> None:
-        if not self.capacity.is_set() and (pending := self.pending()) <= self.settings.max_pending // 2:
-            log.info("Resuming sources pending=%d", pending)
-            self.capacity.set()

@@ -108,7 +108,7 @@ class RuntimeIngress:
         return set(self.rt.engine.live_partitions())
 
     async def invoke(self, target: dict[str, Any], source: Any) -> None:
-        await self.rt.invoke(target, source=source)
+        await self.rt.outbox.invoke(target, source=source)
 
     def wait(self, inv_id: str, okey: str) -> asyncio.Future[Record]:
         p = self._partition(okey)
@@ -144,7 +144,7 @@ class RuntimeIngress:
 
     async def operate(self, service: str, key: str, inv_id: str, action: str) -> None:
         okey = commands.object_key(service, key)
-        await self.rt.send(self._partition(okey), okey, {"op": action, "id": inv_id})
+        await self.rt.outbox.send(self._partition(okey), okey, {"op": action, "id": inv_id})
 
     def health(self) -> dict[str, Any]:
         rt, engine = self.rt, self.rt.engine
@@ -153,7 +153,7 @@ class RuntimeIngress:
             "live_partitions": sorted(engine.live_partitions()),
             "running": rt.actors.running(),
             "pending": engine.pending_count(),
-            "backlog": rt.backlog(),
+            "backlog": rt.flow.backlog(),
             "sleeping": rt.scheduler.total(),
             "waiters": sum(len(futs) for futs in engine.waiters.values()),  # HTTP calls awaiting a result
             **engine.finished,

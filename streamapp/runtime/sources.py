@@ -207,7 +207,7 @@ class Ingest:
             target_cmd = {"id": inv_id, "service": service, "key": key, "handler": handler_name,
                           "payload": payload, "not_before": None}
             try:
-                await self.runtime.invoke(target_cmd, source=coords)
+                await self.runtime.outbox.invoke(target_cmd, source=coords)
             except MessageSizeTooLargeError as exc:
                 # Escaping can make the command larger than the value was.
                 raise InvalidInputError("invocation too large for the internal topic") from exc
@@ -237,10 +237,10 @@ class Ingest:
 
     async def dead_letter(self, msg: Any, headers: dict[str, str]) -> None:
         try:
-            await self.runtime.dead_letter(msg.key, msg.value, headers)
+            await self.runtime.outbox.dead_letter(msg.key, msg.value, headers)
         except MessageSizeTooLargeError:
             size = {"streamapp.value.bytes": str(len(msg.value or b""))}
-            await self.runtime.dead_letter(msg.key, None, {**headers, **size})
+            await self.runtime.outbox.dead_letter(msg.key, None, {**headers, **size})
 
     def decode(self, msg: Any, service: str, handler_name: str) -> tuple[str, Any]:
         handler = self.runtime.registry.lookup(service, handler_name)

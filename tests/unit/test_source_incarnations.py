@@ -58,6 +58,7 @@ class FakeRuntime:
         self.settings = Settings(app_id="app", subscriptions=(("src", "Test/Nap"), ("other", "Test/Nap")))
         self.guards = {"sources": OffsetGuard("sources", self.seek, self.baseline)}
         self.delivery = SimpleNamespace(guards=self.guards, seek=self.seek, overtaken=self.overtaken)
+        self.outbox = SimpleNamespace(invoke=self.invoke)
         handler = SimpleNamespace(input_type=None, decode_input=lambda payload: payload)
         self.registry = SimpleNamespace(lookup=lambda service, name: handler)
         self.app = SimpleNamespace(consumer=SimpleNamespace(assignment=lambda: {SRC, OTHER},

@@ -45,7 +45,7 @@ def runtime(rig: EngineRig, invoke: Invoke, peers: list[str] | None = None) -> A
     owned = {me: {changelog: set(range(PARTITIONS))}}  # the group assigned every partition here
     return SimpleNamespace(
         settings=Settings(partitions=PARTITIONS), registry=registry(), tables=rig.tables, engine=rig.engine,
-        invoke=invoke,
+        outbox=SimpleNamespace(invoke=invoke),
         app=SimpleNamespace(conf=SimpleNamespace(canonical_url=me), assignor=SimpleNamespace(
             tables_metadata=lambda: metadata, table_metadata=lambda topic: owned if topic == changelog else {})),
     )

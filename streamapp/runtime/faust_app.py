@@ -1,0 +1,90 @@
+"""The Faust app of a worker: its lifecycle hooks call into the runtime (``runtime/app.py``).
+
+Start: the table dir is prepared (local tables dropped after an unclean stop),
+the broker is waited for, Faust's clients bootstrap patiently, and the
+internal topic's partition count is checked. Stop: actors first (a step that
+ran still gets its journal entry out), then Faust (commit, flush), then the
+delivery's and the ingest's own clients; after a clean shutdown the tables
+are marked trustworthy for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import faust
+from faust.sensors import Sensor
+
+from streamapp.runtime import faust_adapter
+from streamapp.runtime.startup import (
+    bootstrap_servers,
+    check_partitions,
+    mark_clean_stop,
+    prepare_table_dir,
+    wait_for_broker,
+)
+
+if TYPE_CHECKING:
+    from streamapp.runtime.app import Runtime
+
+
+class StreamApp(faust.App):
+    """faust.App that lets the runtime add raw aiohttp routes."""
+
+    def __init__(self, id: str, *, runtime: Runtime, **options: Any) -> None:
+        super().__init__(id, **options)
+        self.runtime = runtime
+
+    def ack_gate(self, message: Any) -> bool:
+        """Consulted by the consumer before it counts an ack (``faust_adapter.Consumer.ack``)."""
+        return self.runtime.delivery.ackable(message)
+
+    def on_webserver_init(self, web: Any) -> None:
+        # Faust calls this more than once for the same aiohttp app.
+        if getattr(web.web_app, "_streamapp_routes", False):
+            return
+        from streamapp.runtime import web as web_views
+
+        web_views.install(web.web_app, self.runtime)
+        web.web_app._streamapp_routes = True
+
+
+    async def on_first_start(self) -> None:
+        settings = self.runtime.settings
+        prepare_table_dir(settings.table_dir)
+        self.runtime.tables.positions.load(settings.table_dir)  # after a clean stop only: else dropped above
+        await super().on_first_start()
+        await wait_for_broker(settings.broker, settings.broker_wait)
+        # Faust's producer and consumer bootstrap after this returns; the
+        # broker may be killed or restarting by then.
+        faust_adapter.patient_bootstrap(settings.broker_wait)
+        topic = self.runtime.internal.get_topic_name()
+        await check_partitions(bootstrap_servers(settings.broker), topic, settings.partitions)
+
+    async def on_stop(self) -> None:
+        # Stop the actors while the producer still runs, so a step that ran
+        # gets its journal entry out; then Faust stops the consumer (commit),
+        # flushes and stops the producer.
+        await self.runtime.actors.stop()
+        await super().on_stop()
+        await self.runtime.delivery.close()
+        await self.runtime.ingest.close()
+
+    async def on_shutdown(self) -> None:
+        # Children (tables, producer) are stopped by now: every table write
+        # was flushed to its changelog, so the next start may trust the tables.
+        await super().on_shutdown()
+        self.runtime.tables.positions.save(self.runtime.settings.table_dir)
+        mark_clean_stop(self.runtime.settings.table_dir)
+
+
+class RebalanceSensor(Sensor):
+    """Activates the partitions assigned here once a rebalance ends."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__()
+        self.runtime = runtime
+
+    def on_rebalance_end(self, app: Any, state: dict[str, Any]) -> None:
+        self.runtime.activation = asyncio.ensure_future(self.runtime.activate_assigned())

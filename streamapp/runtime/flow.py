@@ -1,0 +1,70 @@
+"""Flow control: the sources agent waits while too much work is pending on this worker.
+
+Pending work is the invocations queued behind their keys plus the commands
+of the partitions this worker leads that are not applied yet. The sources
+pause above ``max_pending`` and resume at half of it. While the agent waits,
+Faust's own stream-buffer flow control stops fetching the source partitions
+(no record is dropped: Faust's explicit ``pause_partitions`` can drop
+records already fetched, so it is not used).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from faust.types import TP
+
+from streamapp.runtime.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+class FlowControl:
+    def __init__(self, engine: Engine, highwater: Callable[[TP], int | None], topic: Callable[[], str],
+                 written: dict[int, int], max_pending: int) -> None:
+        """``highwater``: the consumer's; ``topic``: the internal topic's name; ``written``: the outbox's."""
+        self.engine = engine
+        self.highwater = highwater
+        self.topic = topic
+        self.written = written
+        self.max_pending = max_pending
+        self.capacity = asyncio.Event()
+        self.capacity.set()
+
+    def backlog(self) -> int:
+        """Commands in this worker's internal partitions not applied yet.
+
+        The consumer's high watermark alone lags far behind while the
+        invocations agent is busy (it is refreshed only by fetches, which
+        Faust stops while the agent's buffer is full): the sources agent
+        could then turn tens of thousands of records into commands before
+        the bound saw one. The offsets of this worker's own acked sends
+        close that gap.
+        """
+        topic = self.topic()
+        total = 0
+        for p in self.engine.live_partitions():
+            highwater = self.highwater(TP(topic, p))
+            last = max(-1 if highwater is None else highwater - 1, self.written.get(p, -1))
+            total += max(0, last - self.engine.applied.get(p, -1))
+        return total
+
+    def pending(self) -> int:
+        """Work accepted but not started: queued invocations plus unapplied commands."""
+        return self.engine.pending_count() + self.backlog()
+
+    async def admit(self) -> None:
+        """Hold the caller (the sources agent) while too much work is pending."""
+        pending = self.pending()
+        if pending > self.max_pending and self.capacity.is_set():
+            log.info("Pausing sources pending=%d bound=%d", pending, self.max_pending)
+            self.capacity.clear()
+        await self.capacity.wait()
+
+    def tick(self) -> None:
+        """Resume the sources once pending work fell to half the bound."""
+        if not self.capacity.is_set() and (pending := self.pending()) <= self.max_pending // 2:
+            log.info("Resuming sources pending=%d", pending)
+            self.capacity.set()
