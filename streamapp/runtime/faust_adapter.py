@@ -18,12 +18,18 @@ counts as processed and the next commit can pass it although no agent saw it
 (rebalances do not wait for it) but its offset never becomes committable; it
 is read again from the committed offset.
 
-``ConsumerThread._create_worker_consumer`` — fetch wait. Faust builds its
-aiokafka consumer with ``fetch_max_wait_ms=1500``; aiokafka keeps one fetch
-in flight per broker and leaves out partitions that still hold fetched
-records, so data arriving meanwhile waits up to the full 1.5 s. Commands make
-round trips through the internal topic (actor -> log -> agent) on every step:
-a short wait keeps a step's round trip in milliseconds.
+``ConsumerThread`` — fetch wait. Faust builds its aiokafka consumer with
+``fetch_max_wait_ms=1500``; aiokafka keeps one fetch in flight per broker and
+leaves out partitions that still hold fetched records, so data arriving
+meanwhile for those waits up to the full wait. Commands make round trips
+through the internal topic (actor -> log -> agent) on every step: a short
+wait (``FETCH_MAX_WAIT_MS``) keeps a step's round trip in milliseconds. At
+rest that short wait would poll the broker a hundred times a second, so the
+wait is chosen for each fetch request (``Fetcher._get_actions_per_node``,
+wrapped on the instance): short while a fetch brought records within
+``IDLE_AFTER`` seconds, ``IDLE_FETCH_WAIT_MS`` after. An idle worker's fetch
+holds every partition (none has records left over), so the broker answers
+it as soon as a record arrives: the long wait costs no latency.
 
 ``ConsumerThread.request_rejoin`` — a worker frozen past its session may have
 been expelled without knowing it; this makes the group coordinator (on the
@@ -73,7 +79,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SCHEME = "streamapp"
-FETCH_MAX_WAIT_MS = 10
+FETCH_MAX_WAIT_MS = 10  # while records flow
+IDLE_FETCH_WAIT_MS = 500  # at rest (aiokafka's own default)
+IDLE_AFTER = 1.0  # seconds without fetched records before the worker counts as at rest
 # The versions whose internals this module was read against (distribution -> versions).
 TESTED = {"faust-streaming": ("0.15.3",), "aiokafka": ("0.14.0",)}
 ALLOW_UNTESTED = "STREAMAPP_ALLOW_UNTESTED_FAUST"
@@ -156,12 +164,41 @@ def _patient_client(client: Any) -> None:
 
 
 # -- the transport -------------------------------------------------------------------
+class AdaptiveWait:
+    """Chooses each fetch request's wait: short while records flow, long at rest."""
+
+    def __init__(self, fetcher: Any, clock: Callable[[], float] = time.monotonic) -> None:
+        self.fetcher = fetcher
+        self.clock = clock
+        self.busy_at = clock()
+        self.plain = fetcher._get_actions_per_node
+        fetcher._get_actions_per_node = self.actions_per_node
+
+    def wait_ms(self) -> int:
+        now = self.clock()
+        # A fetch brought records a moment ago (those of partitions no agent reads, the
+        # table changelogs after their recovery, stay in the fetcher and age: they do not count).
+        if any(now - getattr(fetched, "_created", float("-inf")) <= IDLE_AFTER
+               for fetched in list(self.fetcher._records.values())):
+            self.busy_at = now
+        return FETCH_MAX_WAIT_MS if now - self.busy_at <= IDLE_AFTER else IDLE_FETCH_WAIT_MS
+
+    def actions_per_node(self, assignment: Any) -> Any:
+        self.fetcher._fetch_max_wait_ms = self.wait_ms()  # read when the fetch requests are built
+        return self.plain(assignment)
+
+
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by AIOKafkaConsumer.start() to build its Fetcher
         _patient_client(consumer._client)
         return consumer
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        if self._consumer is not None and getattr(self._consumer, "_fetcher", None) is not None:
+            AdaptiveWait(self._consumer._fetcher)
 
     def request_rejoin(self) -> bool:
         """Ask the group coordinator for a rejoin; False when the consumer is not running yet."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import faust
@@ -62,3 +63,36 @@ def test_untested_faust_or_aiokafka__refused_with_the_versions_unless_allowed(
         faust_adapter.check_versions(env={})
     faust_adapter.check_versions(env={faust_adapter.ALLOW_UNTESTED: "1"})
     assert "faust-streaming 0.15.3 (tested: 0.0.1)" in caplog.text
+
+
+class FakeFetcher:
+    """aiokafka's Fetcher as AdaptiveWait sees it: records not consumed yet, and the request builder."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, Any] = {}
+        self._fetch_max_wait_ms = 1500
+        self.built: list[int] = []
+
+    def _get_actions_per_node(self, assignment: Any) -> str:
+        self.built.append(self._fetch_max_wait_ms)
+        return "requests"
+
+
+def test_fetch_wait__short_while_records_flow_long_at_rest() -> None:
+    now = [100.0]
+    fetcher = FakeFetcher()
+    faust_adapter.AdaptiveWait(fetcher, clock=lambda: now[0])
+    assert fetcher._get_actions_per_node(None) == "requests"  # just started: as if busy
+    now[0] += 5
+    stale = SimpleNamespace(_created=now[0] - 60)  # a changelog's records no agent reads
+    fetcher._records = {"changelog": stale}
+    fetcher._get_actions_per_node(None)  # at rest all the same
+    fetcher._records = {"changelog": stale, "tp": SimpleNamespace(_created=now[0])}  # a fetch brought records
+    fetcher._get_actions_per_node(None)
+    fetcher._records = {"changelog": stale}
+    now[0] += faust_adapter.IDLE_AFTER / 2  # consumed; records flowed a moment ago
+    fetcher._get_actions_per_node(None)
+    now[0] += faust_adapter.IDLE_AFTER  # nothing since: at rest
+    fetcher._get_actions_per_node(None)
+    short, idle = faust_adapter.FETCH_MAX_WAIT_MS, faust_adapter.IDLE_FETCH_WAIT_MS
+    assert fetcher.built == [short, idle, short, short, idle]
