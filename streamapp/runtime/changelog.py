@@ -92,7 +92,7 @@ def header_offset(headers: Any) -> int | None:
     return None
 
 
-class PositionedTable(faust.Table):  # type: ignore[misc]  # faust's Table is untyped
+class PositionedTable(faust.Table[str, Any]):
     """A Faust table whose changelog records carry the command offset that wrote them."""
 
     positions: Positions

@@ -39,7 +39,7 @@ def object_key(service: str, key: str) -> str:
 
 
 def partition_for(object_key_: str, partitions: int) -> int:
-    return (murmur2(object_key_.encode()) & 0x7FFFFFFF) % partitions
+    return int(murmur2(object_key_.encode()) & 0x7FFFFFFF) % partitions
 
 
 def encode(cmd: dict[str, Any]) -> bytes:

@@ -158,7 +158,7 @@ class Delivery:
                 self._prober.assign([tp])
                 self._prober.seek(tp, offset)
                 records = await self._prober.getmany(tp, timeout_ms=5000, max_records=1)
-                found = records.get(tp)  # type: ignore[call-overload]
+                found = records.get(tp)
                 return int(found[0].offset) if found else None
             except Exception as exc:
                 log.warning("Could not probe partition=%s offset=%s error=%r", tp, offset, exc)

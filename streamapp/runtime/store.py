@@ -75,7 +75,7 @@ class Tables:
         self.positions = changelog.Positions()  # which command wrote each changelog record (runtime/changelog.py)
 
         def table(name: str, help_: str) -> Any:
-            schema: faust.Schema = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
+            schema: faust.Schema[str, Any] = faust.Schema(key_type=str, key_serializer="raw", value_serializer="json")
             return changelog.table(app, self.positions, name, partitions=partitions, schema=schema, help=help_,
                                    options=dict(ROCKSDB_OPTIONS))
 
