@@ -95,6 +95,21 @@ class OffsetGuard:
             self.next.pop(tp, None)
             self.holes.pop(tp, None)
 
+    def restart_at(self, tp: TP, offset: int, *, probe: bool = False) -> None:
+        """Read ``tp`` again from ``offset`` (a recreated topic): seek there until that record arrives.
+
+        A seek made now can be undone by one Faust makes later (its recovery
+        seeks every partition to the group's committed offset, which for a
+        recreated topic is the old incarnation's); and with nothing after
+        the record, no later record would reveal the gap. So it is kept as
+        an open hole: ``tick`` seeks again every ``RESEEK_AFTER`` seconds
+        until the record at ``offset`` is admitted. With ``probe`` (``offset``
+        is a guess, such as 0 for a topic just created), each seek after the
+        first asks the broker where the log really starts.
+        """
+        self.next[tp] = offset
+        self.holes[tp] = Hole(offset, offset - 1, probed=not probe)
+
     async def admit(self, message: Any) -> bool:
         """Whether to process ``message`` now. Call once per record, in delivery order."""
         tp, offset = message.tp, message.offset

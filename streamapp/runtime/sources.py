@@ -68,10 +68,11 @@ class Ingest:
     async def on_assigned(self, assigned: Iterable[TP]) -> None:
         """Ask for the topic ids of the assigned source topics before their records are fetched.
 
-        A topic recreated since it was last seen here is read from the
-        group's commit again (the broker dropped the old topic's commits).
-        Without an answer, the id known before stays: the first batch's
-        answer is compared with it.
+        A topic recreated since it was last seen here is read from its start,
+        not from the group's commit: the broker drops the old topic's commits
+        only some time after the deletion, and a commit Faust makes for the
+        old topic can land on the new one. Without an answer, the id known
+        before stays: the first batch's answer is compared with it.
         """
         topics = sorted({tp.topic for tp in assigned if tp.topic in self.routes})
         if not topics:
@@ -86,7 +87,10 @@ class Ingest:
             if known is not None and known != topic_id:
                 log.warning("Source topic recreated topic=%s was=%s now=%s", topic, known, topic_id)
                 self.changes[topic] = self.changes.get(topic, 0) + 1
-                self.runtime.delivery.guards["sources"].forget([tp for tp in assigned if tp.topic == topic])
+                guard = self.runtime.delivery.guards["sources"]
+                for tp in assigned:
+                    if tp.topic == topic:  # sought from the guard's tick, once Faust's own seeks are done
+                        guard.restart_at(tp, 0, probe=True)
             self.topic_ids[topic] = topic_id
 
     async def confirm(self, events: list[Any]) -> list[Any]:
@@ -175,7 +179,7 @@ class Ingest:
             earliest = dict.fromkeys(tps, 0)
         for tp in tps:
             # Not the group's commit: one made for the old topic may have landed on the new one.
-            guard.next[tp] = int(earliest[tp])
+            guard.restart_at(tp, int(earliest[tp]))
             await self.runtime.delivery.seek(tp, guard.next[tp])
 
     async def batch(self, events: list[Any]) -> None:

@@ -15,6 +15,7 @@ from faust.types import TP
 
 from streamapp.config import Settings
 from streamapp.durable import ids
+from streamapp.runtime import offsets
 from streamapp.runtime.offsets import OffsetGuard
 from streamapp.runtime.sources import Ingest
 
@@ -139,15 +140,22 @@ async def test_confirm__only_the_recreated_topics_records_are_dropped() -> None:
     assert rt.seeks == [(SRC, 0)]
 
 
-async def test_on_assigned__topic_recreated_since_last_assignment__partition_offsets_forgotten() -> None:
+async def test_on_assigned__topic_recreated_since_last_assignment__read_from_its_start_not_the_commit(
+        monkeypatch: Any) -> None:
+    # The group's commit may still be the old topic's (the broker drops it some time after the
+    # deletion) and Faust seeks there after the assignment: the guard seeks the start until it comes.
+    monkeypatch.setattr(offsets, "RESEEK_AFTER", 0.0)
     rt = FakeRuntime(answers=[{"src": OLD}, {"src": NEW}])
     ing = ingest(rt)
     guard = rt.guards["sources"]
     await ing.on_assigned({SRC})
     guard.next[SRC] = 5  # read up to offset 4 of the old topic
     await ing.on_assigned({SRC})
-    assert SRC not in guard.next  # the next record asks where to start again (the old commits are gone)
     assert ing.topic_ids["src"] == NEW
+    assert guard.next[SRC] == 0 and rt.seeks == []  # no seek inside the rebalance
+    await guard.tick()
+    assert rt.seeks == [(SRC, 0)]
+    assert await guard.admit(Msg(SRC, 0))
 
 
 async def test_confirm__topic_deleted_and_partition_revoked__batch_dropped_for_redelivery() -> None:
@@ -183,6 +191,25 @@ async def test_watch__recreated_topic_found_without_any_record_arriving() -> Non
     await ing.watch()
     assert rt.seeks == [(SRC, 0)]
     assert rt.guards["sources"].next[SRC] == 0
+
+
+async def test_restart__seeks_again_until_the_new_topics_first_record_arrives(monkeypatch: Any) -> None:
+    # Faust's recovery seeks to the group's commit (the old topic's, 1) after the restart sought 0:
+    # nothing arrives, and no later record would reveal the gap. The guard seeks 0 again until it comes.
+    monkeypatch.setattr(offsets, "RESEEK_AFTER", 0.0)
+    rt = FakeRuntime(answers=[{"src": OLD}, {"src": NEW, "other": "o1"}])
+    ing = ingest(rt)
+    await ing.on_assigned({SRC})
+    rt.guards["sources"].next[SRC] = 1
+    await ing.watch()
+    assert rt.seeks == [(SRC, 0)]
+    guard = rt.guards["sources"]
+    await guard.tick()
+    await guard.tick()
+    assert rt.seeks == [(SRC, 0), (SRC, 0), (SRC, 0)]
+    assert await guard.admit(Msg(SRC, 0))  # the new topic's first record
+    await guard.tick()
+    assert rt.seeks == [(SRC, 0), (SRC, 0), (SRC, 0)] and guard.holes == {}
 
 
 async def test_confirm__recreation_found_by_watch_during_the_lookup__batch_dropped() -> None:
