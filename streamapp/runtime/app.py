@@ -302,8 +302,13 @@ class Runtime:
         @app.agent(sources, name="sources")
         async def sources_agent(stream: Any) -> None:
             source_guard = self.delivery.guards["sources"]
+            queue = stream.channel.queue  # the stream buffer Faust delivers the source records to
+
+            def buffer_full() -> bool:
+                return bool(queue.full())
+
             async for events in stream.take_events(500, within=0.005):
-                await self.flow.admit()
+                await self.flow.admit(buffer_full)
                 events = await self.ingest.confirm(events)  # which topic incarnation the records are from
                 durable = False
                 admitted = []

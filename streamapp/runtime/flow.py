@@ -6,11 +6,22 @@ pause above ``max_pending`` and resume at half of it. While the agent waits,
 Faust's own stream-buffer flow control stops fetching the source partitions
 (no record is dropped: Faust's explicit ``pause_partitions`` can drop
 records already fetched, so it is not used).
+
+One trap: Faust stops *fetching* a partition whose stream buffer is under
+pressure, but it still delivers the records it fetched before, and when the
+buffer is full its delivery waits, for every partition of the worker's
+consumer: the internal topic too. A sources agent held here while its
+buffer fills would then stop the invocations agent that alone can bring
+pending work down: a deadlock (seen with 8 source partitions, 20,000
+records and the default bound). So the agent waits only while its buffer
+has room (``full``); the bound can be passed by what was fetched before
+the pause, never more.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -19,6 +30,8 @@ from faust.types import TP
 from streamapp.runtime.engine import Engine
 
 log = logging.getLogger(__name__)
+
+FULL_CHECK = 0.05  # seconds between looks at the agent's buffer while the sources wait
 
 
 class FlowControl:
@@ -55,13 +68,15 @@ class FlowControl:
         """Work accepted but not started: queued invocations plus unapplied commands."""
         return self.engine.pending_count() + self.backlog()
 
-    async def admit(self) -> None:
-        """Hold the caller (the sources agent) while too much work is pending."""
+    async def admit(self, full: Callable[[], bool] = lambda: False) -> None:
+        """Hold the caller (the sources agent) while too much work is pending and its buffer has room."""
         pending = self.pending()
         if pending > self.max_pending and self.capacity.is_set():
             log.info("Pausing sources pending=%d bound=%d", pending, self.max_pending)
             self.capacity.clear()
-        await self.capacity.wait()
+        while not self.capacity.is_set() and not full():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.capacity.wait(), FULL_CHECK)
 
     def tick(self) -> None:
         """Resume the sources once pending work fell to half the bound."""
