@@ -29,14 +29,17 @@ def newest(results: Path = RESULTS) -> list[Path]:
 
 def rows(path: Path) -> list[str]:
     data: dict[str, Any] = json.loads(path.read_text())
-    rev = data["revision"][:7] + ("+dirty" if data.get("dirty") else "")
+    # Files written before provenance was recorded carry no revision: say so.
+    rev = "revision unrecorded"
+    if "revision" in data:
+        rev = data["revision"][:7] + ("+dirty" if data.get("dirty") else "")
     load = data.get("load_average") or {}
     la = f"{load['before'][0]:.1f}→{load['after'][0]:.1f}" if load.get("before") and load.get("after") else "?"
     name = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
     where = f"`{name}` ({rev}, load {la})"
     out = []
     for fig in data["figures"]:
-        if fig["value"] is None:
+        if fig.get("value") is None:
             continue
         value = f"{fmt(fig['value'])} {fig['unit']}"
         baseline = ""
