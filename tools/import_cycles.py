@@ -90,11 +90,12 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 def main() -> int:
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "streamapp").resolve()
-    found = cycles(graph(root))
+    edges = graph(root)
+    found = cycles(edges)
     for component in found:
         print("import cycle among: " + ", ".join(component), file=sys.stderr)
     if not found:
-        print(f"no import cycles in {root.name} ({len(graph(root))} modules)")
+        print(f"no import cycles in {root.name} ({len(edges)} modules)")
     return 1 if found else 0
 
 

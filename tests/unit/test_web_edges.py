@@ -121,6 +121,19 @@ async def silent_peer() -> AsyncIterator[str]:
 
 
 @contextlib.asynccontextmanager
+async def listening(app: web.Application) -> AsyncIterator[str]:
+    """Serve ``app`` on a port from the OS: its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
 async def knowing_peer(inv_id: str) -> AsyncIterator[str]:
     async def invocation(request: web.Request) -> web.Response:
         if request.match_info["id"] != inv_id:
@@ -129,15 +142,8 @@ async def knowing_peer(inv_id: str) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/invocations/{id}", invocation)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        port = runner.addresses[0][1]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with listening(app) as url:
+        yield url
 
 
 async def nothing(target: dict[str, Any], source: Any = None) -> None:
@@ -196,14 +202,8 @@ async def driving_peer(live: list[int]) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/invocations/{id}", invocation)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with listening(app) as url:
+        yield url
 
 
 async def test_invocation_lookup__unknown_everywhere_while_a_partition_is_not_driven__503_not_404() -> None:
@@ -234,14 +234,8 @@ def runtime_owned_by(owner: str) -> Any:
 async def owner(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    finally:
-        await runner.cleanup()
+    async with listening(app) as url:
+        yield url
 
 
 async def test_forward__owner_down_503_owner_dying_mid_call_504_and_the_answer_keeps_its_invocation_id() -> None:
