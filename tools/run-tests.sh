@@ -34,10 +34,16 @@ took mypy
 echo "== import cycles"
 $BIN/python tools/import_cycles.py streamapp
 took "import cycles"
-echo "== pytest (broker $STREAMAPP_TEST_BROKER)"
-$BIN/pytest "$@"
+# Most of the suite waits on the broker and on workers, not on a core: two test
+# processes (pytest-xdist) share it out.
+# STREAMAPP_TEST_PROCESSES=0 runs it in this process. The bench smoke (every
+# benchmark scenario at tiny sizes) is one of the tests (test_bench_smoke.py).
+procs=${STREAMAPP_TEST_PROCESSES:-2}
+echo "== pytest (broker $STREAMAPP_TEST_BROKER, $procs test processes)"
+if [ "$procs" -gt 0 ]; then
+    $BIN/pytest -n "$procs" --dist worksteal "$@"
+else
+    $BIN/pytest "$@"
+fi
 took pytest
-echo "== bench smoke (every benchmark scenario at tiny sizes; nothing timed is asserted)"
-$BIN/python -m bench --smoke
-took "bench smoke"
 echo "-- tests took $((SECONDS - run_start)) s in all (load average $(cut -d' ' -f1-3 /proc/loadavg))"

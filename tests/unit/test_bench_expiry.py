@@ -1,8 +1,8 @@
 """The broker-free expiry benchmark runs against the engine as it is.
 
-``make test`` runs every benchmark scenario at smoke sizes only after the
-whole pytest suite; this test reaches the expiry scenario in seconds, so a
-change to the engine's command types or state that the scenario relies on
+``make test`` runs every benchmark scenario at smoke sizes in one long test
+(tests/integration/test_bench_smoke.py); this one reaches the expiry
+scenario in seconds, so a change to the engine's command types or state that the scenario relies on
 fails here first. Nothing timed is asserted: only that each phase completes
 and leaves no outcome or index row behind.
 """
