@@ -92,16 +92,63 @@ def header_offset(headers: Any) -> int | None:
     return None
 
 
+DELETED = object()  # a staged row that is a deletion (a tombstone in the changelog)
+
+
 class PositionedTable(faust.Table[str, Any]):
-    """A Faust table whose changelog records carry the command offset that wrote them."""
+    """A Faust table whose changelog records carry the command offset that wrote them, written as net effects.
+
+    A write goes to the local store at once (reads see it) and is *staged*
+    for the changelog: per partition, the last value of each key, in the
+    order of their last writes. ``send_staged`` hands what is staged to the
+    producer; the producer's flush does that first (``runtime/flush.py``),
+    so the rows of every command a commit passes are sent, and acknowledged,
+    before it. An invocation that starts and finishes between two commits
+    writes one tombstone for its row, not a record per change.
+
+    The order keeps restores sound: within a partition the staged rows go out
+    in the order of their last writes, so the offsets in their headers never
+    decrease (commands are applied in offset order), and after the rows of
+    one flush the changelog holds the table as it was after the last command
+    applied before it.
+    """
 
     positions: Positions
+    staged: dict[int, dict[Any, tuple[Any, int | None]]]
 
-    def send_changelog(self, partition: int | None, key: Any, value: Any, key_serializer: Any = None,
-                       value_serializer: Any = None) -> Any:
-        at = self.positions.applying.get(partition) if partition is not None else None
+    def on_key_set(self, key: Any, value: Any) -> None:
+        self._stage(key, value)
+        self._sensor_on_set(self, key, value)
+
+    def on_key_del(self, key: Any) -> None:
+        self._stage(key, DELETED)
+        self._sensor_on_del(self, key)
+
+    def _stage(self, key: Any, value: Any) -> None:
+        partition = self.partition_for_key(key)  # the partition of the command being applied
+        if partition is None:
+            raise TypeError(f"table {self.name} is written outside the invocations agent")
+        rows = self.staged.setdefault(partition, {})
+        rows.pop(key, None)  # re-inserted last: the order of last writes
+        rows[key] = (value, self.positions.applying.get(partition))
+
+    def send_staged(self) -> int:
+        """Hand every staged row to the producer (net effect, in order of last writes); how many."""
+        staged, self.staged = self.staged, {}
+        sent = 0
+        for partition, rows in staged.items():
+            for key, (value, at) in rows.items():
+                if value is DELETED:
+                    self._send_row(partition, key, None, at, value_serializer="raw")
+                else:
+                    self._send_row(partition, key, value, at)
+                sent += 1
+        return sent
+
+    def _send_row(self, partition: int, key: Any, value: Any, at: int | None,
+                  value_serializer: Any = None) -> Any:
         headers = None
-        if at is not None and partition is not None:
+        if at is not None:
             headers = {HEADER: str(at).encode()}
             tp = TP(self.changelog_topic.get_topic_name(), partition)
             self.positions.high[tp] = max(at, self.positions.high.get(tp, -1))
@@ -109,7 +156,7 @@ class PositionedTable(faust.Table[str, Any]):
             key=key,
             value=value,
             partition=partition,
-            key_serializer=key_serializer if key_serializer is not None else self.key_serializer,
+            key_serializer=self.key_serializer,
             value_serializer=value_serializer if value_serializer is not None else self.value_serializer,
             callback=self._on_changelog_sent,
             eager_partitioning=True,
@@ -138,5 +185,6 @@ def table(app: faust.App, positions: Positions, name: str, **kwargs: Any) -> Pos
     """``app.Table(name, **kwargs)``, positioned."""
     created = PositionedTable(app, name=name, beacon=app.tables.beacon, **kwargs)
     created.positions = positions
+    created.staged = {}
     app.tables.add(created)
     return created

@@ -22,11 +22,15 @@ Source record (topic subscribed to a handler), at least once:
 
 Internal command, exactly once in effect:
   1. admitted by the invocations agent's guard as above;
-  2. applied to the tables: the changelog records of its rows go to the
-     producer's buffer, each naming the command (``runtime/changelog.py``);
+  2. applied to the tables: its rows are written to the local stores and
+     staged for the changelogs, each naming the command; a later write of
+     the same row before the next flush replaces the staged one
+     (``runtime/changelog.py``);
   3. marked handled, so Faust may count its ack;
-  4. Faust's commit flushes the producer: every record buffered before the
-     flush began is acknowledged (``runtime/flush.py``; Faust's own flush can
+  4. Faust's commit flushes the producer: the staged rows go to its buffer
+     (the net effect of the commands applied since the last flush, in the
+     order of their last writes), and every record buffered before the flush
+     began is acknowledged (``runtime/flush.py``; Faust's own flush can
      return early), then commits the command's offset. A crash before the
      commit replays the command; applying is idempotent (ids, statuses,
      journal indexes, epochs).

@@ -38,7 +38,9 @@ assignment, not from what the worker believed.
 
 ``Producer.send_soon`` / ``Producer.flush`` — the complete flush
 (``runtime/flush.py``): Faust commits right after the producer's flush, and
-Faust's buffer flush can return with table rows still unsent.
+Faust's buffer flush can return with table rows still unsent. A flush first
+asks the app to send the table rows it staged (``before_flush``; the tables
+write their changelogs as net effects, ``runtime/changelog.py``).
 
 Patient start-up — ``wait_for_broker`` proves the broker answered once;
 Faust's clients bootstrap and declare topics right after, and a broker killed
@@ -234,6 +236,11 @@ class Producer(faust_aiokafka.Producer):
         self.complete_flush.put(fut)
 
     async def flush(self) -> None:
+        # Table rows are staged until a flush (runtime/changelog.py): send them first, so this flush,
+        # and the commit that follows it, covers them.
+        before = getattr(self.app, "before_flush", None)
+        if before is not None:
+            before()
         await self.complete_flush.flush()
 
     def _new_producer(self, transactional_id: str | None = None) -> Any:

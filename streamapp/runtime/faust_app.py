@@ -40,6 +40,10 @@ class StreamApp(faust.App):
         """Consulted by the consumer before it counts an ack (``faust_adapter.Consumer.ack``)."""
         return self.runtime.delivery.ackable(message)
 
+    def before_flush(self) -> None:
+        """Called by the producer as a flush begins (``faust_adapter.Producer.flush``): staged table rows go out."""
+        self.runtime.tables.send_staged()
+
     def on_webserver_init(self, web: Any) -> None:
         # Faust calls this more than once for the same aiohttp app.
         if getattr(web.web_app, "_streamapp_routes", False):

@@ -24,8 +24,10 @@ stops the worker for a refused changelog record).
 
 Commit order, with this in place (``Consumer._commit_offsets``):
   1. Faust picks, per partition, the highest offset below which every
-     command was acked (applied: its rows are in the buffer by then);
-  2. ``flush``: every record buffered so far is acknowledged (acks=all);
+     command was acked (applied: its rows are staged by then);
+  2. ``flush``: the rows staged so far go to the buffer, as the net effect
+     of every command applied since the last flush (``runtime/changelog.py``),
+     and every record buffered so far is acknowledged (acks=all);
   3. the offsets are committed.
 """
 

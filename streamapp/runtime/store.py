@@ -85,6 +85,11 @@ class Tables:
         self.expiry = table("expiry", "finished invocations by finish time")
         self.state = table("state", "per-key user state")
         self.meta = table("meta", "partition epochs")
+        self.all = (self.invocations, self.results, self.timers, self.expiry, self.state, self.meta)
+
+    def send_staged(self) -> int:
+        """Hand the net effect of every table write since the last flush to the producer (``changelog.py``)."""
+        return sum(table.send_staged() for table in self.all)
 
     def distrust_local(self) -> list[TP]:
         """Make the next recovery read every changelog partition this worker holds from its start.
@@ -99,7 +104,7 @@ class Tables:
         ``delete.retention.ms``, a day by default).
         """
         reset = []
-        for table in (self.invocations, self.results, self.timers, self.state, self.meta):
+        for table in self.all:
             store = table.data
             topic = table.changelog_topic.get_topic_name()
             for partition in faust_adapter.open_partitions(store):

@@ -55,9 +55,16 @@ def test_restore__a_deposed_workers_late_table_write_does_not_replace_its_succes
     # A worker frozen past its session sends what its producer held when it
     # wakes: rows of commands its successor applied again, and went past.
     worker = workers.new()
+    changelog = f"{worker.app_id}-state-changelog"
+
+    def in_changelog(row: dict[str, int]) -> bool:
+        return any(r.value and json.loads(r.value) == row for r in harness.read_topic(changelog))
+
     for n in range(3):
         assert worker.request("POST", "/Test/k/Tick", {"n": n}) == (200, n + 1)
-    changelog = f"{worker.app_id}-state-changelog"
+        # A commit writes the net effect of the rows since the last one: wait for this version's.
+        harness.wait_for(lambda n=n: in_changelog({"ticks": n + 1, "last": n}), timeout=30,
+                         what=f"state row of tick {n} in the changelog")
     rows = [r for r in harness.read_topic(changelog) if r.value and json.loads(r.value).get("last") is not None]
     first = next(r for r in rows if json.loads(r.value or b"{}") == {"ticks": 1, "last": 0})
     produce_copy(changelog, first)

@@ -7,6 +7,9 @@ built as Faust's recovery hands them to the table.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import random
 import types
 import weakref
 from collections.abc import Iterator
@@ -34,9 +37,10 @@ def tables(tmp_path: Path) -> Iterator[Tables]:
     sent: list[Any] = []
     app.producer.send_soon = sent.append  # type: ignore[method-assign]
     tables.sent = sent  # type: ignore[attr-defined]
-    tables.state._verified_source_topics_for_partitions.add(TOPIC)
+    for table in tables.all:
+        table._verified_source_topics_for_partitions.add(TOPIC)
     yield tables
-    for table in (tables.state, tables.invocations):
+    for table in tables.all:
         for db in table.data._dbs.values():
             db.close()
     asyncio.set_event_loop(None)
@@ -108,14 +112,33 @@ def test_restore__a_full_restore_after_a_stall_forgets_the_positions(tables):
     assert rows(state, 0) == {"a": 2} and tables.positions.skipped == 0
 
 
-def test_writes_carry_the_offset_of_the_command_being_applied(tables):
-    tables.positions.applying[1] = 42
-    event = _Event(1)
+@contextlib.contextmanager
+def applying(tables: Tables, partition: int, at: int) -> Iterator[None]:
+    """Inside the agent's iteration, applying the command at offset ``at`` of ``partition``."""
+    tables.positions.applying[partition] = at
+    event = _Event(partition)
     token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
     try:
-        tables.state["Svc/k"] = {"v": 1}
+        yield
     finally:
         _current_event.reset(token)
+
+
+def sent_rows(tables: Tables) -> list[tuple[int, str, Any, int]]:
+    """What reached the producer: (partition, key, value or None, header offset), in order."""
+    out = []
+    for fut in tables.sent:
+        message = fut.message
+        key = json.loads(message.key)  # serialized as the table's changelog records are
+        out.append((message.partition, key, message.value, int(dict(message.headers)[changelog.HEADER])))
+    return out
+
+
+def test_writes_carry_the_offset_of_the_command_being_applied(tables):
+    with applying(tables, 1, 42):
+        tables.state["Svc/k"] = {"v": 1}
+    assert tables.sent == []  # staged until the producer's flush
+    assert tables.send_staged() == 1
     (fut,) = tables.sent
     assert fut.message.headers == [(changelog.HEADER, b"42")] or dict(fut.message.headers) == {
         changelog.HEADER: b"42"}
@@ -132,3 +155,73 @@ def test_positions_survive_a_clean_stop_and_are_read_once(tables, tmp_path):
     again.load(tmp_path)
     assert again.high == {tp: 7}
     assert not (tmp_path / changelog.POSITIONS_FILE).exists()
+
+
+def test_staged_writes__a_flush_sends_the_net_effect_in_the_order_of_last_writes(tables):
+    inv = tables.invocations
+    with applying(tables, 0, 10):
+        inv["a"] = {"status": "running"}          # created ...
+    with applying(tables, 0, 11):
+        inv["b"] = {"status": "running"}
+        inv["a"] = {"status": "running", "journal": [1]}
+    with applying(tables, 0, 12):
+        del inv["a"]                              # ... and finished before the flush
+    with applying(tables, 1, 5):
+        inv["c"] = {"status": "sleeping"}
+    # The local store has every write at once.
+    assert rows(inv, 0) == {"b": {"status": "running"}} and rows(inv, 1) == {"c": {"status": "sleeping"}}
+
+    assert tables.send_staged() == 3
+    sent = sent_rows(tables)
+    assert [(p, k, at) for p, k, _, at in sent] == [(0, "b", 11), (0, "a", 12), (1, "c", 5)]
+    assert sent[1][2] is None  # "a": one tombstone for three writes
+    # Per partition the header offsets never decrease (a restore relies on it).
+    for p in (0, 1):
+        ats = [at for q, _, _, at in sent if q == p]
+        assert ats == sorted(ats)
+    assert tables.send_staged() == 0  # nothing twice
+
+
+def test_staged_writes__a_restore_of_what_the_flushes_sent_rebuilds_the_writers_tables(tables, tmp_path):
+    """Random writes, flushes in between: replaying the changelog gives the writer's rows, per partition."""
+
+
+    rng = random.Random(7)
+    state = tables.state
+    at = {0: 0, 1: 0}
+    for _ in range(400):
+        p = rng.choice((0, 1))
+        at[p] += 1
+        with applying(tables, p, at[p]):
+            for _ in range(rng.randint(1, 3)):
+                key = f"k{rng.randint(0, 9)}"
+                if rng.random() < 0.3:
+                    if state.get(key) is not None:
+                        del state[key]
+                else:
+                    state[key] = {"v": rng.randint(0, 1000)}
+        if rng.random() < 0.1:
+            tables.send_staged()
+    tables.send_staged()
+    expected = {p: rows(state, p) for p in (0, 1)}
+
+    fresh = Tables(faust.App("test-positions-2", broker="kafka://127.0.0.1:1", store="rocksdb://",
+                             datadir=str(tmp_path / "again"), web_enabled=False), 2)
+    try:
+        batch = [record(fresh.state, p, offset, key, value, at=a)
+                 for offset, (p, key, value, a) in enumerate(sent_rows(tables))]
+        fresh.state.apply_changelog_batch(batch)
+        assert {p: rows(fresh.state, p) for p in (0, 1)} == expected
+        assert fresh.positions.skipped == 0
+    finally:
+        for table in fresh.all:
+            for db in table.data._dbs.values():
+                db.close()
+
+
+def test_distrust_local__every_table_is_restored_from_its_start(tables):
+    with applying(tables, 0, 1):
+        for table in tables.all:
+            table["k"] = {"v": 1}
+    reset = tables.distrust_local()
+    assert {tp.topic for tp in reset} == {t.changelog_topic.get_topic_name() for t in tables.all}

@@ -137,3 +137,24 @@ async def test_a_cancelled_flush_leaves_the_records_to_the_next_one() -> None:
         assert not flusher.unsent
     finally:
         await stop(app)
+
+
+async def test_a_flush_first_sends_what_the_app_staged_and_waits_for_it_too() -> None:
+    # Table rows wait in the tables (net effects) until a flush: the app's
+    # ``before_flush`` hands them over, and this flush, the one a commit
+    # relies on, waits for their acks as for anything buffered before it.
+    client = SlowClient(hand_off=0.1)
+    app, topic = await app_with(client)
+    staged = [b"row1", b"row2"]
+
+    def before_flush() -> None:
+        while staged:
+            topic.send_soon(key=b"k", value=staged.pop(0))
+
+    app.before_flush = before_flush  # type: ignore[attr-defined]
+    try:
+        topic.send_soon(key=b"k", value=b"buffered")
+        await app.producer.flush()
+        assert client.acked == [b"buffered", b"row1", b"row2"]
+    finally:
+        await stop(app)
