@@ -43,6 +43,7 @@ from chaos.proxy import RecordingProxy
 from chaos.steps import Disturbance
 from chaos.topics import create_topics, read_topic
 from chaos.workload import BAD_HEADER, REASONS, Producer, bad_records
+from streamapp.runtime import commands
 
 
 def say(text: str) -> None:
@@ -340,8 +341,9 @@ class ChaosRun:
             activations += logs.activations_from_log(worker.log_text(), worker.slot, worker.incarnation_pids)
         self.internal = read_topic(self.broker.bootstrap, f"{self.app_id}-invocations", timeout=120)
         entries, epochs = logs.internal_commands([
-            {"partition": rec.partition, "offset": rec.offset, "value": json.loads(rec.value)}
+            {"partition": rec.partition, "offset": rec.offset, "value": cmd}
             for rec in self.internal if rec.value and (b'"entry"' in rec.value or b'"activate"' in rec.value)
+            for cmd in commands.unpack(json.loads(rec.value))  # a record can hold a batch of commands
         ])
         with (self.workdir / "activations.jsonl").open("w") as f:
             for act in sorted(activations, key=lambda a: a.time):
@@ -383,10 +385,10 @@ class ChaosRun:
         for rec in self.internal:
             if not rec.value or b'"invoke"' not in rec.value:
                 continue
-            cmd = json.loads(rec.value)
-            source = cmd.get("source") or {}
-            if cmd.get("op") == "invoke" and source.get("topic") == self.source_topic:
-                found.append(checks.Admission(int(source["offset"]), rec.timestamp))
+            for cmd in commands.unpack(json.loads(rec.value)):
+                source = cmd.get("source") or {}
+                if cmd.get("op") == "invoke" and source.get("topic") == self.source_topic:
+                    found.append(checks.Admission(int(source["offset"]), rec.timestamp))
         return checks.late_admissions(found)
 
     def evidence_dump(self, report: checks.Report) -> Path:
@@ -408,11 +410,14 @@ class ChaosRun:
                         value = json.loads(rec.value) if rec.value else None
                     except ValueError:
                         value = (rec.value or b"").decode("utf-8", "replace")
-                    ident = value.get("id") if isinstance(value, dict) else None
-                    op = value.get("op") if isinstance(value, dict) else None
-                    if key in invs or ident in invs or op == "activate" or topic.endswith("meta-changelog"):
-                        f.write(json.dumps({"topic": topic, "partition": rec.partition, "offset": rec.offset,
-                                            "time": checks.clock(rec.timestamp), "key": key, "value": value}) + "\n")
+                    batch = isinstance(value, dict) and value.get("op") == commands.BATCH
+                    for index, one in enumerate(commands.unpack(value) if batch else [value]):
+                        ident = one.get("id") if isinstance(one, dict) else None
+                        op = one.get("op") if isinstance(one, dict) else None
+                        if key in invs or ident in invs or op == "activate" or topic.endswith("meta-changelog"):
+                            f.write(json.dumps({"topic": topic, "partition": rec.partition, "offset": rec.offset,
+                                                **({"index": index} if batch else {}),
+                                                "time": checks.clock(rec.timestamp), "key": key, "value": one}) + "\n")
         return path
 
     # -- teardown --------------------------------------------------------------------

@@ -19,6 +19,7 @@ import time
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.common import BenchError, Result, Run, percentile
+from streamapp.runtime import commands
 from tests import harness
 
 HANDLERS = {"trivial": "Bench/Step", "3-step": "Bench/Three"}
@@ -50,11 +51,11 @@ async def measure(app_id: str, topic: str, partitions: int, rate: float, seconds
             now = time.time()
             for msgs in batch.values():
                 for m in msgs:
-                    cmd = json.loads(m.value)
-                    if cmd["op"] == "invoke" and "t0" in (cmd.get("payload") or {}):
-                        sent[cmd["id"]] = cmd["payload"]["t0"]
-                    elif cmd["op"] == "complete" and cmd["id"] in sent:
-                        done[cmd["id"]] = now
+                    for cmd in commands.unpack(json.loads(m.value)):  # a record can hold a batch
+                        if cmd["op"] == "invoke" and "t0" in (cmd.get("payload") or {}):
+                            sent[cmd["id"]] = cmd["payload"]["t0"]
+                        elif cmd["op"] == "complete" and cmd["id"] in sent:
+                            done[cmd["id"]] = now
             if len(done) >= n:
                 all_done.set()
 

@@ -108,7 +108,7 @@ class Runtime:
         self.engine = Engine(self.tables, self.actors, self.scheduler, leadership,
                              on_dead_letter=self.outbox.dead_letter_soon, on_foreign_activation=self.reclaim)
         self.flow = FlowControl(self.engine, lambda tp: self.app.consumer.highwater(tp), self.internal.get_topic_name,
-                                self.outbox.written, settings.max_pending)
+                                self.outbox.written, settings.max_pending, self.outbox.extra)
         self.expire_turn = 0  # which live partition gets the first expire command of the next round
         self.recovering: asyncio.Future[None] | None = None
         self.stalled = False  # woke from a stall; no command is applied until the group reassigns
@@ -365,25 +365,32 @@ class Runtime:
                                for p in live[first:] + live[:first]))
 
     def apply_command(self, msg: Any, value: bytes) -> str | None:
-        """Apply one internal record; the reason it can never be applied, if it cannot.
+        """Apply one internal record (one command or a batch of them); why it cannot be applied, if so.
 
         A command that is well formed but fails to apply stops the worker
         (fail-stop): its offset is never committed (the record is not marked
         handled), so the next owner of the partition applies it again.
         Skipping it would lose an ``invoke`` or strand a key behind a lost
-        ``complete``, with rows half written.
+        ``complete``, with rows half written. A malformed command of a batch
+        is skipped (the record is dead-lettered with the reason) and the
+        others are applied.
         """
         try:
-            cmd = commands.decode(value)
+            cmds = commands.unpack(commands.decode(value))
         except ValueError:
             return "undecodable command"
-        try:
-            command = ops.parse(cmd)
-        except ops.InvalidCommandError as exc:
-            return str(exc)
-        try:
-            self.engine.apply(msg.partition, msg.offset, command)
-        except Exception as exc:  # ApplyError, or a failure while failing an invocation
-            log.critical("Stopping the worker: could not apply %s", exc, exc_info=exc.__cause__ or exc)
-            raise SystemExit(EX_SOFTWARE) from exc
-        return None
+        reasons = []
+        for index, cmd in enumerate(cmds):
+            try:
+                if not isinstance(cmd, dict) or cmd.get("op") == commands.BATCH:
+                    raise ops.InvalidCommandError("not a command")
+                command = ops.parse(cmd)
+            except ops.InvalidCommandError as exc:
+                reasons.append(str(exc) if len(cmds) == 1 else f"command {index} of the batch: {exc}")
+                continue
+            try:
+                self.engine.apply(msg.partition, msg.offset, command, index)
+            except Exception as exc:  # ApplyError, or a failure while failing an invocation
+                log.critical("Stopping the worker: could not apply %s", exc, exc_info=exc.__cause__ or exc)
+                raise SystemExit(EX_SOFTWARE) from exc
+        return "; ".join(reasons) or None

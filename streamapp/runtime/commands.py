@@ -22,6 +22,13 @@ per partition).
 
 Each op is a typed command in ``ops.py`` (its fields, and how a record is
 read and validated); this module is the wire: keys, partitions, JSON.
+
+A record holds one command, or several bound for the same partition
+(``{"op": "batch", "cmds": [...]}``, keyed ``batch``): the outbox puts the
+commands that are ready at the same moment into one record
+(``runtime/outbox.py``), and they are applied in their order in it. Only the
+ops in ``BATCHABLE`` travel that way; an activation, an expiry and the
+operator's commands always have a record of their own.
 """
 
 from __future__ import annotations
@@ -42,8 +49,21 @@ def partition_for(object_key_: str, partitions: int) -> int:
     return int(murmur2(object_key_.encode()) & 0x7FFFFFFF) % partitions
 
 
+BATCH = "batch"
+BATCH_KEY = b"batch"
+BATCHABLE = frozenset({"invoke", "entry", "suspend", "retry", "complete", "fail", "fire"})
+MAX_BATCH = 1000  # commands per record (below ``partition.SEQ_PER_RECORD``)
+_BATCH_HEAD, _BATCH_TAIL = b'{"op":"batch","cmds":[', b"]}"
+BATCH_FRAMING = len(_BATCH_HEAD) + len(_BATCH_TAIL)  # bytes a batch record adds to its commands, and a comma each
+
+
 def encode(cmd: dict[str, Any]) -> bytes:
     return json.dumps(cmd, separators=(",", ":")).encode()
+
+
+def encode_batch(encoded: list[bytes]) -> bytes:
+    """One record value holding these commands (each already encoded), in this order."""
+    return _BATCH_HEAD + b",".join(encoded) + _BATCH_TAIL
 
 
 def decode(raw: bytes) -> dict[str, Any]:
@@ -51,6 +71,16 @@ def decode(raw: bytes) -> dict[str, Any]:
     if not isinstance(value, dict) or "op" not in value:
         raise ValueError("not a command")
     return value
+
+
+def unpack(value: dict[str, Any]) -> list[Any]:
+    """The commands a decoded record holds, in order (a batch's entries are not checked here)."""
+    if value.get("op") != BATCH:
+        return [value]
+    cmds = value.get("cmds")
+    if not isinstance(cmds, list):
+        raise ValueError("batch without a list of commands")
+    return cmds
 
 
 def invalid(cmd: dict[str, Any]) -> str | None:

@@ -191,12 +191,12 @@ class Engine:
         return expiry.due(self.part(p), before)
 
     # -- apply and execute ---------------------------------------------------
-    def apply(self, p: int, offset: int, cmd: ops.Command) -> None:
-        """Apply one command at ``offset`` of partition ``p`` and execute its actions.
+    def apply(self, p: int, offset: int, cmd: ops.Command, index: int = 0) -> None:
+        """Apply command ``index`` of the record at ``offset`` of partition ``p`` and execute its actions.
 
         Raises ``ApplyError`` when applying failed (nothing is executed then).
         """
-        actions = apply(self.part(p), offset, cmd)
+        actions = apply(self.part(p), offset, cmd, index)
         if actions:
             self.execute(p, actions)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 
 from faust.types import TP
@@ -36,12 +37,14 @@ FULL_CHECK = 0.05  # seconds between looks at the agent's buffer while the sourc
 
 class FlowControl:
     def __init__(self, engine: Engine, highwater: Callable[[TP], int | None], topic: Callable[[], str],
-                 written: dict[int, int], max_pending: int) -> None:
-        """``highwater``: the consumer's; ``topic``: the internal topic's name; ``written``: the outbox's."""
+                 written: dict[int, int], max_pending: int,
+                 extra: dict[int, deque[tuple[int, int]]] | None = None) -> None:
+        """``highwater``: the consumer's; ``topic``: the internal topic's name; ``written``, ``extra``: the outbox's."""
         self.engine = engine
         self.highwater = highwater
         self.topic = topic
         self.written = written
+        self.extra = extra if extra is not None else {}
         self.max_pending = max_pending
         self.capacity = asyncio.Event()
         self.capacity.set()
@@ -54,14 +57,24 @@ class FlowControl:
         Faust stops while the agent's buffer is full): the sources agent
         could then turn tens of thousands of records into commands before
         the bound saw one. The offsets of this worker's own acked sends
-        close that gap.
+        close that gap. A record holding a batch of commands counts as the
+        commands it holds (``extra``: those beyond the first, per record).
         """
         topic = self.topic()
         total = 0
-        for p in self.engine.live_partitions():
+        applied = self.engine.applied
+        live = self.engine.live_partitions()
+        for p in live:
             highwater = self.highwater(TP(topic, p))
             last = max(-1 if highwater is None else highwater - 1, self.written.get(p, -1))
-            total += max(0, last - self.engine.applied.get(p, -1))
+            done = applied.get(p, -1)
+            total += max(0, last - done)
+            batches = self.extra.get(p)
+            if batches:  # acks come in any order: keep the records not applied yet
+                batches = self.extra[p] = deque(b for b in batches if b[0] > done)
+                total += sum(n for _, n in batches)
+        for p in [p for p in self.extra if p not in live]:
+            del self.extra[p]  # sent to a partition another worker applies
         return total
 
     def pending(self) -> int:

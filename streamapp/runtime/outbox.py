@@ -6,20 +6,34 @@ is idempotent when applied, so one sent twice is harmless, and an actor
 waiting here holds only its own key. The offset of each acknowledged command
 is kept per partition (``written``): flow control counts what was sent but
 not yet applied from it (``runtime/flow.py``).
+
+Group send: the commands of the ``BATCHABLE`` ops that are sent in the same
+turn of the event loop (the sources agent's batch, actors finishing side by
+side, timers due together) travel as one record per partition
+(``commands.py``), up to the record limit and ``MAX_BATCH`` commands; each
+caller is answered when its record is acknowledged. A lone command is sent
+as before, in a record of its own, with no wait added. Order holds where it
+matters: a key's commands are sent one after the other (each caller waits
+for its ack before the next), and within a record they are applied in
+their order in it. A batch the broker refuses as too large is sent again
+command by command, so only a command too large on its own fails.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Any
 
 from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 
 from streamapp.runtime import commands
-from streamapp.runtime.limits import Limits
+from streamapp.runtime.limits import RECORD_OVERHEAD, Limits
 
 log = logging.getLogger(__name__)
+
+DEFAULT_RECORD_LIMIT = 1_000_000  # bytes: a batch record stays below Kafka's default max.message.bytes (1 MB)
 
 
 class Outbox:
@@ -31,25 +45,99 @@ class Outbox:
         self.partitions = partitions
         self.limits: Limits | None = None  # the broker's record limits, once read: commands are checked first
         self.written: dict[int, int] = {}  # internal partition -> offset of the last command this worker sent there
+        # internal partition -> (offset, commands beyond the first) of the batch records sent there (flow control)
+        self.extra: dict[int, deque[tuple[int, int]]] = {}
+        self.records = 0  # command records sent, and commands in them
+        self.commands = 0
+        self._queued: dict[int, list[tuple[bytes, bytes, str, asyncio.Future[None]]]] = {}
         self._dead_lettering: set[asyncio.Future[None]] = set()
+        self._sending: set[asyncio.Future[None]] = set()
 
     async def send(self, p: int, okey: str, cmd: dict[str, Any]) -> None:
         """Produce a command to partition ``p`` and wait for the broker's ack (transient errors retried)."""
         value = commands.encode(cmd)
+        key = okey.encode()
+        op = str(cmd.get("op"))
         if self.limits is not None:
-            self.limits.check_command(okey.encode(), value, cmd.get("op"))
+            self.limits.check_command(key, value, op)
+        if op not in commands.BATCHABLE:
+            await self._send_record(p, key, value, [op])
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        queued = self._queued.get(p)
+        if queued is None:
+            queued = self._queued[p] = []
+            loop.call_soon(self._send_queued, p)  # after every caller of this turn of the loop
+        queued.append((key, value, op, waiter))
+        await waiter
+
+    def _send_queued(self, p: int) -> None:
+        queued = self._queued.pop(p, [])
+        limit = self.limits.command if self.limits is not None else DEFAULT_RECORD_LIMIT
+        budget = min(limit, DEFAULT_RECORD_LIMIT) - RECORD_OVERHEAD - len(commands.BATCH_KEY) - commands.BATCH_FRAMING
+        batch: list[tuple[bytes, bytes, str, asyncio.Future[None]]] = []
+        size = 0
+        for item in queued:
+            item_size = len(item[1]) + 1
+            if batch and (size + item_size > budget or len(batch) >= commands.MAX_BATCH):
+                self._start(self._send_batch(p, batch))
+                batch, size = [], 0
+            batch.append(item)
+            size += item_size
+        if batch:
+            self._start(self._send_batch(p, batch))
+
+    def _start(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send_batch(self, p: int, batch: list[tuple[bytes, bytes, str, asyncio.Future[None]]]) -> None:
+        try:
+            if len(batch) == 1:
+                key, value, op, _ = batch[0]
+                await self._send_record(p, key, value, [op])
+            else:
+                try:
+                    await self._send_record(p, commands.BATCH_KEY, commands.encode_batch([v for _, v, _, _ in batch]),
+                                            [op for _, _, op, _ in batch])
+                except MessageSizeTooLargeError:  # the topic's limit is lower than read: one record each
+                    log.warning("Batch of %d commands refused as too large; sending them one by one", len(batch))
+                    for item in batch:
+                        self._start(self._send_batch(p, [item]))
+                    return
+        except asyncio.CancelledError:
+            for _, _, _, waiter in batch:
+                waiter.cancel()
+            raise
+        except Exception as exc:
+            for _, _, _, waiter in batch:
+                if not waiter.done():
+                    waiter.set_exception(exc)
+            return
+        for _, _, _, waiter in batch:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _send_record(self, p: int, key: bytes, value: bytes, ops: list[str]) -> None:
         delay = 0.1
         while True:
             try:
-                fut = await self.app.producer.send(self.internal.get_topic_name(), okey.encode(), value, p, None, None)
+                fut = await self.app.producer.send(self.internal.get_topic_name(), key, value, p, None, None)
                 offset = (await fut).offset
                 if offset > self.written.get(p, -1):
                     self.written[p] = offset
+                if len(ops) > 1:
+                    self.extra.setdefault(p, deque()).append((offset, len(ops) - 1))
+                self.records += 1
+                self.commands += len(ops)
                 return
             except KafkaError as exc:
                 if not exc.retriable and not isinstance(exc, KafkaTimeoutError):
                     raise
-                log.warning("Command send failed, retrying op=%s in=%.1fs error=%r", cmd.get("op"), delay, exc)
+                log.warning("Command send failed, retrying op=%s in=%.1fs error=%r",
+                            ops[0] if len(ops) == 1 else f"batch of {len(ops)}", delay, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 

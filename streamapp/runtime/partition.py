@@ -31,9 +31,11 @@ applying ignores it then:
     fire      ``at``: only the timer armed for that wake-up time
     activate  the epoch: a second copy of the running activation changes nothing
 
-A command at an offset already applied (read again after a rebalance) is
-skipped. A command that raises is not counted as applied (``ApplyError``),
-so it is applied again when read again.
+A command at a position already applied (read again after a rebalance) is
+skipped: the position is the record's offset and the command's place in it
+(a record can hold several commands, ``commands.py``). A command that raises
+is not counted as applied (``ApplyError``), so it is applied again when read
+again.
 """
 
 from __future__ import annotations
@@ -62,37 +64,51 @@ from streamapp.runtime.store import expiry_key
 
 log = logging.getLogger(__name__)
 
-def apply(st: PartitionState, offset: int, cmd: ops.Command) -> list[Action]:
-    """Apply ``cmd`` at ``offset`` of partition ``st.p``; the actions it asks for.
+SEQ_PER_RECORD = 4096  # a record of the internal topic holds at most this many commands (``commands.MAX_BATCH``)
 
-    Raises ``ApplyError`` when applying failed; the offset then counts as
-    not applied, so the same command is applied again when read again.
+
+def position(offset: int, index: int) -> int:
+    """Where a command stands in its partition's log: its record's offset, then its place in the record.
+
+    Invocations queue by it (``seq``). Rows written by a version that had one
+    command per record hold the bare offset, lower than any position of a
+    later record: they still queue first.
+    """
+    return offset * SEQ_PER_RECORD + index
+
+
+def apply(st: PartitionState, offset: int, cmd: ops.Command, index: int = 0) -> list[Action]:
+    """Apply ``cmd``, command ``index`` of the record at ``offset`` of partition ``st.p``; the actions it asks for.
+
+    Raises ``ApplyError`` when applying failed; the command then counts as
+    not applied, so it is applied again when read again.
     """
     # Faust drops uncommitted acks on every rebalance, so a partition this
     # worker keeps is consumed again from its last commit. Those commands
     # are already in the tables and in the actor map: skip them.
-    if offset <= st.applied:
+    if (offset, index) <= (st.applied, st.applied_index):
         return []
     out: list[Action] = []
     st.shared.store.positions.applying[st.p] = offset  # every row this writes says so (runtime/changelog.py)
+    pos = position(offset, index)
     try:
         if isinstance(cmd, ops.FENCED) and cmd.epoch != st.current_epoch():
             log.debug("Ignoring stale command op=%s id=%s epoch=%s", cmd.op, cmd.id, cmd.epoch)
             if isinstance(cmd, ops.Entry):
                 out.append(EntryDecided(cmd.id, cmd.index, False))
         else:
-            APPLY[type(cmd)](st, offset, cmd, out)
+            APPLY[type(cmd)](st, pos, cmd, out)
     except RowTooLargeError as exc:  # raised before the row was written
         _fail_too_large(st, exc, out)
     except Exception as exc:
-        raise ApplyError(f"command op={cmd.op} id={getattr(cmd, 'id', None)} partition={st.p} offset={offset}: "
-                         f"{exc!r}") from exc
-    st.applied = offset
+        raise ApplyError(f"command op={cmd.op} id={getattr(cmd, 'id', None)} partition={st.p} offset={offset} "
+                         f"index={index}: {exc!r}") from exc
+    st.applied, st.applied_index = offset, index
     return out
 
 
 # -- commands ----------------------------------------------------------------
-def _activate(st: PartitionState, offset: int, cmd: ops.Activate, out: list[Action]) -> None:
+def _activate(st: PartitionState, pos: int, cmd: ops.Activate, out: list[Action]) -> None:
     if st.built == cmd.epoch:
         return  # a second copy of the activation this partition runs under
     store = st.shared.store
@@ -130,7 +146,7 @@ def _activate(st: PartitionState, offset: int, cmd: ops.Activate, out: list[Acti
     out.extend(rebuilt)
 
 
-def _invoke(st: PartitionState, offset: int, cmd: ops.Invoke, out: list[Action]) -> None:
+def _invoke(st: PartitionState, pos: int, cmd: ops.Invoke, out: list[Action]) -> None:
     inv_id = cmd.id
     store = st.shared.store
     if store.invocations.get(inv_id) is not None or store.results.get(inv_id) is not None:
@@ -141,7 +157,7 @@ def _invoke(st: PartitionState, offset: int, cmd: ops.Invoke, out: list[Action])
     rec = {
         "id": inv_id, "service": cmd.service, "handler": cmd.handler, "key": cmd.key,
         "payload": cmd.payload, "status": "scheduled" if delayed else "pending",
-        "attempt": 0, "journal": [], "seq": offset, "p": st.p, "created": now,
+        "attempt": 0, "journal": [], "seq": pos, "p": st.p, "created": now,
         "not_before": cmd.not_before, "wake_at": None, "result": None, "error": None,
         "source": cmd.source,
     }
@@ -170,7 +186,7 @@ def _running(st: PartitionState, inv_id: str, attempt: int | None) -> dict[str, 
     return rec
 
 
-def _entry(st: PartitionState, offset: int, cmd: ops.Entry, out: list[Action]) -> None:
+def _entry(st: PartitionState, pos: int, cmd: ops.Entry, out: list[Action]) -> None:
     rec = _running(st, cmd.id, cmd.attempt)
     if rec is None or len(rec["journal"]) != cmd.index:
         # A late copy (its waiter was resolved by the first), or the attempt ended.
@@ -190,7 +206,7 @@ def _park(st: PartitionState, rec: dict[str, Any], status: str, wake_at: float, 
         out.append(ArmTimer(st.p, st.epoch, rec["id"], wake_at))
 
 
-def _suspend(st: PartitionState, offset: int, cmd: ops.Suspend, out: list[Action]) -> None:
+def _suspend(st: PartitionState, pos: int, cmd: ops.Suspend, out: list[Action]) -> None:
     rec = _running(st, cmd.id, cmd.attempt)
     if rec is None:
         return
@@ -202,7 +218,7 @@ def _suspend(st: PartitionState, offset: int, cmd: ops.Suspend, out: list[Action
     _park(st, rec, "sleeping", cmd.wake_at, out)
 
 
-def _retry(st: PartitionState, offset: int, cmd: ops.Retry, out: list[Action]) -> None:
+def _retry(st: PartitionState, pos: int, cmd: ops.Retry, out: list[Action]) -> None:
     rec = _running(st, cmd.id, cmd.attempt)
     if rec is not None:
         # Every version sends the attempt; without one, count this as the running attempt's retry.
@@ -211,7 +227,7 @@ def _retry(st: PartitionState, offset: int, cmd: ops.Retry, out: list[Action]) -
         _park(st, rec, "retrying", cmd.wake_at, out)
 
 
-def _complete(st: PartitionState, offset: int, cmd: ops.Complete, out: list[Action]) -> None:
+def _complete(st: PartitionState, pos: int, cmd: ops.Complete, out: list[Action]) -> None:
     rec = _running(st, cmd.id, cmd.attempt)
     if rec is None:
         return
@@ -237,7 +253,7 @@ def _complete(st: PartitionState, offset: int, cmd: ops.Complete, out: list[Acti
     _finish(st, rec, out)
 
 
-def _fail(st: PartitionState, offset: int, cmd: ops.Fail, out: list[Action]) -> None:
+def _fail(st: PartitionState, pos: int, cmd: ops.Fail, out: list[Action]) -> None:
     rec = _running(st, cmd.id, cmd.attempt)
     if rec is None:
         return
@@ -253,7 +269,7 @@ def _fail(st: PartitionState, offset: int, cmd: ops.Fail, out: list[Action]) -> 
     _finish(st, rec, out)
 
 
-def _fire(st: PartitionState, offset: int, cmd: ops.Fire, out: list[Action]) -> None:
+def _fire(st: PartitionState, pos: int, cmd: ops.Fire, out: list[Action]) -> None:
     rec = st.record(cmd.id)
     if rec is None:
         return
@@ -273,17 +289,17 @@ def _fire(st: PartitionState, offset: int, cmd: ops.Fire, out: list[Action]) -> 
     elif rec["status"] == "scheduled":
         st.drop_timer(rec["id"])
         rec["status"] = "pending"
-        rec["seq"] = offset  # it joins its key's queue now, behind what arrived before
+        rec["seq"] = pos  # it joins its key's queue now, behind what arrived before
         st.save(rec)
         _enqueue(st, object_key(rec["service"], rec["key"]), rec["id"], out)
 
 
-def _resume(st: PartitionState, offset: int, cmd: ops.Resume, out: list[Action]) -> None:
+def _resume(st: PartitionState, pos: int, cmd: ops.Resume, out: list[Action]) -> None:
     rec = st.record(cmd.id)
-    if rec is None or rec["status"] != "paused" or offset <= rec.get("resumed_at", -1):
+    if rec is None or rec["status"] != "paused" or pos <= rec.get("resumed_at", -1):
         return  # not paused, or this very resume read again (after a restart) once it paused anew
     rec["status"] = "running"
-    rec["resumed_at"] = offset
+    rec["resumed_at"] = pos
     rec["attempt"] = 0
     rec["error"] = None
     st.save(rec)
@@ -291,7 +307,7 @@ def _resume(st: PartitionState, offset: int, cmd: ops.Resume, out: list[Action])
         out.append(StartActor(st.p, st.epoch, rec))
 
 
-def _kill(st: PartitionState, offset: int, cmd: ops.Kill, out: list[Action]) -> None:
+def _kill(st: PartitionState, pos: int, cmd: ops.Kill, out: list[Action]) -> None:
     rec = st.record(cmd.id)
     if rec is None:
         return
@@ -303,7 +319,7 @@ def _kill(st: PartitionState, offset: int, cmd: ops.Kill, out: list[Action]) -> 
     _finish(st, rec, out)
 
 
-def _expire(st: PartitionState, offset: int, cmd: ops.Expire, out: list[Action]) -> None:
+def _expire(st: PartitionState, pos: int, cmd: ops.Expire, out: list[Action]) -> None:
     expiry.expire(st, cmd.before)
 
 

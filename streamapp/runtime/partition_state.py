@@ -48,6 +48,7 @@ class PartitionState:
     epoch: str | None = None  # the epoch commands are fenced by (read from ``meta`` while unknown)
     built: str | None = None  # the activation that built the actor map; None: no map yet
     applied: int = -1  # highest offset applied by this process
+    applied_index: int = -1  # and how far into that record (a record can hold several commands)
     inflight: dict[str, str] = field(default_factory=dict)  # object key -> invocation id
     queues: dict[str, deque[str]] = field(default_factory=dict)  # object key -> queued ids
     expired_to: tuple[str | None, str] | None = None  # (epoch, last expiry key dropped): where to seek

@@ -42,13 +42,14 @@ class Machine:
         """The process starts again over the same tables: the state machine's memory is gone."""
         self.state = PartitionState(P, Shared(self.tables))  # type: ignore[arg-type]
 
-    def apply(self, cmd: dict[str, Any], offset: int | None = None) -> list[Action]:
+    def apply(self, cmd: dict[str, Any], offset: int | None = None, index: int = 0) -> list[Action]:
+        """Apply ``cmd`` as command ``index`` of the record at ``offset`` (default: the next record)."""
         if offset is None:
             offset = self.offset + 1
         self.offset = max(self.offset, offset)
         self.tables.current = P
         try:
-            out = apply(self.state, offset, ops.parse(cmd))
+            out = apply(self.state, offset, ops.parse(cmd), index)
         finally:
             self.tables.current = None
         self.actions.extend(out)

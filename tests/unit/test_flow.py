@@ -56,3 +56,13 @@ def test_backlog__counts_commands_sent_but_not_fetched_yet() -> None:
     highwater = {TP("t", 0): 6, TP("t", 1): None}  # the consumer saw offsets up to 5 of partition 0
     fc = FlowControl(engine, highwater.get, lambda: "t", {0: 9, 1: 2}, 100)
     assert fc.backlog() == (9 - 4) + (2 - -1)
+
+
+def test_backlog__a_batch_record_counts_as_the_commands_it_holds() -> None:
+    from collections import deque
+
+    engine: Any = SimpleNamespace(live_partitions=lambda: {0}, applied={0: 4}, pending_count=lambda: 0)
+    extra = {0: deque([(6, 99), (3, 50), (5, 9)]), 7: deque([(1, 5)])}  # acked in any order; 7: not led here
+    fc = FlowControl(engine, lambda tp: None, lambda: "t", {0: 6}, 100, extra)
+    assert fc.backlog() == (6 - 4) + 99 + 9  # offset 3 is applied: its batch no longer counts
+    assert list(extra[0]) == [(6, 99), (5, 9)] and 7 not in extra

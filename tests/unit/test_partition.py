@@ -137,3 +137,29 @@ def test_pause_and_resume__the_key_stays_held_while_paused_and_resume_runs_a_fre
     out = m.apply({"op": "resume", "id": "i1"})
     assert started(out) == ["i1"] and out[0].rec["attempt"] == 0
     assert m.apply({"op": "resume", "id": "i1"}) == [], "running, not paused: a copy changes nothing"
+
+
+def test_batch__commands_of_one_record_apply_in_their_order_and_a_reread_record_changes_nothing() -> None:
+    m = Machine()
+    m.apply({"op": "activate", "epoch": "e1"}, offset=1)
+    batch = [invoke("a1", "a"), invoke("a2", "a"), invoke("b1", "b")]
+    out = [a for i, cmd in enumerate(batch) for a in m.apply(cmd, offset=2, index=i)]
+    assert started(out) == ["a1", "b1"]
+    rows = m.rows()
+    assert rows["invocations"]["a1"]["seq"] < rows["invocations"]["a2"]["seq"] < rows["invocations"]["b1"]["seq"]
+    # Read again after a rebalance: every command of the record was applied.
+    assert all(m.apply(cmd, offset=2, index=i) == [] for i, cmd in enumerate(batch)) and m.rows() == rows
+    # A new activation rebuilds the key's queue in the record's order.
+    m.apply({"op": "complete", "id": "a1", "epoch": "e1", "attempt": 1}, offset=3)
+    m.apply(invoke("a3", "a"), offset=4)
+    out = m.apply({"op": "activate", "epoch": "e2"}, offset=5)
+    assert started(out) == ["a2", "b1"] and list(m.state.queues["Svc/a"]) == ["a3"]
+
+
+def test_batch__rows_of_a_version_with_one_command_per_record_still_queue_first() -> None:
+    m = Machine()
+    m.apply(invoke("old", "a"), offset=900)
+    m.tables.invocations.rows["old"] = (P, {**m.tables.invocations.get("old"), "seq": 900})  # written as a bare offset
+    m.apply(invoke("new", "a"), offset=901, index=0)
+    out = m.apply({"op": "activate", "epoch": "e1"}, offset=902)
+    assert started(out) == ["old"] and list(m.state.queues["Svc/a"]) == ["new"]

@@ -12,7 +12,7 @@ import pytest
 
 from streamapp.config import Settings
 from streamapp.durable.service import Registry
-from streamapp.runtime import faust_adapter
+from streamapp.runtime import commands, faust_adapter
 from streamapp.runtime.actors import ActorPool
 from streamapp.runtime.app import EX_SOFTWARE, Runtime
 
@@ -111,3 +111,19 @@ async def test_actor_pool__once_stopping_starts_no_actor_and_running_ones_take_n
     pool.start(0, "e1", rec, {})  # e.g. a completion applied meanwhile dispatches the key's next invocation
     await asyncio.sleep(0.05)
     assert pool.running() == 0 and sent == [], "an actor started after stop runs unsupervised into the shutdown"
+
+
+async def test_apply_command__a_batch_applies_its_commands_in_order_and_reports_a_malformed_one(
+        runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
+    applied: list[tuple[int, int, str, int]] = []
+    monkeypatch.setattr(runtime.engine, "apply",
+                        lambda p, offset, cmd, index=0: applied.append((p, offset, cmd.op, index)))
+
+    def invoke(inv_id: str) -> bytes:
+        return commands.encode({"op": "invoke", "id": inv_id, "service": "S", "handler": "h", "key": "k"})
+
+    value = commands.encode_batch([invoke("a"), b'{"op":"invoke","id":"x"}', invoke("b"), b'{"op":"batch","cmds":[]}'])
+    reason = runtime.apply_command(Msg(), value)
+    assert applied == [(0, 7, "invoke", 0), (0, 7, "invoke", 2)]
+    assert reason == ("command 1 of the batch: command op=invoke lacks service, handler, key; "
+                      "command 3 of the batch: not a command")
