@@ -35,8 +35,12 @@ def ahead(f: Figure) -> str:
         f"{'streamapp' if streamapp_better else 'Restate'} {factor:,.0f}x"
 
 
+def cell(value: float | None, unit: str) -> str:
+    return f"{fmt(value)} {unit}" if value is not None else "-"
+
+
 def row(part: str, f: Figure) -> tuple[str, ...]:
-    return (part, f.name, f"{fmt(f.value)} {f.unit}", f"{fmt(f.baseline)} {f.unit}", ratio_text(f.ratio),
+    return (part, f.name, cell(f.value, f.unit), cell(f.baseline, f.unit), ratio_text(f.ratio),
             "higher" if f.higher_is_better else "lower", ahead(f))
 
 
