@@ -35,7 +35,7 @@ from tests import harness
 def parse(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.anchor", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes (a couple of minutes; results not kept)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes (about 2 minutes; results not kept)")
     ap.add_argument("--only", nargs="+", choices=list(scenarios.PARTS), metavar="PART",
                     help=f"run only these ({', '.join(scenarios.PARTS)})")
     ap.add_argument("--results", type=Path, default=None,
