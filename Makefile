@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 KAFKA  := tools/kafka/kafka.sh
 export STREAMAPP_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: run test venv lint kafka-fetch kafka-up kafka-down topics producer consumer kafka-topics worker clean bench bench-smoke
+.PHONY: run test venv lint kafka-fetch kafka-up kafka-down topics producer consumer kafka-topics worker clean bench bench-smoke bench-anchor
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -62,6 +62,12 @@ bench: venv
 ## bench-smoke: every benchmark scenario at tiny sizes in a minute or two (no timing asserted)
 bench-smoke: venv
 	$(BIN)/python -m bench --smoke $(ARGS)
+
+## bench-anchor: the same workloads through Restate 1.7.12 beside streamapp, one table (issue 12; not part of make test).
+## Installs Restate's server + CLI (npm) and restate-sdk + hypercorn (own venv) under data/anchor/ once;
+## JSON in bench/results/<date>-anchor.json (ARGS="--smoke", "--only throughput idle", "--keep", "--allow-dirty")
+bench-anchor: venv
+	$(BIN)/python -m bench.anchor $(ARGS)
 
 ## chaos: the fault-injection run (issue 6): its own broker, 2-3 workers, seeded faults, invariants checked
 ## (make chaos DURATION=300 SEED=7 [ARGS="--events 2000 --users 50 --keep"]); ARGS=--save keeps the report,

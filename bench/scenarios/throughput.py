@@ -46,9 +46,9 @@ class Measured:
 
 
 def measure(r: Run, name: str, n: int, keys: int, workers: int, partitions: int,
-            profile_to: Path | None = None) -> Measured:
-    """Run the workload on fresh workers (stopped at the end)."""
-    src = r.topic(name, 8)
+            profile_to: Path | None = None, source_partitions: int = 8) -> Measured:
+    """Run the workload on fresh workers (stopped at the end); ``partitions`` is the internal topic's count."""
+    src = r.topic(name, source_partitions)
     factory = r.workers(name, {src: "Bench/Step"}, {"STREAMAPP_PARTITIONS": str(partitions)})
     started = [factory.new(start=False).start(wait=False) for _ in range(workers)]
     for w in started:
