@@ -307,7 +307,7 @@ class Runtime:
             def buffer_full() -> bool:
                 return bool(queue.full())
 
-            async for events in stream.take_events(500, within=0.005):
+            async for events in faust_adapter.take_ready(stream, 500, gather=0.005):
                 await self.flow.admit(buffer_full)
                 events = await self.ingest.confirm(events)  # which topic incarnation the records are from
                 durable = False

@@ -49,6 +49,9 @@ bootstrap of each client this transport makes (``Producer._new_producer``,
 ``ConsumerThread._create_worker_consumer``) and ``Transport._create_topic``
 are tried again every second after a transient failure.
 
+``take_ready`` — Faust's ``Stream.take_events`` without its timer while
+nothing arrives (an idle worker woke 200 times a second for it).
+
 Readers of internals: ``forget_gap`` (the consumer's compaction-gap ranges),
 ``mark_done`` (a message's ``acked`` flag under Faust's ack lock) and the
 RocksDB store's per-partition DBs (``open_partitions``, ``items``, ``keys``).
@@ -65,7 +68,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from importlib import metadata
 from typing import Any, TypeVar
 
@@ -317,3 +320,80 @@ def keys(store: Any, partition: int, start: str | None = None) -> Iterator[str]:
     for raw_key in db.keys(from_key=from_key):
         if raw_key != store.offset_key:
             yield decode(raw_key)
+
+
+def take_ready(stream: Any, max_: int, gather: float) -> AsyncIterator[list[Any]]:
+    """Batches of a stream's events (``_take_ready``), tracked as Faust tracks ``take_events``.
+
+    Faust closes the buffering generators it tracks when the stream stops,
+    which acks what they consumed and detaches their processor.
+    """
+    agen = _take_ready(stream, max_, gather)
+    active = getattr(stream, "_active_agens", None)
+    if active is not None:
+        active.add(agen)
+    return agen
+
+
+async def _take_ready(stream: Any, max_: int, gather: float) -> AsyncIterator[list[Any]]:
+    """Like Faust's ``Stream.take_events``, without a timer while nothing arrives.
+
+    ``take_events(max_, within)`` wakes every ``within`` seconds to look at
+    its buffer, also when the topic is idle (200 wake-ups a second at 5 ms).
+    This waits for the first event with no timeout, then ``gather`` seconds
+    for what arrives with it (a fetch delivers a partition's records one by
+    one), or less if ``max_`` are in, and yields them. Acks as Faust does:
+    each event once the caller is done with the batch.
+    """
+    buffer: list[Any] = []
+    arrived = asyncio.Event()
+    full = asyncio.Event()
+    consumed = asyncio.Event()
+    consuming: asyncio.Future[None] | None = None
+    enable_acks = stream.enable_acks
+
+    async def add_to_buffer(value: Any) -> Any:
+        nonlocal consuming
+        if consuming is not None:
+            try:
+                await consuming
+            finally:
+                consuming = None
+        event = stream.current_event
+        if event is None:
+            raise RuntimeError("take_ready found current_event is None")
+        buffer.append(event)
+        arrived.set()
+        if len(buffer) >= max_:
+            full.set()
+            consumed.clear()
+            await stream.wait(consumed)  # never more than max_ in one batch
+        return value
+
+    stream.enable_acks = False
+    stream.add_processor(add_to_buffer)
+    stream._enable_passive(aiter(stream.channel))
+    try:
+        while not stream.should_stop:
+            await stream.wait_for_stopped(arrived)
+            if not full.is_set():
+                await stream.wait_for_stopped(full, timeout=gather)
+            if not buffer:
+                arrived.clear()
+                continue
+            consuming = asyncio.get_running_loop().create_future()
+            events = list(buffer)
+            try:
+                yield events
+            finally:
+                buffer.clear()
+                for event in events:
+                    await stream.ack(event)
+                arrived.clear()
+                full.clear()
+                if not consuming.done():
+                    consuming.set_result(None)
+                consumed.set()
+    finally:
+        stream.enable_acks = enable_acks
+        stream._processors.remove(add_to_buffer)
