@@ -16,9 +16,10 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed
 
 ## run: venv, local broker (unless STREAMAPP_BROKER names another), topics, worker on :8080
+## (make run WORKERS=N: N worker processes on ports 8080.., each its own group member; streamapp workers -n N)
 run: venv
 	@if [ -z "$$STREAMAPP_BROKER" ]; then $(KAFKA) up && $(KAFKA) topics; fi
-	$(BIN)/streamapp worker -l info
+	@if [ -n "$(WORKERS)" ]; then $(BIN)/streamapp workers -n $(WORKERS) -l info; else $(BIN)/streamapp worker -l info; fi
 
 ## worker: just the worker (broker and topics already up)
 worker: venv

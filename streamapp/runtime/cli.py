@@ -118,6 +118,10 @@ def install(app: Any) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["workers"]:  # N worker processes: the supervisor needs no Faust app of its own
+        from streamapp.runtime import processes
+
+        raise SystemExit(processes.main(sys.argv[2:]))
     from streamapp.runtime.main import app
 
     if len(sys.argv) == 1:
