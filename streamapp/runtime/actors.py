@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -130,7 +129,9 @@ class ActorPool:
         if leadership is not None:
             self.owns, self.expect_entry, self.forget_entry = (
                 leadership.owns, leadership.expect_entry, leadership.forget_entry)
-        self.ready: deque[tuple[int, str, dict[str, Any], dict[str, Any]]] = deque()
+        # Attempts waiting for a slot (``max_running``), by invocation id, in the order they came:
+        # a dict, so that "already waiting?" and dropping one cost the same with 100,000 waiting.
+        self.ready: dict[str, tuple[int, str, dict[str, Any], dict[str, Any]]] = {}
         self.limits = limits.Limits()  # the broker's record limits, once the runtime read them
         self.stopped = False  # the worker is shutting down: no actor starts, no step begins
 
@@ -148,11 +149,11 @@ class ActorPool:
             # completion dispatching the key's next invocation): it stays
             # pending in the tables, for the partition's next owner.
             return
-        if rec["id"] in self.tasks or any(r[2]["id"] == rec["id"] for r in self.ready):
+        if rec["id"] in self.tasks or rec["id"] in self.ready:
             log.warning("Invocation already has an actor, not starting another invocationID=%s", rec["id"])
             return
         if len(self.tasks) >= self.max_running:
-            self.ready.append((p, epoch, rec, state))
+            self.ready[rec["id"]] = (p, epoch, rec, state)
             return
         task = asyncio.get_running_loop().create_task(self._run(p, epoch, rec, state))
         self.tasks[rec["id"]] = task
@@ -167,13 +168,13 @@ class ActorPool:
         if not task.cancelled() and task.exception() is not None:
             log.error("Actor task crashed invocationID=%s", inv_id, exc_info=task.exception())
         while self.ready and len(self.tasks) < self.max_running:
-            self.start(*self.ready.popleft())
+            self.start(*self.ready.pop(next(iter(self.ready))))
 
     def cancel(self, inv_id: str) -> None:
         task = self.tasks.pop(inv_id, None)
         if task is not None:
             task.cancel()
-        self.ready = deque(r for r in self.ready if r[2]["id"] != inv_id)
+        self.ready.pop(inv_id, None)
 
     async def shielded(self, send: Awaitable[None]) -> None:
         """Await ``send`` so that stopping the actor does not interrupt it."""
@@ -196,7 +197,7 @@ class ActorPool:
         A journal entry already being sent is not interrupted (the sink shields
         it), so a step whose function ran is not lost by the stop.
         """
-        self.ready = deque(r for r in self.ready if r[0] not in partitions)
+        self.ready = {i: r for i, r in self.ready.items() if r[0] not in partitions}
         for inv_id in [i for i, p in self.partition_of.items() if p in partitions]:
             self.partition_of.pop(inv_id, None)
             task = self.tasks.pop(inv_id, None)

@@ -127,3 +127,21 @@ async def test_apply_command__a_batch_applies_its_commands_in_order_and_reports_
     assert applied == [(0, 7, "invoke", 0), (0, 7, "invoke", 2)]
     assert reason == ("command 1 of the batch: command op=invoke lacks service, handler, key; "
                       "command 3 of the batch: not a command")
+
+
+async def test_actor_pool__many_waiting_for_a_slot_cost_no_more_per_start() -> None:
+    # 100,000 sleepers woken together wait for max_running slots: each start once
+    # scanned every waiting attempt (quadratic: the timers bench stalled for minutes).
+    pool, _ = recording_pool()
+    pool.max_running = 1
+    began = time.monotonic()
+    for i in range(30_000):
+        pool.start(0, "e1", {"id": f"i{i}", "service": "Gone", "handler": "h", "key": f"k{i}", "attempt": 0,
+                             "journal": [], "payload": None}, {})
+    pool.start(0, "e1", {"id": "i29999", "service": "Gone", "handler": "h", "key": "k", "attempt": 0,
+                         "journal": [], "payload": None}, {})  # already waiting: not queued twice
+    assert pool.waiting() == 29_999 and pool.running() == 1
+    pool.cancel("i5")
+    assert pool.waiting() == 29_998
+    assert time.monotonic() - began < 5.0  # linear: well under a second; the quadratic scan took minutes
+    await pool.stop()
