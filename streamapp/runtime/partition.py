@@ -46,7 +46,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from streamapp.runtime import expiry, ops
+from streamapp.runtime import expiry, keyserial, ops
 from streamapp.runtime.actions import (
     Action,
     Activated,
@@ -141,7 +141,7 @@ def _activate(st: PartitionState, pos: int, cmd: ops.Activate, out: list[Action]
     resumed = sum(1 for a in rebuilt if isinstance(a, StartActor))
     for okey in list(st.queues):
         if okey not in st.inflight:
-            _dispatch_next(st, okey, rebuilt)
+            keyserial.dispatch_next(st, okey, rebuilt)
     out.append(Activated(st.p, cmd.epoch, len(entries), resumed))
     out.extend(rebuilt)
 
@@ -168,7 +168,7 @@ def _invoke(st: PartitionState, pos: int, cmd: ops.Invoke, out: list[Action]) ->
         if st.built is not None:
             out.append(ArmTimer(st.p, st.epoch, inv_id, cmd.not_before))
         return
-    _enqueue(st, object_key(cmd.service, cmd.key), inv_id, out)
+    keyserial.enqueue(st, object_key(cmd.service, cmd.key), inv_id, out)
 
 
 def _running(st: PartitionState, inv_id: str, attempt: int | None) -> dict[str, Any] | None:
@@ -291,7 +291,7 @@ def _fire(st: PartitionState, pos: int, cmd: ops.Fire, out: list[Action]) -> Non
         rec["status"] = "pending"
         rec["seq"] = pos  # it joins its key's queue now, behind what arrived before
         st.save(rec)
-        _enqueue(st, object_key(rec["service"], rec["key"]), rec["id"], out)
+        keyserial.enqueue(st, object_key(rec["service"], rec["key"]), rec["id"], out)
 
 
 def _resume(st: PartitionState, pos: int, cmd: ops.Resume, out: list[Action]) -> None:
@@ -313,7 +313,7 @@ def _kill(st: PartitionState, pos: int, cmd: ops.Kill, out: list[Action]) -> Non
         return
     out.append(CancelActor(rec["id"]))
     st.drop_timer(rec["id"])
-    _unqueue(st, rec)
+    keyserial.unqueue(st, rec)
     rec["status"] = "failed"
     rec["error"] = "KilledError: killed by an operator"
     _finish(st, rec, out)
@@ -328,39 +328,6 @@ APPLY: dict[type, Callable[[PartitionState, int, Any, list[Action]], None]] = {
     ops.Retry: _retry, ops.Complete: _complete, ops.Fail: _fail, ops.Fire: _fire,
     ops.Resume: _resume, ops.Kill: _kill, ops.Expire: _expire,
 }
-
-
-# -- the key-serial map ---------------------------------------------------------
-def _enqueue(st: PartitionState, okey: str, inv_id: str, out: list[Action]) -> None:
-    """Queue ``inv_id`` behind its key's invocations; start it if the key is free."""
-    if st.built is None:
-        return  # no map yet: the next activation builds it from the table
-    st.queues.setdefault(okey, deque()).append(inv_id)
-    if okey not in st.inflight:
-        _dispatch_next(st, okey, out)
-
-
-def _unqueue(st: PartitionState, rec: dict[str, Any]) -> None:
-    queue = st.queues.get(object_key(rec["service"], rec["key"]))
-    if queue and rec["id"] in queue:
-        queue.remove(rec["id"])
-
-
-def _dispatch_next(st: PartitionState, okey: str, out: list[Action]) -> None:
-    """Start the next queued invocation of ``okey``, if any."""
-    if st.built is None:
-        return
-    queue = st.queues.get(okey)
-    while queue:
-        inv_id = queue.popleft()
-        rec = st.record(inv_id)
-        if rec is None or rec["status"] != "pending":
-            continue
-        st.inflight[okey] = inv_id
-        out.append(StartActor(st.p, st.epoch, rec))
-        break
-    if queue is not None and not queue:
-        del st.queues[okey]
 
 
 def _finish(st: PartitionState, rec: dict[str, Any], out: list[Action]) -> None:
@@ -381,7 +348,7 @@ def _finish(st: PartitionState, rec: dict[str, Any], out: list[Action]) -> None:
     okey = object_key(rec["service"], rec["key"])
     if st.inflight.get(okey) == rec["id"]:
         del st.inflight[okey]
-        _dispatch_next(st, okey, out)
+        keyserial.dispatch_next(st, okey, out)
 
 
 def _fail_too_large(st: PartitionState, exc: RowTooLargeError, out: list[Action]) -> None:
@@ -399,7 +366,7 @@ def _fail_too_large(st: PartitionState, exc: RowTooLargeError, out: list[Action]
     log.error("Invocation failed method=%s/%s invocationID=%s error=%s", rec["service"], rec["handler"],
               inv_id, error)
     out.append(CancelActor(inv_id))
-    _unqueue(st, rec)
+    keyserial.unqueue(st, rec)
     out.append(DeadLetter({**rec, "payload": exc.rec.get("payload")}, error))
     rec.update(status="failed", error=error, code=500, result=None)
     _finish(st, rec, out)
