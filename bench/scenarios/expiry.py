@@ -67,20 +67,17 @@ class Rig:
         self.tables = Tables(self.app, 1)
         self.changelog_records = 0
         self.changelog_bytes = 0
-        self.app.producer.send_soon = self._changelog  # type: ignore[method-assign]
         for name in ("invocations", "results", "expiry", "timers", "state", "meta"):
             getattr(self.tables, name)._verified_source_topics_for_partitions.add(TOPIC)
         self.engine = Engine(self.tables, FakeActors(), FakeScheduler())  # type: ignore[arg-type]
         self.offset = -1
 
     def commit(self) -> None:
-        """What the worker's commit does first: hand the staged table rows (net effects) to the producer."""
-        self.tables.send_staged()
-
-    def _changelog(self, fut: Any) -> None:
-        """The producer's buffer: Faust has serialized the record by now; count it instead of sending it."""
-        self.changelog_records += 1
-        self.changelog_bytes += len(fut.message.key or b"") + len(fut.message.value or b"")
+        """What the worker's commit does first: take the staged table rows (net effects), encoded; count them."""
+        for rows in self.tables.take_staged():
+            for key, value, _headers in rows.records:
+                self.changelog_records += 1
+                self.changelog_bytes += len(key) + len(value or b"")
 
     def apply(self, cmd: dict[str, Any]) -> float:
         """Apply one command (as decoded from its record) to partition 0; seconds it took."""

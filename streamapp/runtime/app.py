@@ -264,7 +264,8 @@ class Runtime:
     def _wire(self) -> None:
         app = self.app
         self.app.sensors.add(RebalanceSensor(self))
-        self.app.sensors.add(limits.ChangelogGuard(self.changelog_topics))
+        self.changelog_guard = limits.ChangelogGuard(self.changelog_topics)
+        self.app.sensors.add(self.changelog_guard)
 
         @app.on_partitions_revoked.connect  # type: ignore[arg-type]
         async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:

@@ -32,12 +32,14 @@ full.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import faust
+from faust.serializers import codecs as faust_codecs
 from faust.types import TP
 
 log = logging.getLogger(__name__)
@@ -93,6 +95,17 @@ def header_offset(headers: Any) -> int | None:
 
 
 DELETED = object()  # a staged row that is a deletion (a tombstone in the changelog)
+Record = tuple[bytes, "bytes | None", list[tuple[str, bytes]]]  # key, value (None: a tombstone), headers
+
+
+@dataclasses.dataclass
+class StagedRows:
+    """One changelog partition's staged rows, encoded, in the order they must be written."""
+
+    table: PositionedTable
+    topic: str
+    partition: int
+    records: list[Record]
 
 
 class PositionedTable(faust.Table[str, Any]):
@@ -100,8 +113,9 @@ class PositionedTable(faust.Table[str, Any]):
 
     A write goes to the local store at once (reads see it) and is *staged*
     for the changelog: per partition, the last value of each key, in the
-    order of their last writes. ``send_staged`` hands what is staged to the
-    producer; the producer's flush does that first (``runtime/flush.py``),
+    order of their last writes. ``take_staged`` encodes what is staged, and
+    the producer's flush first sends that, one record batch per changelog
+    partition (``faust_adapter.send_rows``, ``runtime/flush.py``),
     so the rows of every command a commit passes are sent, and acknowledged,
     before it. An invocation that starts and finishes between two commits
     writes one tombstone for its row, not a record per change.
@@ -132,36 +146,51 @@ class PositionedTable(faust.Table[str, Any]):
         rows.pop(key, None)  # re-inserted last: the order of last writes
         rows[key] = (value, self.positions.applying.get(partition))
 
-    def send_staged(self) -> int:
-        """Hand every staged row to the producer (net effect, in order of last writes); how many."""
-        staged, self.staged = self.staged, {}
-        sent = 0
-        for partition, rows in staged.items():
-            for key, (value, at) in rows.items():
-                if value is DELETED:
-                    self._send_row(partition, key, None, at, value_serializer="raw")
-                else:
-                    self._send_row(partition, key, value, at)
-                sent += 1
-        return sent
+    def take_staged(self) -> list[StagedRows]:
+        """What is staged, encoded as the changelog's records (net effect, in order of last writes), and forgotten.
 
-    def _send_row(self, partition: int, key: Any, value: Any, at: int | None,
-                  value_serializer: Any = None) -> Any:
-        headers = None
-        if at is not None:
-            headers = {HEADER: str(at).encode()}
-            tp = TP(self.changelog_topic.get_topic_name(), partition)
-            self.positions.high[tp] = max(at, self.positions.high.get(tp, -1))
-        return self.changelog_topic.send_soon(
-            key=key,
-            value=value,
-            partition=partition,
-            key_serializer=self.key_serializer,
-            value_serializer=value_serializer if value_serializer is not None else self.value_serializer,
-            callback=self._on_changelog_sent,
-            eager_partitioning=True,
-            headers=headers,
-        )
+        Per partition, one ``StagedRows``: the caller sends them as record
+        batches (``faust_adapter.send_rows``) and calls ``rows_sent`` once the
+        broker has them.
+        """
+        staged, self.staged = self.staged, {}
+        if not staged:
+            return []
+        topic = self.changelog_topic.get_topic_name()
+        dump_key, dump_value = self._row_codecs()
+        high = self.positions.high
+        out = []
+        for partition, rows in staged.items():
+            records = []
+            top = None
+            for key, (value, at) in rows.items():
+                headers = [] if at is None else [(HEADER, str(at).encode())]
+                if at is not None:
+                    top = at
+                records.append((dump_key(key), None if value is DELETED else dump_value(value), headers))
+            if top is not None:
+                # Its own writes count: a later restore of this partition skips records older than them.
+                tp = TP(topic, partition)
+                high[tp] = max(top, high.get(tp, -1))
+            out.append(StagedRows(self, topic, partition, records))
+        return out
+
+    def _row_codecs(self) -> tuple[Any, Any]:
+        """Key and value encoders, as Faust's own changelog sends encode (the table's serializers)."""
+        codecs = self.__dict__.get("_codecs")
+        if codecs is None:
+            key_codec = faust_codecs.get_codec(self.key_serializer)
+            value_codec = faust_codecs.get_codec(self.value_serializer)
+            codecs = self.__dict__["_codecs"] = (key_codec.dumps, value_codec.dumps)
+        return codecs
+
+    def rows_sent(self, partition: int, last_offset: int) -> None:
+        """The broker has this partition's rows up to ``last_offset``: a later start restores from there.
+
+        What Faust's own ``_on_changelog_sent`` does for each record under
+        at-least-once processing.
+        """
+        self.data.set_persisted_offset(TP(self.changelog_topic.get_topic_name(), partition), last_offset)
 
     def apply_changelog_batch(self, batch: Any) -> None:
         kept = []

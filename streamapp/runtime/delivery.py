@@ -27,11 +27,12 @@ Internal command, exactly once in effect:
      the same row before the next flush replaces the staged one
      (``runtime/changelog.py``);
   3. marked handled, so Faust may count its ack;
-  4. Faust's commit flushes the producer: the staged rows go to its buffer
-     (the net effect of the commands applied since the last flush, in the
-     order of their last writes), and every record buffered before the flush
-     began is acknowledged (``runtime/flush.py``; Faust's own flush can
-     return early), then commits the command's offset. A crash before the
+  4. Faust's commit flushes the producer: the staged rows are queued as
+     record batches, one per changelog partition (the net effect of the
+     commands applied since the last flush, in the order of their last
+     writes; ``faust_adapter.send_rows``), and every record and batch queued
+     before the flush began is acknowledged (``runtime/flush.py``; Faust's
+     own flush can return early), then commits the command's offset. A crash before the
      commit replays the command; applying is idempotent (ids, statuses,
      journal indexes, epochs).
 

@@ -39,8 +39,10 @@ assignment, not from what the worker believed.
 ``Producer.send_soon`` / ``Producer.flush`` — the complete flush
 (``runtime/flush.py``): Faust commits right after the producer's flush, and
 Faust's buffer flush can return with table rows still unsent. A flush first
-asks the app to send the table rows it staged (``before_flush``; the tables
-write their changelogs as net effects, ``runtime/changelog.py``).
+takes the table rows the app staged (``take_staged``; the tables write their
+changelogs as net effects, ``runtime/changelog.py``) and queues them as
+aiokafka record batches (``send_rows``), one future per batch instead of
+Faust's message, future and callback per record.
 
 Patient start-up — ``wait_for_broker`` proves the broker answered once;
 Faust's clients bootstrap and declare topics right after, and a broker killed
@@ -231,6 +233,8 @@ class Consumer(faust_aiokafka.Consumer):
 
 
 class Producer(faust_aiokafka.Producer):
+    _sending: asyncio.Future[None] | None = None  # the staged rows of the latest flush, being queued
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # makes the buffer
         self.complete_flush = CompleteFlush(self.buffer.put, super().flush)
@@ -241,15 +245,77 @@ class Producer(faust_aiokafka.Producer):
     async def flush(self) -> None:
         # Table rows are staged until a flush (runtime/changelog.py): send them first, so this flush,
         # and the commit that follows it, covers them.
-        before = getattr(self.app, "before_flush", None)
-        if before is not None:
-            before()
+        take = getattr(self.app, "take_staged", None)
+        if take is not None:
+            # Queued by a task of its own: a cancelled flush must not drop rows it took. The next
+            # flush queues its rows after them (per changelog partition, in flush order).
+            previous = self._sending
+            sending = self._sending = asyncio.ensure_future(self._send_staged(take, previous))
+            await asyncio.shield(sending)
         await self.complete_flush.flush()
+
+    async def _send_staged(self, take: Callable[[], list[Any]], previous: asyncio.Future[None] | None) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        refused = getattr(self.app, "changelog_refused", _refused)
+        await send_rows(self._ensure_producer(), take(), self.complete_flush.track, refused)
 
     def _new_producer(self, transactional_id: str | None = None) -> Any:
         producer = super()._new_producer(transactional_id)
         _patient_client(producer.client)
         return producer
+
+
+def _refused(topic: str, exc: BaseException) -> None:
+    log.critical("Changelog write refused topic=%s error=%r", topic, exc)
+
+
+async def send_rows(client: Any, staged: list[Any], track: Callable[[asyncio.Future[Any]], None],
+                    refused: Callable[[str, BaseException], None]) -> None:
+    """Queue staged changelog rows (``changelog.StagedRows``) as record batches, one or more per partition.
+
+    aiokafka's own batch API (``create_batch``/``send_batch``): one future per
+    batch, not a Faust message, a future and a callback per record. ``track``
+    gets each batch's delivery future (the flush waits for it); when a batch
+    is delivered, its table learns the offset of its last record (what
+    Faust's ``_on_changelog_sent`` records per row); when the broker refuses
+    one, ``refused(topic, error)``.
+    """
+    for rows in staged:
+        batch = client.create_batch()
+        count = 0
+        for key, value, headers in rows.records:
+            if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:  # full
+                await _send_batch(client, batch, rows, count, track, refused)
+                batch, count = client.create_batch(), 0
+                batch.append(timestamp=None, key=key, value=value, headers=headers)  # a first record always fits
+            count += 1
+        if count:
+            await _send_batch(client, batch, rows, count, track, refused)
+
+
+async def _send_batch(client: Any, batch: Any, rows: Any, count: int,
+                      track: Callable[[asyncio.Future[Any]], None],
+                      refused: Callable[[str, BaseException], None]) -> None:
+    try:
+        fut = await client.send_batch(batch, rows.topic, partition=rows.partition)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        refused(rows.topic, exc)
+        raise
+
+    def delivered(done: asyncio.Future[Any]) -> None:
+        if done.cancelled():
+            return
+        exc = done.exception()
+        if exc is not None:
+            refused(rows.topic, exc)
+        else:
+            rows.table.rows_sent(rows.partition, done.result().offset + count - 1)
+
+    fut.add_done_callback(delivered)
+    track(fut)
 
 
 class Transport(faust_aiokafka.Transport):

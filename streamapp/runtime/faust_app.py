@@ -27,6 +27,7 @@ from streamapp.runtime.startup import (
 
 if TYPE_CHECKING:
     from streamapp.runtime.app import Runtime
+    from streamapp.runtime.changelog import StagedRows
 
 
 class StreamApp(faust.App):
@@ -40,9 +41,13 @@ class StreamApp(faust.App):
         """Consulted by the consumer before it counts an ack (``faust_adapter.Consumer.ack``)."""
         return self.runtime.delivery.ackable(message)
 
-    def before_flush(self) -> None:
-        """Called by the producer as a flush begins (``faust_adapter.Producer.flush``): staged table rows go out."""
-        self.runtime.tables.send_staged()
+    def take_staged(self) -> list[StagedRows]:
+        """Called by the producer as a flush begins (``faust_adapter.Producer.flush``): the rows it sends first."""
+        return self.runtime.tables.take_staged()
+
+    def changelog_refused(self, topic: str, exc: BaseException) -> None:
+        """The broker refused a batch of staged rows (``faust_adapter.send_rows``)."""
+        self.runtime.changelog_guard.refused(topic, exc)
 
     def on_webserver_init(self, web: Any) -> None:
         # Faust calls this more than once for the same aiohttp app.

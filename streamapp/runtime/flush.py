@@ -25,9 +25,10 @@ stops the worker for a refused changelog record).
 Commit order, with this in place (``Consumer._commit_offsets``):
   1. Faust picks, per partition, the highest offset below which every
      command was acked (applied: its rows are staged by then);
-  2. ``flush``: the rows staged so far go to the buffer, as the net effect
-     of every command applied since the last flush (``runtime/changelog.py``),
-     and every record buffered so far is acknowledged (acks=all);
+  2. ``flush``: the rows staged so far are queued as record batches, the
+     net effect of every command applied since the last flush
+     (``runtime/changelog.py``, ``faust_adapter.send_rows``; ``track``), and
+     every record and batch queued so far is acknowledged (acks=all);
   3. the offsets are committed.
 """
 
@@ -54,6 +55,10 @@ class CompleteFlush:
 
     def put(self, fut: asyncio.Future[Any]) -> None:
         self._put(fut)
+        self.track(fut)
+
+    def track(self, fut: asyncio.Future[Any]) -> None:
+        """Wait for ``fut`` too (a record batch queued without the buffer: staged table rows)."""
         self.unsent.append(fut)
         while self.unsent and self.unsent[0].done():
             self.unsent.popleft()

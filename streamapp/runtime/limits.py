@@ -189,10 +189,13 @@ class ChangelogGuard(Sensor):
         return topic
 
     def on_send_error(self, producer: Any, exc: BaseException, state: Any) -> None:
-        if state not in self.topics():
-            return
+        if state in self.topics():
+            self.refused(state, exc)
+
+    def refused(self, topic: str, exc: BaseException) -> None:
+        """A changelog write to ``topic`` was refused (Faust's send, or a batch of staged rows)."""
         log.critical("Changelog write refused, stopping the worker so no commit passes it topic=%s error=%r",
-                     state, exc)
+                     topic, exc)
         for handler in logging.getLogger().handlers:
             handler.flush()
         self.exit(EXIT_CHANGELOG_REFUSED)

@@ -87,9 +87,9 @@ class Tables:
         self.meta = table("meta", "partition epochs")
         self.all = (self.invocations, self.results, self.timers, self.expiry, self.state, self.meta)
 
-    def send_staged(self) -> int:
-        """Hand the net effect of every table write since the last flush to the producer (``changelog.py``)."""
-        return sum(table.send_staged() for table in self.all)
+    def take_staged(self) -> list[changelog.StagedRows]:
+        """The net effect of every table write since the last flush, encoded per changelog partition."""
+        return [rows for table in self.all for rows in table.take_staged()]
 
     def distrust_local(self) -> list[TP]:
         """Make the next recovery read every changelog partition this worker holds from its start.

@@ -12,12 +12,15 @@ only the Kafka client is a fake.
 from __future__ import annotations
 
 import asyncio
+import types
 from typing import Any
 
 import faust
 import pytest
+from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatch
 
-from streamapp.runtime import faust_adapter
+from streamapp.runtime import changelog, faust_adapter
 
 
 class SlowClient:
@@ -139,22 +142,133 @@ async def test_a_cancelled_flush_leaves_the_records_to_the_next_one() -> None:
         await stop(app)
 
 
-async def test_a_flush_first_sends_what_the_app_staged_and_waits_for_it_too() -> None:
+class BatchClient:
+    """Stands in for aiokafka's batch API: each ``send_batch`` blocks ``hand_off`` s, the ack comes ``ack`` s later.
+
+    The batches are real aiokafka record batches, read back as the broker would.
+    """
+
+    def __init__(self, hand_off: float, ack: float = 0.05, fail: bytes | None = None,
+                 batch_size: int = 16384) -> None:
+        self.hand_off, self.ack, self.fail, self.batch_size = hand_off, ack, fail, batch_size
+        self.queued: list[tuple[str, int, list[Any]]] = []  # (topic, partition, records) in send order
+        self.acked: list[bytes] = []  # values, in ack order
+        self.next_offset: dict[tuple[str, int], int] = {}
+
+    def create_batch(self) -> Any:
+        return BatchBuilder(self.batch_size, 0)
+
+    async def flush(self) -> None:
+        """aiokafka's flush, which Faust's calls: hands nothing over (the flush must wait on its own)."""
+
+    async def send_batch(self, batch: Any, topic: str, *, partition: int) -> Any:
+        records = list(DefaultRecordBatch(bytearray(batch._build())))
+        await asyncio.sleep(self.hand_off)
+        self.queued.append((topic, partition, records))
+        base = self.next_offset.get((topic, partition), 0)
+        self.next_offset[topic, partition] = base + len(records)
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def ack() -> None:
+            if any(r.value == self.fail for r in records):
+                fut.set_exception(RuntimeError("broker refused the batch"))
+                return
+            self.acked.extend(r.value or b"" for r in records)
+            fut.set_result(types.SimpleNamespace(offset=base))
+
+        asyncio.get_running_loop().call_later(self.ack, ack)
+        return fut
+
+
+class StagedTable:
+    """A table's side of staged rows: which offsets the broker confirmed (``rows_sent``)."""
+
+    def __init__(self) -> None:
+        self.persisted: dict[int, int] = {}
+
+    def rows_sent(self, partition: int, last_offset: int) -> None:
+        self.persisted[partition] = last_offset
+
+
+def stage(app: faust.App, client: BatchClient, *batches: tuple[int, list[bytes]]) -> tuple[StagedTable, list[Any]]:
+    """Give the app staged rows ``(partition, [values])`` for the next flush; what it was refused, and the table."""
+    table = StagedTable()
+    refused: list[Any] = []
+    app.producer._producer = client  # type: ignore[attr-defined]
+    app.take_staged = lambda: [  # type: ignore[attr-defined]
+        changelog.StagedRows(table, "t-changelog", partition, [(b"k", v, [(changelog.HEADER, b"1")]) for v in vs])
+        for partition, vs in batches]
+    app.changelog_refused = lambda topic, exc: refused.append((topic, exc))  # type: ignore[attr-defined]
+    return table, refused
+
+
+async def test_a_flush_first_sends_what_the_app_staged_as_record_batches_and_waits_for_them_too() -> None:
     # Table rows wait in the tables (net effects) until a flush: the app's
-    # ``before_flush`` hands them over, and this flush, the one a commit
-    # relies on, waits for their acks as for anything buffered before it.
+    # ``take_staged`` hands them over, the producer queues them as one record
+    # batch per changelog partition, and this flush, the one a commit relies
+    # on, waits for their acks as for anything buffered before it.
     client = SlowClient(hand_off=0.1)
     app, topic = await app_with(client)
-    staged = [b"row1", b"row2"]
-
-    def before_flush() -> None:
-        while staged:
-            topic.send_soon(key=b"k", value=staged.pop(0))
-
-    app.before_flush = before_flush  # type: ignore[attr-defined]
+    batches = BatchClient(hand_off=0.1, ack=0.2)
+    table, refused = stage(app, batches, (0, [b"row1", b"row2"]), (1, [b"row3"]))
     try:
         topic.send_soon(key=b"k", value=b"buffered")
         await app.producer.flush()
-        assert client.acked == [b"buffered", b"row1", b"row2"]
+        assert client.acked == [b"buffered"]
+        assert batches.acked == [b"row1", b"row2", b"row3"]
+        assert [(p, [r.value for r in records]) for _, p, records in batches.queued] == [
+            (0, [b"row1", b"row2"]), (1, [b"row3"])]
+        assert batches.queued[0][2][0].headers == [(changelog.HEADER, b"1")]
+        # The table learns the offset of each partition's last row (where a later start restores from).
+        assert table.persisted == {0: 1, 1: 0}
+        assert refused == []
+    finally:
+        await stop(app)
+
+
+async def test_staged_rows_beyond_one_batch_go_in_several_in_order() -> None:
+    client = SlowClient(hand_off=0.01)
+    app, _ = await app_with(client)
+    batches = BatchClient(hand_off=0.01, batch_size=200)
+    values = [b"%03d" % i + b"x" * 60 for i in range(10)]
+    table, _ = stage(app, batches, (0, values))
+    try:
+        await app.producer.flush()
+        assert len(batches.queued) > 2
+        assert [r.value for _, _, records in batches.queued for r in records] == values
+        assert table.persisted == {0: 9}
+    finally:
+        await stop(app)
+
+
+async def test_a_cancelled_flush_does_not_drop_the_rows_it_took() -> None:
+    # The rows left the tables when the flush took them: if the flush is
+    # cancelled while they are being queued, they are still queued, and the
+    # next flush waits for them (its commit covers their commands).
+    client = SlowClient(hand_off=0.01)
+    app, _ = await app_with(client)
+    batches = BatchClient(hand_off=0.2, ack=0.2)
+    stage(app, batches, (0, [b"first"]))
+    try:
+        first = asyncio.ensure_future(app.producer.flush())
+        await asyncio.sleep(0.05)
+        first.cancel()
+        stage(app, batches, (0, [b"second"]))
+        await app.producer.flush()
+        assert batches.acked == [b"first", b"second"]
+    finally:
+        await stop(app)
+
+
+async def test_a_batch_the_broker_refused_fails_the_flush_and_is_reported() -> None:
+    client = SlowClient(hand_off=0.01)
+    app, _ = await app_with(client)
+    batches = BatchClient(hand_off=0.01, fail=b"bad")
+    table, refused = stage(app, batches, (0, [b"good"]), (1, [b"bad"]))
+    try:
+        with pytest.raises(RuntimeError, match="refused"):
+            await app.producer.flush()
+        assert [topic for topic, _ in refused] == ["t-changelog"]  # the worker stops (ChangelogGuard)
+        assert table.persisted == {0: 0}
     finally:
         await stop(app)

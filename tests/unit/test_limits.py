@@ -267,3 +267,13 @@ def test_changelog_guard__a_refused_changelog_write_stops_the_worker() -> None:
 
 def test_changelog_guard__other_topics_are_left_to_their_senders() -> None:
     assert publish_refused(lambda rt: rt.dead_letters) == []
+
+
+def test_changelog_guard__a_refused_batch_of_staged_rows_stops_the_worker() -> None:
+    # Staged table rows go out as record batches (faust_adapter.send_rows), not through Faust's
+    # send: the app hands a refused batch to the same guard.
+    exits: list[int] = []
+    rt = Runtime(Settings(app_id="limits-test"), Registry())
+    rt.changelog_guard.exit = exits.append
+    rt.app.changelog_refused(rt.tables.state.changelog_topic.get_topic_name(), MessageSizeTooLargeError())
+    assert exits == [EXIT_CHANGELOG_REFUSED]
