@@ -4,7 +4,8 @@ Invocations/s from the first produce to the last completion (the /health
 ``completed`` counter), beside two baselines on the same broker in the same
 run: a plain Faust agent that only counts the records (Faust's ceiling) and
 a raw aiokafka consumer in the bench process (the transport's ceiling).
-Worker RSS is sampled with psutil during the run (peak).
+Worker RSS is sampled with psutil during the run (peak), and the worker's CPU
+time per invocation is read from psutil before and after.
 
 ``measure`` is shared with the scale-out scenario.
 """
@@ -18,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench import baseline_aiokafka, profile
@@ -26,6 +28,7 @@ from tests import harness
 
 TARGET_RATE = 1200.0  # invocations/s, issue 5
 TARGET_RSS = 200.0  # MB
+TARGET_CPU_MS = 1.2  # worker CPU per invocation, issue 12
 
 
 def sizes(smoke: bool) -> dict[str, int]:
@@ -43,6 +46,7 @@ class Measured:
     rss_mb: float  # peak RSS of one worker
     problems: list[str]
     records: dict[str, int]  # records written per topic of the app (suffix after the app id)
+    cpu_ms: float  # worker CPU time (user + system, all workers) per invocation, ms, first produce to last completion
 
 
 def measure(r: Run, name: str, n: int, keys: int, workers: int, partitions: int,
@@ -65,11 +69,14 @@ def measure(r: Run, name: str, n: int, keys: int, workers: int, partitions: int,
              "-d", "15", "-r", "250", "-f", "raw", "-o", str(profile_to)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
+    procs = [psutil.Process(w.proc.pid) for w in started]  # type: ignore[union-attr]
     with RssSampler([w.proc.pid for w in started]) as rss:  # type: ignore[union-attr]
+        cpu_before = cpu_seconds(procs)
         start = time.time()
         harness.produce(src, records(n, keys))
         end = poll(lambda: totals(health)["completed"] >= n, timeout=60 + n / 50, what=f"{n} completions",
                    alive=alive(*started), detail=lambda: totals(health))
+        cpu = cpu_seconds(procs) - cpu_before
     if spy is not None:
         spy.wait(timeout=60)
     final = totals(health)
@@ -79,7 +86,12 @@ def measure(r: Run, name: str, n: int, keys: int, workers: int, partitions: int,
     for w in started:
         w.stop()
     written = harness.run_async(topic_records(factory.app_id))
-    return Measured(n / (end - start), rss.peak_mb(), problems, written)
+    return Measured(n / (end - start), rss.peak_mb(), problems, written, cpu * 1000 / n)
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    """CPU time (user + system) the processes used so far: less sensitive to a busy machine than a rate."""
+    return sum(sum(p.cpu_times()[:2]) for p in procs)
 
 
 def run(r: Run, result: Result) -> None:
@@ -106,6 +118,7 @@ def run(r: Run, result: Result) -> None:
                baseline_name="plain Faust agent counting", target=TARGET_RATE, higher_is_better=True)
     result.add("end-to-end invocations/s vs raw consumer", rate, "inv/s", baseline=raw_rate,
                baseline_name="raw aiokafka consumer", higher_is_better=True)
+    result.add("worker CPU per invocation", m.cpu_ms, "ms", target=TARGET_CPU_MS)
     result.add("worker peak RSS during the run", m.rss_mb, "MB", target=TARGET_RSS)
     result.add("records written to Kafka per invocation", sum(per_inv.values()), "records")
     if profile_to is not None and profile_to.exists():
