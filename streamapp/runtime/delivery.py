@@ -47,7 +47,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -65,9 +65,9 @@ AGENTS = ("invocations", "sources")
 class Delivery:
     """Offset guards, the ack gate and the Kafka clients they ask (admin, prober) for one worker."""
 
-    def __init__(self, app: Any, servers: list[str]) -> None:
+    def __init__(self, app: Any, kafka: Mapping[str, Any]) -> None:
         self.app = app
-        self.servers = servers
+        self.kafka = kafka  # client options: servers and security (runtime/connection.py)
         self.guards = {
             name: OffsetGuard(name, self.seek, self.start_offset, self.forget_gap, self.overtaken, self.probe)
             for name in AGENTS
@@ -127,7 +127,7 @@ class Delivery:
 
     async def admin(self) -> AIOKafkaAdminClient:
         if self._admin is None:
-            self._admin = AIOKafkaAdminClient(bootstrap_servers=self.servers)
+            self._admin = AIOKafkaAdminClient(**self.kafka)
             await self._admin.start()
         return self._admin
 
@@ -156,7 +156,7 @@ class Delivery:
             try:
                 if self._prober is None:
                     self._prober = AIOKafkaConsumer(
-                        bootstrap_servers=self.servers, enable_auto_commit=False, auto_offset_reset="earliest",
+                        **self.kafka, enable_auto_commit=False, auto_offset_reset="earliest",
                         max_partition_fetch_bytes=self.app.conf.consumer_max_fetch_size)
                     await self._prober.start()
                 self._prober.assign([tp])
