@@ -40,7 +40,9 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
             cafile=_str(settings.ssl_ca_file), certfile=_str(settings.ssl_cert_file),
             keyfile=_str(settings.ssl_key_file))
     except (OSError, ssl.SSLError) as exc:  # unreadable or not PEM; FileNotFoundError is an OSError
-        raise SystemExit(f"Cannot load the TLS files ({describe(settings, servers=False)}): {exc}") from None
+        files = " ".join(f"STREAMAPP_SSL_{name.upper()}_FILE={path}" for name, path in (
+            ("ca", settings.ssl_ca_file), ("cert", settings.ssl_cert_file), ("key", settings.ssl_key_file)) if path)
+        raise SystemExit(f"Cannot load the TLS files {files or '(the system CAs)'}: {exc}") from None
     return context
 
 

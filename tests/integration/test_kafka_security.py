@@ -109,6 +109,7 @@ def test_sasl_ssl_scram__seed_walkthrough_runs_end_to_end_and_the_password_is_ne
     assert sorted(re.findall(r"^Updating the user feed for user (\w+) with post", log, re.M)) == ["userid1", "userid2"]
     assert "security_protocol=SASL_SSL sasl_mechanism=SCRAM-SHA-512 sasl_username=alice" in log, \
         "the start-up line names the connection"
+    assert "Topics this worker creates get replication_factor=1 " in log, "one broker: RF 1 (min(3, brokers))"
 
     shown = {path: str(worker.get(path)) for path in ("/health", "/subscriptions")}
     for path, text in shown.items():
@@ -165,3 +166,13 @@ def test_mtls__worker_with_a_client_certificate_runs_on_the_ssl_listener(secure_
     assert (status, body) == (200, None)
     assert worker.request("GET", "/PackageTracker/p1/getPackageInfo") == (
         200, {"finalDestination": "Utrecht", "locations": []})
+
+
+def test_replication_factor__more_than_the_cluster_has__worker_exits_naming_the_setting(
+        secure_broker, secure_workers):
+    worker = secure_workers.new(env={**secure_broker.worker_env(), "STREAMAPP_REPLICATION_FACTOR": "2"}, start=False)
+    worker.start(wait=False, broker=f"kafka://127.0.0.1:{secure_broker.port}")
+    assert worker.proc is not None
+    code = worker.proc.wait(timeout=60)
+    assert code != 0
+    assert "STREAMAPP_REPLICATION_FACTOR=2 but the cluster has 1 broker(s)" in worker.log(), worker.tail()
