@@ -132,9 +132,10 @@ async def wait_for_broker(settings: Settings, kafka: Mapping[str, Any], patience
         except (KafkaError, OSError) as exc:
             refused = await refusal(kafka)
             if refused is not None:
+                reason = str(refused) if type(refused).__name__ in str(refused) \
+                    else f"{type(refused).__name__}: {refused}"
                 raise SystemExit(connection.redact(
-                    f"The broker refused this worker ({connection.describe(settings)}): "
-                    f"{type(refused).__name__}: {refused}", settings)) from None
+                    f"The broker refused this worker ({connection.describe(settings)}): {reason}", settings)) from None
             now = time.monotonic()
             broker = settings.broker
             if now >= deadline:
