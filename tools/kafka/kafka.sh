@@ -288,5 +288,5 @@ case "$cmd" in
     kafka-topics) java_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" \
         $(client_args --command-config) "$@" ;;
     run) java_tool "$@" ;;
-    *) sed -n '2,36p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,32p' "$0" >&2; exit 2 ;;
 esac
