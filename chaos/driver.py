@@ -460,7 +460,7 @@ def engine_functions(
         from streamapp.runtime.topic_ids import TopicIds  # the code snapshot's, imported above with the rest
 
         async def ask() -> str:
-            ids = TopicIds([bootstrap])
+            ids = TopicIds({"bootstrap_servers": [bootstrap]})
             try:
                 return (await ids.lookup([topic]))[topic]
             finally:

@@ -8,7 +8,11 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TypedDict
 from urllib.parse import urlsplit
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 DEFAULT_SUBSCRIPTIONS = (
     ("social-media-posts", "UserFeed/ProcessPost"),
@@ -39,6 +43,16 @@ class Settings:
     operator_token: str | None = dataclasses.field(default=None, repr=False)
     # extra services, "module:attribute" (a Service or a list of them)
     extra_services: tuple[str, ...] = ()
+    # How every Kafka client reaches the cluster (runtime/connection.py turns these into client options).
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = dataclasses.field(default=None, repr=False)
+    ssl_ca_file: Path | None = None     # None: the system's CAs
+    ssl_cert_file: Path | None = None   # client certificate (mTLS), optional
+    ssl_key_file: Path | None = None
+    # replicas of the topics a worker creates; None: min(3, brokers in the cluster), found at start-up
+    replication_factor: int | None = None
 
     @property
     def table_dir(self) -> Path:
@@ -83,6 +97,8 @@ class Settings:
             results_retention=num("STREAMAPP_RESULTS_RETENTION", defaults.results_retention, float, low=1),
             operator_token=env.get("STREAMAPP_OPERATOR_TOKEN") or None,
             extra_services=tuple(s.strip() for s in env.get("STREAMAPP_SERVICES", "").split(",") if s.strip()),
+            replication_factor=int(num("STREAMAPP_REPLICATION_FACTOR", 0, low=1)) or None,
+            **_security(env),
         )
 
 
@@ -100,6 +116,62 @@ def env_number(env: Mapping[str, str], name: str, default: float, kind: type = i
         bounds = f"at least {low:g}" if high == math.inf else f"between {low:g} and {high:g}"
         raise SystemExit(f"{name}={raw!r} must be {bounds}{why}")
     return value  # type: ignore[no-any-return]
+
+
+class _Security(TypedDict):
+    security_protocol: str
+    sasl_mechanism: str | None
+    sasl_username: str | None
+    sasl_password: str | None
+    ssl_ca_file: Path | None
+    ssl_cert_file: Path | None
+    ssl_key_file: Path | None
+
+
+def _security(env: Mapping[str, str]) -> _Security:
+    """The STREAMAPP_SECURITY_PROTOCOL, STREAMAPP_SASL_* and STREAMAPP_SSL_* settings, checked together.
+
+    A setting that the protocol would not use is refused rather than ignored
+    (a SASL username with PLAINTEXT most likely means a forgotten protocol).
+    Messages name variables and never show the password.
+    """
+    protocol = env.get("STREAMAPP_SECURITY_PROTOCOL") or "PLAINTEXT"
+    if protocol.upper() not in SECURITY_PROTOCOLS:
+        raise SystemExit(f"STREAMAPP_SECURITY_PROTOCOL={protocol!r} must be one of {', '.join(SECURITY_PROTOCOLS)}")
+    protocol = protocol.upper()
+    sasl, tls = protocol.startswith("SASL_"), protocol in ("SSL", "SASL_SSL")
+
+    def sasl_setting(name: str) -> str | None:
+        var = f"STREAMAPP_SASL_{name}"
+        value = env.get(var) or None
+        if value is not None and not sasl:
+            raise SystemExit(f"{var} is set but STREAMAPP_SECURITY_PROTOCOL={protocol}: SASL settings need "
+                             "SASL_PLAINTEXT or SASL_SSL")
+        if value is None and sasl:
+            raise SystemExit(f"STREAMAPP_SECURITY_PROTOCOL={protocol} needs {var}")
+        return value
+
+    def tls_file(name: str) -> Path | None:
+        var = f"STREAMAPP_SSL_{name}_FILE"
+        raw = env.get(var) or None
+        if raw is None:
+            return None
+        if not tls:
+            raise SystemExit(f"{var} is set but STREAMAPP_SECURITY_PROTOCOL={protocol}: TLS files need SSL or SASL_SSL")
+        if not Path(raw).is_file():
+            raise SystemExit(f"{var}={raw!r} is not a readable file")
+        return Path(raw)
+
+    mechanism = sasl_setting("MECHANISM")
+    if mechanism is not None and mechanism.upper() not in SASL_MECHANISMS:
+        raise SystemExit(f"STREAMAPP_SASL_MECHANISM={mechanism!r} must be one of {', '.join(SASL_MECHANISMS)}")
+    found = _Security(
+        security_protocol=protocol, sasl_mechanism=mechanism.upper() if mechanism else None,
+        sasl_username=sasl_setting("USERNAME"), sasl_password=sasl_setting("PASSWORD"),
+        ssl_ca_file=tls_file("CA"), ssl_cert_file=tls_file("CERT"), ssl_key_file=tls_file("KEY"))
+    if found["ssl_key_file"] is not None and found["ssl_cert_file"] is None:
+        raise SystemExit("STREAMAPP_SSL_KEY_FILE is set without STREAMAPP_SSL_CERT_FILE (the client certificate)")
+    return found
 
 
 _APP_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")

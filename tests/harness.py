@@ -153,7 +153,7 @@ def topic_id(topic: str) -> str:
     from streamapp.runtime.topic_ids import TopicIds
 
     async def go() -> str:
-        lookup = TopicIds([bootstrap()])
+        lookup = TopicIds({"bootstrap_servers": [bootstrap()]})
         try:
             return (await lookup.lookup([topic]))[topic]
         finally:

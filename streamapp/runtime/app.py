@@ -29,7 +29,7 @@ from faust.types import TP
 from streamapp.config import Settings
 from streamapp.durable import mute
 from streamapp.durable.service import Registry
-from streamapp.runtime import commands, faust_adapter, limits, logformat, ops
+from streamapp.runtime import commands, connection, faust_adapter, limits, logformat, ops
 from streamapp.runtime.actors import ActorPool
 from streamapp.runtime.delivery import Delivery
 from streamapp.runtime.engine import Engine
@@ -40,10 +40,7 @@ from streamapp.runtime.leadership import Leadership
 from streamapp.runtime.outbox import Outbox
 from streamapp.runtime.scheduler import Scheduler
 from streamapp.runtime.sources import Ingest
-from streamapp.runtime.startup import (
-    advertised_url,
-    bootstrap_servers,
-)
+from streamapp.runtime.startup import advertised_url
 from streamapp.runtime.store import Tables
 
 log = logging.getLogger(__name__)
@@ -57,10 +54,14 @@ class Runtime:
         self.settings = settings
         self.registry = registry
         advertised = advertised_url(settings)
+        # Every Kafka client of this worker connects with these (runtime/connection.py): one TLS context for all.
+        tls = connection.ssl_context(settings)
+        self.kafka = connection.client_options(settings, tls)
         self.app = StreamApp(
             settings.app_id,
             runtime=self,
-            broker=faust_adapter.transport_url(bootstrap_servers(settings.broker)),  # streamapp's transport
+            broker=faust_adapter.transport_url(self.kafka["bootstrap_servers"]),  # streamapp's transport
+            broker_credentials=connection.faust_credentials(settings, tls),
             store="rocksdb://",
             datadir=str(settings.table_dir),  # per app id: two apps never share table files
             web_bind=settings.web_host,
@@ -68,7 +69,7 @@ class Runtime:
             web_port=settings.web_port,
             canonical_url=str(advertised),  # what peers forward to (assignor metadata)
             topic_partitions=settings.partitions,
-            topic_replication_factor=1,
+            topic_replication_factor=1,  # settled at start-up from the cluster (StreamApp.on_first_start)
             table_standby_replicas=0,
             consumer_auto_offset_reset="earliest",
             autodiscover=False,
@@ -115,7 +116,7 @@ class Runtime:
         self.ingest = Ingest(self)
         self.activation: asyncio.Future[None] | None = None
         self.reclaiming: asyncio.Future[None] | None = None
-        self.delivery = Delivery(self.app, bootstrap_servers(settings.broker))
+        self.delivery = Delivery(self.app, self.kafka)
         self.generation: int | None = None  # the consumer generation of the last assignment
         self._reading_limits = asyncio.Lock()
         self._wire()

@@ -48,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -66,9 +66,9 @@ AGENTS = ("invocations", "sources")
 class Delivery:
     """Offset guards, the ack gate and the Kafka clients they ask (admin, prober) for one worker."""
 
-    def __init__(self, app: Any, servers: list[str]) -> None:
+    def __init__(self, app: Any, kafka: Mapping[str, Any]) -> None:
         self.app = app
-        self.servers = servers
+        self.kafka = kafka  # client options: servers and security (runtime/connection.py)
         self.guards = {
             name: OffsetGuard(name, self.seek, self.start_offset, self.forget_gap, self.overtaken, self.probe)
             for name in AGENTS
@@ -128,7 +128,7 @@ class Delivery:
 
     async def admin(self) -> AIOKafkaAdminClient:
         if self._admin is None:
-            self._admin = AIOKafkaAdminClient(bootstrap_servers=self.servers)
+            self._admin = AIOKafkaAdminClient(**self.kafka)
             await self._admin.start()
         return self._admin
 
@@ -157,7 +157,7 @@ class Delivery:
             try:
                 if self._prober is None:
                     self._prober = AIOKafkaConsumer(
-                        bootstrap_servers=self.servers, enable_auto_commit=False, auto_offset_reset="earliest",
+                        **self.kafka, enable_auto_commit=False, auto_offset_reset="earliest",
                         max_partition_fetch_bytes=self.app.conf.consumer_max_fetch_size)
                     await self._prober.start()
                 self._prober.assign([tp])

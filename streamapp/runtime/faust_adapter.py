@@ -51,6 +51,9 @@ bootstrap of each client this transport makes (``Producer._new_producer``,
 ``ConsumerThread._create_worker_consumer``) and ``Transport._create_topic``
 are tried again every second after a transient failure.
 
+``Transport._create_topic`` also sets ``min.insync.replicas`` on each topic
+the worker creates, from its replication factor (``connection.topic_config``).
+
 ``take_ready`` — Faust's ``Stream.take_events`` without its timer while
 nothing arrives (an idle worker woke 200 times a second for it).
 
@@ -80,6 +83,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 from faust.types.tuples import ack_lock
 
+from streamapp.runtime.connection import topic_config
 from streamapp.runtime.flush import CompleteFlush
 
 log = logging.getLogger(__name__)
@@ -325,6 +329,7 @@ class Transport(faust_aiokafka.Transport):
     async def _create_topic(self, owner: Any, client: Any, topic: str, partitions: int, replication: int,
                             **kwargs: Any) -> None:
         create = super()._create_topic
+        kwargs["config"] = {**topic_config(replication), **(kwargs.get("config") or {})}
         await patiently(lambda: create(owner, client, topic, partitions, replication, **kwargs),
                         f"create topic {topic}")
 

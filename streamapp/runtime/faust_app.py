@@ -1,8 +1,10 @@
 """The Faust app of a worker: its lifecycle hooks call into the runtime (``runtime/app.py``).
 
 Start: the table dir is prepared (local tables dropped after an unclean stop),
-the broker is waited for, Faust's clients bootstrap patiently, and the
-internal topic's partition count is checked. Stop: actors first (a step that
+the broker is waited for (a broker that refuses the credentials ends the
+start), the replication factor of the topics to create is settled from the
+cluster's size, Faust's clients bootstrap patiently, and the internal topic's
+partition count is checked. Stop: actors first (a step that
 ran still gets its journal entry out), then Faust (commit, flush), then the
 delivery's and the ingest's own clients; after a clean shutdown the tables
 are marked trustworthy for the next start.
@@ -11,23 +13,26 @@ are marked trustworthy for the next start.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, Any
 
 import faust
 from faust.sensors import Sensor
 
-from streamapp.runtime import faust_adapter
+from streamapp.runtime import connection, faust_adapter
 from streamapp.runtime.startup import (
-    bootstrap_servers,
     check_partitions,
     mark_clean_stop,
     prepare_table_dir,
+    replication_factor,
     wait_for_broker,
 )
 
 if TYPE_CHECKING:
     from streamapp.runtime.app import Runtime
     from streamapp.runtime.changelog import StagedRows
+
+log = logging.getLogger(__name__)
 
 
 class StreamApp(faust.App):
@@ -64,12 +69,19 @@ class StreamApp(faust.App):
         prepare_table_dir(settings.table_dir)
         self.runtime.tables.positions.load(settings.table_dir)  # after a clean stop only: else dropped above
         await super().on_first_start()
-        await wait_for_broker(settings.broker, settings.broker_wait)
+        kafka = self.runtime.kafka
+        log.info("Connecting to the cluster %s", connection.describe(settings))
+        await wait_for_broker(settings, kafka, settings.broker_wait)
         # Faust's producer and consumer bootstrap after this returns; the
         # broker may be killed or restarting by then.
         faust_adapter.patient_bootstrap(settings.broker_wait)
+        # Read by Faust when it declares each topic (after this returns); the
+        # topics' min.insync.replicas follows it (faust_adapter.Transport).
+        replicas = self.conf.topic_replication_factor = await replication_factor(kafka, settings.replication_factor)
+        log.info("Topics this worker creates get replication_factor=%d%s", replicas,
+                 "".join(f" {k}={v}" for k, v in connection.topic_config(replicas).items()))
         topic = self.runtime.internal.get_topic_name()
-        await check_partitions(bootstrap_servers(settings.broker), topic, settings.partitions)
+        await check_partitions(kafka, topic, settings.partitions)
 
     async def on_stop(self) -> None:
         # Stop the actors while the producer still runs, so a step that ran

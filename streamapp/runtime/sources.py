@@ -53,11 +53,9 @@ MAX_KEY_BYTES = 1024
 class Ingest:
     def __init__(self, runtime: Runtime, lookup: Callable[[list[str]], Awaitable[dict[str, str]]] | None = None,
                  ) -> None:
-        from streamapp.runtime.startup import bootstrap_servers
-
         self.runtime = runtime
         self.routes = dict(runtime.settings.subscriptions)
-        self._topic_ids = TopicIds(bootstrap_servers(runtime.settings.broker))
+        self._topic_ids = TopicIds(runtime.kafka)
         self.lookup = lookup or self._topic_ids.lookup  # topic name -> topic id, asked of the broker now
         self.topic_ids: dict[str, str] = {}  # the incarnation each source topic is read as
         self.changes: dict[str, int] = {}  # how often each source topic was found recreated

@@ -1,5 +1,7 @@
 """Start-up: waiting for the broker, where peers reach this worker, whether the topology fits.
 
+Every client made here takes the worker's client options (``runtime/connection.py``).
+
 Kept apart from ``runtime/app.py`` so both can be tested without a Faust app.
 """
 
@@ -8,15 +10,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import ssl
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from aiokafka import errors
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError
 from yarl import URL
 
 from streamapp.config import Settings
-from streamapp.runtime import faust_adapter
+from streamapp.runtime import connection, faust_adapter
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +46,9 @@ def advertised_url(settings: Settings) -> URL:
     return URL(f"http://{host}:{settings.web_port}")
 
 
-async def existing_partitions(servers: list[str], topic: str) -> int | None:
+async def existing_partitions(kafka: Mapping[str, Any], topic: str) -> int | None:
     """The partition count of ``topic``, or None when it does not exist yet (never creates it)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=10000)
+    admin = AIOKafkaAdminClient(**kafka, request_timeout_ms=10000)
     try:
         await admin.start()
         # Listing all topics asks for no topic by name, so the broker cannot auto-create it.
@@ -55,41 +62,85 @@ async def existing_partitions(servers: list[str], topic: str) -> int | None:
         await admin.close()
 
 
-async def check_partitions(servers: list[str], topic: str, configured: int) -> None:
+async def check_partitions(kafka: Mapping[str, Any], topic: str, configured: int) -> None:
     """Refuse to start when the internal topic exists with another partition count.
 
     Keys are placed on partitions by the count: another count reads a key's
     state from the wrong partition and puts one key on two partitions.
     """
-    existing = await faust_adapter.patiently(lambda: existing_partitions(servers, topic), f"describe topic {topic}")
+    existing = await faust_adapter.patiently(lambda: existing_partitions(kafka, topic), f"describe topic {topic}")
     if existing is not None and existing != configured:
         raise SystemExit(
             f"STREAMAPP_PARTITIONS={configured} but the internal topic {topic} has {existing} partitions: "
             f"start with STREAMAPP_PARTITIONS={existing}, or use a new STREAMAPP_APP_ID")
 
 
-def bootstrap_servers(broker: str) -> list[str]:
-    """``kafka://h1:9092;kafka://h2:9092`` (Faust's broker setting) as host:port pairs."""
-    return [part.split("://", 1)[-1] for part in broker.replace(",", ";").split(";") if part.strip()]
+async def cluster_size(kafka: Mapping[str, Any]) -> int:
+    """How many brokers the cluster has (its metadata, as the bootstrap servers tell it)."""
+    admin = AIOKafkaAdminClient(**kafka, request_timeout_ms=10000)
+    try:
+        await admin.start()
+        return len((await admin.describe_cluster())["brokers"])
+    finally:
+        await admin.close()
 
 
-async def wait_for_broker(broker: str, patience: float) -> None:
+async def replication_factor(kafka: Mapping[str, Any], configured: int | None) -> int:
+    """The replication factor of the topics this worker creates (``connection.replication_factor``)."""
+    brokers = await faust_adapter.patiently(lambda: cluster_size(kafka), "describe the cluster")
+    return connection.replication_factor(configured, brokers)
+
+
+# What a broker answers to a client it will never let in: waiting does not help.
+REFUSALS = (errors.SaslAuthenticationFailed, errors.AuthenticationFailedError, errors.UnsupportedSaslMechanismError,
+            errors.IllegalSaslStateError, errors.AuthenticationMethodNotSupported, ssl.SSLCertVerificationError)
+
+
+async def refusal(kafka: Mapping[str, Any]) -> BaseException | None:
+    """Why the bootstrap servers refuse these credentials or this TLS setup, if that is why a client failed.
+
+    aiokafka's bootstrap only says it could not bootstrap (and logs the cause);
+    one plain connection per server shows the cause itself.
+    """
+    security = {k: v for k, v in kafka.items() if k != "bootstrap_servers"}
+    for server in kafka["bootstrap_servers"]:
+        host, _, port = server.rpartition(":")
+        try:
+            conn = await create_conn(host.strip("[]"), int(port), request_timeout_ms=5000, **security)
+        except REFUSALS as exc:
+            return exc
+        except (TimeoutError, KafkaError, OSError):
+            continue
+        conn.close()
+    return None
+
+
+async def wait_for_broker(settings: Settings, kafka: Mapping[str, Any], patience: float) -> None:
     """Wait up to ``patience`` seconds for the broker to answer, instead of exiting at once.
 
     A worker started while Kafka is still starting (or restarting) would
-    otherwise fail to bootstrap and exit.
+    otherwise fail to bootstrap and exit. A broker that refuses the
+    credentials or the TLS setup is not waited for: the worker exits at once.
     """
     deadline = time.monotonic() + patience
     said = 0.0
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers(broker), request_timeout_ms=5000)
+        admin = AIOKafkaAdminClient(**kafka, request_timeout_ms=5000)
         try:
             await admin.start()
             return
         except (KafkaError, OSError) as exc:
+            refused = await refusal(kafka)
+            if refused is not None:
+                reason = str(refused) if type(refused).__name__ in str(refused) \
+                    else f"{type(refused).__name__}: {refused}"
+                raise SystemExit(connection.redact(
+                    f"The broker refused this worker ({connection.describe(settings)}): {reason}", settings)) from None
             now = time.monotonic()
+            broker = settings.broker
             if now >= deadline:
-                raise SystemExit(f"Broker {broker} did not answer within {patience:g}s: {exc!r}") from None
+                raise SystemExit(connection.redact(
+                    f"Broker {broker} did not answer within {patience:g}s: {exc!r}", settings)) from None
             if now - said >= 5:
                 log.warning("Waiting for the broker %s (up to %.0fs more): %r", broker, deadline - now, exc)
                 said = now

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from io import BytesIO
 from typing import Any
 
@@ -168,14 +169,14 @@ def topic_ids(response: Any) -> dict[str, str]:
 class TopicIds:
     """Asks the broker for topic ids, with a client of its own (opened on first use)."""
 
-    def __init__(self, bootstrap_servers: list[str]) -> None:
-        self.bootstrap_servers = bootstrap_servers
+    def __init__(self, kafka: Mapping[str, Any]) -> None:
+        self.kafka = kafka  # client options: servers and security (runtime/connection.py)
         self._client: AIOKafkaClient | None = None
         self._warned = False
 
     async def lookup(self, topics: list[str]) -> dict[str, str]:
         if self._client is None:
-            client = AIOKafkaClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=10000)
+            client = AIOKafkaClient(**self.kafka, request_timeout_ms=10000)
             await client.bootstrap()
             self._client = client
         try:

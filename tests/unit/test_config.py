@@ -40,6 +40,11 @@ def test_values_are_read_and_typed() -> None:
     ("STREAMAPP_MAX_BODY_BYTES", "0", "at least 1"),
     ("STREAMAPP_RESULTS_RETENTION", "0.5", "at least 1"),
     ("STREAMAPP_SUBSCRIPTIONS", "topic-without-target", "must look like topic=Service/handler"),
+    ("STREAMAPP_REPLICATION_FACTOR", "0", "at least 1"),
+    ("STREAMAPP_REPLICATION_FACTOR", "two", "is not a valid int"),
+    ("STREAMAPP_SECURITY_PROTOCOL", "TLS", "must be one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
+    ("STREAMAPP_SASL_USERNAME", "alice", "SASL settings need SASL_PLAINTEXT or SASL_SSL"),
+    ("STREAMAPP_SSL_CA_FILE", "/etc/hostname", "TLS files need SSL or SASL_SSL"),
 ])
 def test_bad_values_stop_with_a_message_naming_the_setting(name: str, raw: str, message: str) -> None:
     with pytest.raises(SystemExit) as exc:
@@ -94,3 +99,36 @@ def test_userfeed_config__its_own_settings_from_the_environment_validated_by_nam
         with pytest.raises(SystemExit, match="STREAMAPP_MODERATION_POLL_INTERVAL"):
             userfeed.Config.from_env({"STREAMAPP_MODERATION_POLL_INTERVAL": bad})
     assert not hasattr(Settings(), "moderation_poll_interval")  # the runtime's settings do not carry it
+
+
+SASL = {"STREAMAPP_SECURITY_PROTOCOL": "SASL_SSL", "STREAMAPP_SASL_MECHANISM": "scram-sha-512",
+        "STREAMAPP_SASL_USERNAME": "alice", "STREAMAPP_SASL_PASSWORD": "pw-5ecret"}
+
+
+def test_cluster_settings__read_normalised_and_the_password_kept_out_of_repr(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read here")
+    s = Settings.from_env({**SASL, "STREAMAPP_SECURITY_PROTOCOL": "sasl_ssl", "STREAMAPP_SSL_CA_FILE": str(ca),
+                           "STREAMAPP_REPLICATION_FACTOR": "3"})
+    assert (s.security_protocol, s.sasl_mechanism, s.sasl_username, s.sasl_password) == (
+        "SASL_SSL", "SCRAM-SHA-512", "alice", "pw-5ecret")
+    assert (s.ssl_ca_file, s.ssl_cert_file, s.replication_factor) == (ca, None, 3)
+    assert "pw-5ecret" not in repr(s)
+    plain = Settings.from_env({})
+    assert (plain.security_protocol, plain.sasl_password, plain.replication_factor) == ("PLAINTEXT", None, None)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"STREAMAPP_SASL_PASSWORD": ""}, "STREAMAPP_SECURITY_PROTOCOL=SASL_SSL needs STREAMAPP_SASL_PASSWORD"),
+    ({"STREAMAPP_SASL_MECHANISM": ""}, "needs STREAMAPP_SASL_MECHANISM"),
+    ({"STREAMAPP_SASL_MECHANISM": "GSSAPI"}, "STREAMAPP_SASL_MECHANISM='GSSAPI' must be one of PLAIN, SCRAM-SHA-256"),
+    ({"STREAMAPP_SSL_CA_FILE": "/nonexistent/ca.pem"}, "STREAMAPP_SSL_CA_FILE='/nonexistent/ca.pem' is not a readable"),
+    ({"STREAMAPP_SSL_KEY_FILE": "/etc/hostname"}, "STREAMAPP_SSL_KEY_FILE is set without STREAMAPP_SSL_CERT_FILE"),
+    ({"STREAMAPP_SECURITY_PROTOCOL": "PLAINTEXT"}, "STREAMAPP_SASL_MECHANISM is set but"),
+])
+def test_cluster_settings__inconsistent_ones_stop_with_a_message_without_the_password(
+        change: dict[str, str], message: str) -> None:
+    with pytest.raises(SystemExit) as exc:
+        Settings.from_env({**SASL, **change})
+    assert message in str(exc.value)
+    assert "pw-5ecret" not in str(exc.value)

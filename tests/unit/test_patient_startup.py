@@ -80,7 +80,7 @@ async def test_check_partitions__a_broker_going_away_while_it_reads_is_waited_fo
 
     answers: list[object] = [KafkaConnectionError("Connection closed"), KafkaConnectionError("closed"), 4]
 
-    async def existing_partitions(servers: list[str], topic: str) -> int | None:
+    async def existing_partitions(kafka: object, topic: str) -> int | None:
         answer = answers.pop(0)
         if isinstance(answer, BaseException):
             raise answer
@@ -90,5 +90,5 @@ async def test_check_partitions__a_broker_going_away_while_it_reads_is_waited_fo
     monkeypatch.setattr(startup, "existing_partitions", existing_partitions)
     faust_adapter.patient_bootstrap(patience=30)
     with pytest.raises(SystemExit, match="STREAMAPP_PARTITIONS=2 but the internal topic t has 4 partitions"):
-        await startup.check_partitions(["127.0.0.1:9092"], "t", 2)
+        await startup.check_partitions({"bootstrap_servers": ["127.0.0.1:9092"]}, "t", 2)
     assert answers == []

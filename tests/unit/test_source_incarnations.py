@@ -15,7 +15,7 @@ from faust.types import TP
 
 from streamapp.config import Settings
 from streamapp.durable import ids
-from streamapp.runtime import offsets
+from streamapp.runtime import connection, offsets
 from streamapp.runtime.offsets import OffsetGuard
 from streamapp.runtime.sources import Ingest
 
@@ -57,6 +57,7 @@ class FakeRuntime:
 
     def __post_init__(self) -> None:
         self.settings = Settings(app_id="app", subscriptions=(("src", "Test/Nap"), ("other", "Test/Nap")))
+        self.kafka = connection.client_options(self.settings)
         self.guards = {"sources": OffsetGuard("sources", self.seek, self.baseline)}
         self.delivery = SimpleNamespace(guards=self.guards, seek=self.seek, overtaken=self.overtaken)
         self.outbox = SimpleNamespace(invoke=self.invoke)

@@ -17,6 +17,19 @@
 # Environment: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (KAFKA_PORT+1),
 # STREAMAPP_DATA_DIR (./data; the broker keeps its data in $STREAMAPP_DATA_DIR/kafka),
 # STREAMAPP_CACHE_DIR (~/.cache/streamapp), KAFKA_HEAP (512m).
+#
+# KAFKA_SECURITY=sasl_ssl: every command above works on a second, secured
+# broker instead, with its data in $STREAMAPP_DATA_DIR/kafka-secure (so it can
+# run beside the plain one on other ports; KAFKA_PORT then defaults to 9192):
+#   - KAFKA_PORT: SASL_SSL listener, SCRAM-SHA-512 (clients and inter-broker);
+#   - KAFKA_MTLS_PORT (KAFKA_PORT+2): SSL listener that requires a client certificate;
+#   - the controller listener stays PLAINTEXT on loopback.
+# `up` makes, once, a CA and certificates under kafka-secure/tls (PEM; the
+# broker's carries SAN 127.0.0.1 and localhost, a client one for mTLS) and adds
+# the SCRAM-SHA-512 users at storage format time: KAFKA_SASL_USERNAME
+# (alice) with KAFKA_SASL_PASSWORD (alice-secret), and the broker's own.
+# The tools (producer, consumer, kafka-topics) get a client config for the
+# SASL_SSL listener (kafka-secure/client.properties).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -26,9 +39,20 @@ CACHE_DIR="${STREAMAPP_CACHE_DIR:-$HOME/.cache/streamapp}"
 LIBS="$CACHE_DIR/kafka-$KAFKA_VERSION/libs"
 DATA_DIR="${STREAMAPP_DATA_DIR:-$ROOT/data}"
 case "$DATA_DIR" in /*) ;; *) DATA_DIR="$ROOT/$DATA_DIR" ;; esac
-KAFKA_DIR="$DATA_DIR/kafka"
-PORT="${KAFKA_PORT:-9092}"
+SECURITY="${KAFKA_SECURITY:-plaintext}"
+case "$SECURITY" in
+    plaintext) KAFKA_DIR="$DATA_DIR/kafka"; PORT="${KAFKA_PORT:-9092}" ;;
+    sasl_ssl) KAFKA_DIR="$DATA_DIR/kafka-secure"; PORT="${KAFKA_PORT:-9192}" ;;
+    *) echo "kafka: KAFKA_SECURITY=$SECURITY must be plaintext or sasl_ssl" >&2; exit 2 ;;
+esac
 CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-$((PORT + 1))}"
+MTLS_PORT="${KAFKA_MTLS_PORT:-$((PORT + 2))}"
+TLS_DIR="$KAFKA_DIR/tls"
+CLIENT_CONFIG="$KAFKA_DIR/client.properties"
+SASL_USER="${KAFKA_SASL_USERNAME:-alice}"
+SASL_PASSWORD="${KAFKA_SASL_PASSWORD:-alice-secret}"
+BROKER_USER=broker
+BROKER_PASSWORD=""
 BOOTSTRAP="127.0.0.1:$PORT"
 PID_FILE="$KAFKA_DIR/broker.pid"
 LOG_FILE="$KAFKA_DIR/logs/server.log"
@@ -69,18 +93,79 @@ running_pid() {
     echo "$pid"
 }
 
+# A CA, the broker's certificate (SAN 127.0.0.1, localhost) and a client
+# certificate for mTLS, as PEM files; made once, kept with the broker's data.
+make_certs() {
+    [ -f "$TLS_DIR/.complete" ] && return 0
+    log "making a CA and certificates in $TLS_DIR"
+    rm -rf "$TLS_DIR" && mkdir -p "$TLS_DIR"
+    (
+        cd "$TLS_DIR"
+        umask 077
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=streamapp dev CA" \
+            -keyout ca.key -out ca.pem 2>/dev/null
+        printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >broker.ext
+        printf 'extendedKeyUsage=clientAuth\n' >client.ext
+        for name in broker client; do
+            openssl req -newkey rsa:2048 -nodes -subj "/CN=$name" -keyout "$name.key" -out "$name.csr" 2>/dev/null
+            openssl x509 -req -in "$name.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+                -extfile "$name.ext" -out "$name.pem" 2>/dev/null
+        done
+        # The broker's keystore: PKCS12 with its key and chain.
+        openssl pkcs12 -export -in broker.pem -inkey broker.key -certfile ca.pem -name broker \
+            -passout pass:streamapp -out broker.p12
+        rm -f ./*.csr ./*.ext ca.srl
+    )
+    touch "$TLS_DIR/.complete"
+}
+
+write_client_config() {
+    (umask 077; cat >"$CLIENT_CONFIG" <<EOF
+# Written by tools/kafka/kafka.sh: Apache Kafka's tools on the SASL_SSL listener.
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$SASL_USER" password="$SASL_PASSWORD";
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.pem
+EOF
+    )
+}
+
 write_config() {
     mkdir -p "$KAFKA_DIR/logs"
-    cat >"$KAFKA_DIR/server.properties" <<EOF
+    local listeners advertised inter map security=""
+    if [ "$SECURITY" = sasl_ssl ]; then
+        listeners="SASL_SSL://127.0.0.1:$PORT,MTLS://127.0.0.1:$MTLS_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT"
+        advertised="SASL_SSL://127.0.0.1:$PORT,MTLS://127.0.0.1:$MTLS_PORT"
+        inter=SASL_SSL
+        map="CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,MTLS:SSL"
+        security="
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username=\"$BROKER_USER\" password=\"$BROKER_PASSWORD\";
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$TLS_DIR/broker.p12
+ssl.keystore.password=streamapp
+ssl.key.password=streamapp
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.pem
+listener.name.mtls.ssl.client.auth=required"
+    else
+        listeners="PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT"
+        advertised="PLAINTEXT://127.0.0.1:$PORT"
+        inter=PLAINTEXT
+        map="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+    fi
+    (umask 077; cat >"$KAFKA_DIR/server.properties" <<EOF
 # Written by tools/kafka/kafka.sh: single-node KRaft broker for a dev box.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$PORT
+listeners=$listeners
+advertised.listeners=$advertised
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=$inter
+listener.security.protocol.map=$map$security
 log.dirs=$KAFKA_DIR/log-data
 num.partitions=1
 offsets.topic.replication.factor=1
@@ -93,6 +178,7 @@ group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 log.retention.hours=168
 EOF
+    )
 }
 
 up() {
@@ -105,12 +191,22 @@ up() {
         return 1
     fi
     fetch
+    local scram=()
+    if [ "$SECURITY" = sasl_ssl ]; then
+        make_certs
+        # The broker's own SCRAM password: made once, kept (mode 600) beside its data.
+        [ -f "$KAFKA_DIR/broker.secret" ] || (umask 077; openssl rand -hex 16 >"$KAFKA_DIR/broker.secret")
+        BROKER_PASSWORD="$(cat "$KAFKA_DIR/broker.secret")"
+        write_client_config
+        scram=(--add-scram "SCRAM-SHA-512=[name=$BROKER_USER,password=$BROKER_PASSWORD]"
+               --add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$SASL_PASSWORD]")
+    fi
     write_config
     if [ ! -f "$KAFKA_DIR/log-data/meta.properties" ]; then
         log "formatting KRaft storage in $KAFKA_DIR/log-data"
         (java_tool kafka.tools.StorageTool format --ignore-formatted \
             -t "$(java_tool kafka.tools.StorageTool random-uuid)" \
-            -c "$KAFKA_DIR/server.properties") >/dev/null
+            -c "$KAFKA_DIR/server.properties" "${scram[@]}") >/dev/null
     fi
     log "starting Apache Kafka $KAFKA_VERSION on $BOOTSTRAP (data: $KAFKA_DIR)"
     : >"$LOG_FILE"
@@ -159,9 +255,15 @@ down() {
 topics() {
     local t
     for t in "${SEED_TOPICS[@]}"; do
+        # shellcheck disable=SC2046
         (java_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" \
-            --create --if-not-exists --topic "$t" --partitions 1 --replication-factor 1)
+            $(client_args --command-config) --create --if-not-exists --topic "$t" --partitions 1 --replication-factor 1)
     done
+}
+
+# The tools' client settings: none for the plain broker, the SASL_SSL client config for the secure one.
+client_args() {
+    if [ "$SECURITY" = sasl_ssl ]; then printf '%s\n' "$1" "$CLIENT_CONFIG"; fi
 }
 
 cmd="${1:-}"; shift || true
@@ -173,14 +275,18 @@ case "$cmd" in
     topics) topics ;;
     producer)
         topic="${1:?usage: kafka.sh producer TOPIC}"; shift
+        # shellcheck disable=SC2046
         java_tool org.apache.kafka.tools.ConsoleProducer --bootstrap-server "$BOOTSTRAP" \
-            --topic "$topic" --reader-property parse.key=true --reader-property key.separator=: "$@" ;;
+            $(client_args --command-config) --topic "$topic" --reader-property parse.key=true --reader-property key.separator=: "$@" ;;
     consumer)
         topic="${1:?usage: kafka.sh consumer TOPIC}"; shift
+        # shellcheck disable=SC2046
         java_tool org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server "$BOOTSTRAP" \
-            --topic "$topic" --from-beginning --property print.key=true \
+            $(client_args --command-config) --topic "$topic" --from-beginning --property print.key=true \
             --property key.separator=: "$@" ;;
-    kafka-topics) java_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" "$@" ;;
+    # shellcheck disable=SC2046
+    kafka-topics) java_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" \
+        $(client_args --command-config) "$@" ;;
     run) java_tool "$@" ;;
-    *) sed -n '2,20p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,32p' "$0" >&2; exit 2 ;;
 esac
