@@ -4,6 +4,7 @@ from streamapp.durable.context import ObjectContext, SharedContext
 from streamapp.durable.errors import (
     ConcurrentStepError,
     InvalidInputError,
+    InvocationCancelledError,
     KilledError,
     NonDeterminismError,
     RetryableError,
@@ -15,6 +16,7 @@ from streamapp.durable.service import Registry, RetryPolicy, Service
 __all__ = [
     "ConcurrentStepError",
     "InvalidInputError",
+    "InvocationCancelledError",
     "KilledError",
     "NonDeterminismError",
     "ObjectContext",

@@ -7,7 +7,8 @@
     │   ├── ConcurrentStepError     a step was started outside the handler's own task
     │   ├── InvalidInputError       payload does not match the handler's input type
     │   ├── TooLargeError           a step result, state or result too large for the log
-    │   └── KilledError             an operator killed the invocation
+    │   ├── KilledError             an operator killed the invocation
+    │   └── InvocationCancelledError an operator cancelled it (the step under way finished)
     └── RetryableError              retried after ``retry_after`` seconds (or by policy)
 
     Suspended (BaseException)       internal: the invocation waits for a durable
@@ -83,6 +84,10 @@ class TooLargeError(TerminalError):
 
 class KilledError(TerminalError):
     """An operator killed the invocation; it runs no more steps."""
+
+
+class InvocationCancelledError(TerminalError):
+    """An operator cancelled the invocation: the step under way finished, nothing after it ran (HTTP 409)."""
 
 
 class RetryableError(StreamAppError):

@@ -17,7 +17,9 @@ per partition).
     fail      actor           terminal failure (dead-lettered, or paused)
     fire      scheduler       a timer is due
     resume    operator        run a paused invocation again
-    kill      operator        fail an invocation; it runs no more steps
+    kill      operator        fail an invocation now; it runs no more steps
+    cancel    operator        the step under way finishes, nothing after it (``operate.py``)
+    purge     operator        forget a finished invocation's outcome
     expire    the owner       forget outcomes of invocations finished before ``before``
 
 Each op is a typed command in ``ops.py`` (its fields, and how a record is

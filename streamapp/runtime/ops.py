@@ -146,6 +146,22 @@ class Kill:
 
 
 @dataclass(slots=True)
+class Cancel:
+    """An operator stops an invocation gracefully: the step under way finishes, nothing after it runs."""
+
+    op: ClassVar[str] = "cancel"
+    id: str
+
+
+@dataclass(slots=True)
+class Purge:
+    """An operator forgets a finished invocation's outcome before its retention ends."""
+
+    op: ClassVar[str] = "purge"
+    id: str
+
+
+@dataclass(slots=True)
 class Expire:
     """Forget outcomes of invocations finished before ``before``."""
 
@@ -153,7 +169,7 @@ class Expire:
     before: float
 
 
-Command = Invoke | Activate | Entry | Suspend | Retry | Complete | Fail | Fire | Resume | Kill | Expire
+Command = Invoke | Activate | Entry | Suspend | Retry | Complete | Fail | Fire | Resume | Kill | Cancel | Purge | Expire
 
 # Actor and scheduler commands: applied only under the epoch they were issued in.
 FENCED = (Entry, Suspend, Retry, Complete, Fail, Fire)
@@ -188,6 +204,8 @@ READERS: dict[str, tuple[tuple[str, ...], Any]] = {
     "fire": (("id", "epoch"), lambda c: Fire(c["id"], c["epoch"], c.get("at"))),
     "resume": (("id",), lambda c: Resume(c["id"])),
     "kill": (("id",), lambda c: Kill(c["id"])),
+    "cancel": (("id",), lambda c: Cancel(c["id"])),
+    "purge": (("id",), lambda c: Purge(c["id"])),
     "expire": (("before",), lambda c: Expire(c["before"])),
 }
 

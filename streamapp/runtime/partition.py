@@ -46,7 +46,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from streamapp.runtime import expiry, keyserial, ops
+from streamapp.runtime import expiry, keyserial, operate, ops
 from streamapp.runtime.actions import (
     Action,
     Activated,
@@ -54,13 +54,12 @@ from streamapp.runtime.actions import (
     CancelActor,
     DeadLetter,
     EntryDecided,
-    Finished,
     StartActor,
 )
 from streamapp.runtime.commands import object_key
+from streamapp.runtime.finish import finish
 from streamapp.runtime.limits import RowTooLargeError
 from streamapp.runtime.partition_state import IN_FLIGHT, ApplyError, PartitionState, started
-from streamapp.runtime.store import expiry_key
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +187,9 @@ def _running(st: PartitionState, inv_id: str, attempt: int | None) -> dict[str, 
 
 def _entry(st: PartitionState, pos: int, cmd: ops.Entry, out: list[Action]) -> None:
     rec = _running(st, cmd.id, cmd.attempt)
+    if rec is not None and operate.stop_if_cancelled(st, rec, out):
+        out.append(EntryDecided(cmd.id, cmd.index, False))  # the step after the cancel does not count
+        return
     if rec is None or len(rec["journal"]) != cmd.index:
         # A late copy (its waiter was resolved by the first), or the attempt ended.
         out.append(EntryDecided(cmd.id, cmd.index, rec is not None and len(rec["journal"]) > cmd.index))
@@ -208,7 +210,7 @@ def _park(st: PartitionState, rec: dict[str, Any], status: str, wake_at: float, 
 
 def _suspend(st: PartitionState, pos: int, cmd: ops.Suspend, out: list[Action]) -> None:
     rec = _running(st, cmd.id, cmd.attempt)
-    if rec is None:
+    if rec is None or operate.stop_if_cancelled(st, rec, out):
         return
     if cmd.index is not None:
         journal = rec["journal"]
@@ -220,7 +222,7 @@ def _suspend(st: PartitionState, pos: int, cmd: ops.Suspend, out: list[Action]) 
 
 def _retry(st: PartitionState, pos: int, cmd: ops.Retry, out: list[Action]) -> None:
     rec = _running(st, cmd.id, cmd.attempt)
-    if rec is not None:
+    if rec is not None and not operate.stop_if_cancelled(st, rec, out):
         # Every version sends the attempt; without one, count this as the running attempt's retry.
         rec["attempt"] = cmd.attempt if cmd.attempt is not None else rec["attempt"] + 1
         rec["error"] = cmd.error
@@ -250,7 +252,7 @@ def _complete(st: PartitionState, pos: int, cmd: ops.Complete, out: list[Action]
     rec["result"] = cmd.result
     if cmd.attempt is not None:
         rec["attempt"] = cmd.attempt
-    _finish(st, rec, out)
+    finish(st, rec, out)
 
 
 def _fail(st: PartitionState, pos: int, cmd: ops.Fail, out: list[Action]) -> None:
@@ -266,7 +268,7 @@ def _fail(st: PartitionState, pos: int, cmd: ops.Fail, out: list[Action]) -> Non
         st.save(rec)
         return
     rec["status"] = "failed"
-    _finish(st, rec, out)
+    finish(st, rec, out)
 
 
 def _fire(st: PartitionState, pos: int, cmd: ops.Fire, out: list[Action]) -> None:
@@ -294,31 +296,6 @@ def _fire(st: PartitionState, pos: int, cmd: ops.Fire, out: list[Action]) -> Non
         keyserial.enqueue(st, object_key(rec["service"], rec["key"]), rec["id"], out)
 
 
-def _resume(st: PartitionState, pos: int, cmd: ops.Resume, out: list[Action]) -> None:
-    rec = st.record(cmd.id)
-    if rec is None or rec["status"] != "paused" or pos <= rec.get("resumed_at", -1):
-        return  # not paused, or this very resume read again (after a restart) once it paused anew
-    rec["status"] = "running"
-    rec["resumed_at"] = pos
-    rec["attempt"] = 0
-    rec["error"] = None
-    st.save(rec)
-    if st.built is not None:
-        out.append(StartActor(st.p, st.epoch, rec))
-
-
-def _kill(st: PartitionState, pos: int, cmd: ops.Kill, out: list[Action]) -> None:
-    rec = st.record(cmd.id)
-    if rec is None:
-        return
-    out.append(CancelActor(rec["id"]))
-    st.drop_timer(rec["id"])
-    keyserial.unqueue(st, rec)
-    rec["status"] = "failed"
-    rec["error"] = "KilledError: killed by an operator"
-    _finish(st, rec, out)
-
-
 def _expire(st: PartitionState, pos: int, cmd: ops.Expire, out: list[Action]) -> None:
     expiry.expire(st, cmd.before)
 
@@ -326,29 +303,9 @@ def _expire(st: PartitionState, pos: int, cmd: ops.Expire, out: list[Action]) ->
 APPLY: dict[type, Callable[[PartitionState, int, Any, list[Action]], None]] = {
     ops.Invoke: _invoke, ops.Activate: _activate, ops.Entry: _entry, ops.Suspend: _suspend,
     ops.Retry: _retry, ops.Complete: _complete, ops.Fail: _fail, ops.Fire: _fire,
-    ops.Resume: _resume, ops.Kill: _kill, ops.Expire: _expire,
+    ops.Resume: operate.resume, ops.Kill: operate.kill, ops.Cancel: operate.cancel, ops.Purge: operate.purge,
+    ops.Expire: _expire,
 }
-
-
-def _finish(st: PartitionState, rec: dict[str, Any], out: list[Action]) -> None:
-    store = st.shared.store
-    now = time.time()
-    store.results[rec["id"]] = st.shared.limits.fit_outcome(rec["id"], {
-        "id": rec["id"], "service": rec["service"], "handler": rec["handler"], "key": rec["key"],
-        "status": rec["status"], "result": rec.get("result"), "error": rec.get("error"),
-        "code": rec.get("code"), "attempt": rec["attempt"], "created": rec["created"], "finished": now,
-        "source": rec.get("source"),
-        "journal": rec["journal"], "wake_at": None, "payload": rec.get("payload"),
-    })
-    store.expiry[expiry_key(now, rec["id"])] = rec["id"]  # same apply: both reach the changelog
-    del store.invocations[rec["id"]]
-    st.shared.recent.pop(rec["id"], None)
-    st.drop_timer(rec["id"])
-    out.append(Finished(rec))
-    okey = object_key(rec["service"], rec["key"])
-    if st.inflight.get(okey) == rec["id"]:
-        del st.inflight[okey]
-        keyserial.dispatch_next(st, okey, out)
 
 
 def _fail_too_large(st: PartitionState, exc: RowTooLargeError, out: list[Action]) -> None:
@@ -369,4 +326,4 @@ def _fail_too_large(st: PartitionState, exc: RowTooLargeError, out: list[Action]
     keyserial.unqueue(st, rec)
     out.append(DeadLetter({**rec, "payload": exc.rec.get("payload")}, error))
     rec.update(status="failed", error=error, code=500, result=None)
-    _finish(st, rec, out)
+    finish(st, rec, out)

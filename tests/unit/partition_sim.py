@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from streamapp.runtime import finish as finish_module
 from streamapp.runtime import ops
 from streamapp.runtime import partition as partition_module
 from streamapp.runtime import partition_state as state_module
@@ -28,6 +29,7 @@ def fixed_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """The state machine reads the wall clock only to stamp rows: fix it, so two runs write the same rows."""
     fake = types.SimpleNamespace(time=lambda: NOW, monotonic=lambda: 0.0)
     monkeypatch.setattr(partition_module, "time", fake)
+    monkeypatch.setattr(finish_module, "time", fake)
     monkeypatch.setattr(state_module, "time", fake)
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from streamapp.runtime import commands
 from streamapp.runtime import expiry as expiry_module
+from streamapp.runtime import finish as finish_module
 from streamapp.runtime import partition as partition_module
 from streamapp.runtime.store import expiry_key
 from tests.unit.engine_fakes import EngineRig
@@ -32,7 +33,8 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
         return now[1]
 
     fake = types.SimpleNamespace(time=lambda: now[0], monotonic=monotonic)
-    monkeypatch.setattr(partition_module, "time", fake)  # finish times
+    monkeypatch.setattr(partition_module, "time", fake)
+    monkeypatch.setattr(finish_module, "time", fake)  # finish times
     monkeypatch.setattr(expiry_module, "time", fake)  # the expiry budget
     return now
 

@@ -58,6 +58,8 @@ def commands_() -> st.SearchStrategy[dict[str, Any]]:
         st.builds(lambda i, e, back: {"op": "fire", "id": i, "epoch": e, "at": back}, ident, epoch,
                   st.integers(0, 3)),
         st.builds(lambda i: {"op": "kill", "id": i}, ident),
+        st.builds(lambda i: {"op": "cancel", "id": i}, ident),
+        st.builds(lambda i: {"op": "purge", "id": i}, ident),
     )
 
 

@@ -1,0 +1,92 @@
+"""Operator commands, as the partition state machine applies them (``partition.APPLY``).
+
+    resume   a paused invocation runs again (a fresh attempt from its journal)
+    kill     now: its actor is stopped mid-step, it ends failed (KilledError)
+    cancel   gracefully: a step under way finishes and is journaled, nothing
+             after it runs; it ends failed with InvocationCancelledError, code 409
+             (Restate's cancellation). An invocation with no step under way
+             (queued, scheduled, sleeping, retrying, paused) ends at once.
+    purge    a finished invocation's outcome is forgotten before its
+             retention ends (its ``results`` row and expiry index entry); a
+             record redelivered after that would run again
+
+A cancel of a running attempt is kept in its row (``cancel``: the command's
+position) and takes effect on the attempt's next command: a journal entry
+is refused (the actor stops), a suspension or retry ends the invocation. A
+``complete`` or ``fail`` is applied as usual: the handler has no step left.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamapp.runtime import keyserial, ops
+from streamapp.runtime.actions import Action, CancelActor, StartActor
+from streamapp.runtime.commands import object_key
+from streamapp.runtime.finish import finish
+from streamapp.runtime.partition_state import PartitionState
+from streamapp.runtime.store import expiry_key
+
+KILLED = "KilledError: killed by an operator"
+CANCELLED = "InvocationCancelledError: cancelled by an operator"
+CANCELLED_CODE = 409
+
+
+def resume(st: PartitionState, pos: int, cmd: ops.Resume, out: list[Action]) -> None:
+    rec = st.record(cmd.id)
+    if rec is None or rec["status"] != "paused" or pos <= rec.get("resumed_at", -1):
+        return  # not paused, or this very resume read again (after a restart) once it paused anew
+    rec["status"] = "running"
+    rec["resumed_at"] = pos
+    rec["attempt"] = 0
+    rec["error"] = None
+    st.save(rec)
+    if st.built is not None:
+        out.append(StartActor(st.p, st.epoch, rec))
+
+
+def kill(st: PartitionState, pos: int, cmd: ops.Kill, out: list[Action]) -> None:
+    rec = st.record(cmd.id)
+    if rec is not None:
+        _end(st, rec, KILLED, None, out)
+
+
+def cancel(st: PartitionState, pos: int, cmd: ops.Cancel, out: list[Action]) -> None:
+    rec = st.record(cmd.id)
+    if rec is None or rec.get("cancel") is not None:
+        return  # finished already, or this cancel (or an earlier one) is pending
+    dispatched = st.inflight.get(object_key(rec["service"], rec["key"])) == rec["id"]
+    if dispatched and rec["status"] in ("pending", "running"):  # an attempt may be in a step now
+        rec["cancel"] = pos
+        st.save(rec)
+        return
+    _end(st, rec, CANCELLED, CANCELLED_CODE, out)
+
+
+def stop_if_cancelled(st: PartitionState, rec: dict[str, Any], out: list[Action]) -> bool:
+    """Called with the record an actor's next command applies to: end it if a cancel is pending."""
+    if rec.get("cancel") is None:
+        return False
+    _end(st, rec, CANCELLED, CANCELLED_CODE, out)
+    return True
+
+
+def purge(st: PartitionState, pos: int, cmd: ops.Purge, out: list[Action]) -> None:
+    store = st.shared.store
+    row = store.results.get(cmd.id)
+    if row is None:
+        return  # unfinished (purge refuses those), expired, or purged already
+    del store.results[cmd.id]
+    index = expiry_key(row["finished"], cmd.id)
+    if store.expiry.get(index) is not None:
+        del store.expiry[index]
+
+
+def _end(st: PartitionState, rec: dict[str, Any], error: str, code: int | None, out: list[Action]) -> None:
+    out.append(CancelActor(rec["id"]))
+    st.drop_timer(rec["id"])
+    keyserial.unqueue(st, rec)
+    rec.update(status="failed", error=error)
+    if code is not None:
+        rec["code"] = code
+    finish(st, rec, out)

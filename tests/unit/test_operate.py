@@ -1,0 +1,82 @@
+"""Operator commands on the partition state machine: cancel (graceful) and purge (``runtime/operate.py``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamapp.runtime.actions import CancelActor, EntryDecided, Finished, StartActor
+from streamapp.runtime.operate import CANCELLED, CANCELLED_CODE
+from tests.unit.partition_sim import Machine, fixed_clock, invoke, sleep_entry
+
+
+@pytest.fixture(autouse=True)
+def _clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    fixed_clock(monkeypatch)
+
+
+def started(actions: list) -> list[str]:
+    return [a.rec["id"] for a in actions if isinstance(a, StartActor)]
+
+
+def running_machine() -> Machine:
+    """i1 runs (dispatched, one step journaled), i2 queues behind it on the same key."""
+    m = Machine()
+    m.apply({"op": "activate", "epoch": "e1"})
+    m.apply(invoke("i1"))
+    m.apply(invoke("i2"))
+    m.apply({"op": "entry", "id": "i1", "epoch": "e1", "index": 0, "attempt": 1, "entry": {"t": "run", "v": 1}})
+    return m
+
+
+def test_cancel__of_a_running_attempt_lets_the_step_under_way_finish_and_refuses_the_next() -> None:
+    m = running_machine()
+    assert m.apply({"op": "cancel", "id": "i1"}) == []  # nothing stops mid-step
+    assert m.rows()["invocations"]["i1"]["status"] in ("pending", "running")
+    # The actor's next journal entry: refused (the actor stops), the invocation ends, its key moves on.
+    out = m.apply({"op": "entry", "id": "i1", "epoch": "e1", "index": 1, "attempt": 1, "entry": {"t": "run", "v": 2}})
+    assert [type(a) for a in out] == [CancelActor, Finished, StartActor, EntryDecided]
+    assert out[-1] == EntryDecided("i1", 1, False) and started(out) == ["i2"]
+    result = m.rows()["results"]["i1"]
+    assert (result["status"], result["error"], result["code"]) == ("failed", CANCELLED, CANCELLED_CODE)
+    assert [e["v"] for e in result["journal"]] == [1], "the step after the cancel is not journaled"
+
+
+def test_cancel__a_suspension_or_retry_after_it_ends_the_invocation_without_a_timer() -> None:
+    for outcome in ({"op": "suspend", "wake_at": 50.0, "index": 1},
+                    {"op": "retry", "wake_at": 50.0, "error": "boom"}):
+        m = running_machine()
+        if outcome["op"] == "suspend":
+            m.apply({"op": "entry", "id": "i1", "epoch": "e1", "index": 1, "attempt": 1, "entry": sleep_entry(50.0)})
+        m.apply({"op": "cancel", "id": "i1"})
+        out = m.apply({"id": "i1", "epoch": "e1", "attempt": 1, **outcome})
+        assert started(out) == ["i2"], outcome
+        assert m.rows()["results"]["i1"]["error"] == CANCELLED and m.rows()["timers"] == {}
+
+
+def test_cancel__a_completion_after_it_stands_the_handler_had_no_step_left() -> None:
+    m = running_machine()
+    m.apply({"op": "cancel", "id": "i1"})
+    m.apply({"op": "complete", "id": "i1", "epoch": "e1", "attempt": 1, "result": 7})
+    assert m.rows()["results"]["i1"]["status"] == "completed"
+
+
+def test_cancel__of_a_queued_or_sleeping_invocation_ends_it_at_once() -> None:
+    m = running_machine()
+    out = m.apply({"op": "cancel", "id": "i2"})  # queued behind i1: no step under way
+    assert [type(a) for a in out] == [CancelActor, Finished] and m.rows()["results"]["i2"]["error"] == CANCELLED
+    m.apply({"op": "entry", "id": "i1", "epoch": "e1", "index": 1, "attempt": 1, "entry": sleep_entry(50.0)})
+    m.apply({"op": "suspend", "id": "i1", "epoch": "e1", "attempt": 1, "wake_at": 50.0, "index": 1})
+    out = m.apply({"op": "cancel", "id": "i1"})  # sleeping
+    assert Finished in map(type, out) and m.rows()["timers"] == {} and m.rows()["invocations"] == {}
+    assert m.apply({"op": "cancel", "id": "i1"}) == [], "finished already"
+
+
+def test_purge__forgets_a_finished_outcome_and_its_expiry_entry_and_refuses_unfinished_ones() -> None:
+    m = running_machine()
+    assert m.apply({"op": "purge", "id": "i1"}) == [] and "i1" in m.rows()["invocations"], "unfinished: kept"
+    m.apply({"op": "complete", "id": "i1", "epoch": "e1", "attempt": 1, "result": 7})
+    assert "i1" in m.rows()["results"] and list(m.rows()["expiry"].values()) == ["i1"]
+    m.apply({"op": "purge", "id": "i1"})
+    assert "i1" not in m.rows()["results"] and m.rows()["expiry"] == {}
+    # Forgotten: the same id runs again if it arrives again (as after its retention).
+    assert started(m.apply(invoke("i1", key="other"))) == ["i1"]
