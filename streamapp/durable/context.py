@@ -211,6 +211,7 @@ class ObjectContext(SharedContext):
         if entry is None:
             if not math.isfinite(seconds):
                 raise TerminalError(f"sleep of {seconds} seconds: the duration must be finite")
+            self._before_step()
             entry = {"t": "sleep", "name": "sleep", "wake_at": self._clock.now() + max(0.0, seconds)}
             await self._sink.append(entry)
             self._journal.append(entry)

@@ -11,6 +11,7 @@
     │   └── InvocationCancelledError an operator cancelled it (the step under way finished)
     └── RetryableError              retried after ``retry_after`` seconds (or by policy)
 
+    CancelRequested (BaseException) internal: cancelled, no step starts after this
     Suspended (BaseException)       internal: the invocation waits for a durable
                                     timer; must not be caught by ``except Exception``
 
@@ -98,6 +99,13 @@ class RetryableError(StreamAppError):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class CancelRequested(BaseException):
+    """Internal: an operator cancelled the invocation; no step starts after this (``runtime/operate.py``).
+
+    A BaseException, like ``Suspended``: a handler's ``except Exception`` must not swallow it.
+    """
 
 
 class Suspended(BaseException):

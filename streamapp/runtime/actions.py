@@ -10,6 +10,7 @@ or a future itself. Who runs an action depends on what it is:
     StartActor      the leader of ``epoch``  work begins only under the activation that drives the partition
     ArmTimer        the leader of ``epoch``  likewise (a follower's timers are rebuilt when it activates)
     CancelActor     whoever applies          stopping work is always safe (a no-op where nothing runs)
+    StopAfterStep   whoever applies          likewise (a cancel: the step under way finishes)
     Finished        whoever applies          resolves the HTTP calls waiting in this process; counts outcomes
     EntryDecided    whoever applies          resolves the actor waiting in this process for its journal entry
     DeadLetter      whoever applies          at least once: a worker catching up applies again a command whose
@@ -62,6 +63,13 @@ class CancelActor:
 
 
 @dataclass(slots=True)
+class StopAfterStep:
+    """The actor of invocation ``id``, if it has one, starts no step from now on (a cancel)."""
+
+    id: str
+
+
+@dataclass(slots=True)
 class Finished:
     """Invocation ``rec["id"]`` finished (``rec["status"]`` is completed or failed)."""
 
@@ -86,4 +94,4 @@ class DeadLetter:
     error: str
 
 
-Action = Activated | StartActor | ArmTimer | CancelActor | Finished | EntryDecided | DeadLetter
+Action = Activated | StartActor | ArmTimer | CancelActor | StopAfterStep | Finished | EntryDecided | DeadLetter

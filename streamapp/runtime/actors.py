@@ -18,9 +18,9 @@ from typing import Any
 from aiokafka.errors import MessageSizeTooLargeError
 
 from streamapp.durable import executor
-from streamapp.durable.errors import TooLargeError
+from streamapp.durable.errors import CancelRequested, TooLargeError
 from streamapp.durable.service import Registry
-from streamapp.runtime import limits
+from streamapp.runtime import limits, operate
 from streamapp.runtime.commands import object_key
 from streamapp.runtime.leadership import Leadership
 
@@ -54,6 +54,8 @@ class _Sink:
         """
         if self.pool.stopped or not self.pool.owns(self.p, self.epoch):
             raise asyncio.CancelledError(f"partition {self.p} is no longer driven by epoch {self.epoch}")
+        if self.rec["id"] in self.pool.cancelling:
+            raise CancelRequested()
 
     async def append(self, entry: dict[str, Any]) -> None:
         """Journal ``entry``; raise ``TooLargeError`` (nothing sent) if the log would refuse it."""
@@ -134,6 +136,7 @@ class ActorPool:
         self.ready: dict[str, tuple[int, str, dict[str, Any], dict[str, Any]]] = {}
         self.limits = limits.Limits()  # the broker's record limits, once the runtime read them
         self.stopped = False  # the worker is shutting down: no actor starts, no step begins
+        self.cancelling: set[str] = set()  # invocations cancelled by an operator: no step starts
 
     def waiting(self) -> int:
         return len(self.ready)
@@ -149,6 +152,8 @@ class ActorPool:
             # completion dispatching the key's next invocation): it stays
             # pending in the tables, for the partition's next owner.
             return
+        if rec.get("cancel") is not None:  # cancelled before this worker took the partition over
+            self.cancelling.add(rec["id"])
         if rec["id"] in self.tasks or rec["id"] in self.ready:
             log.warning("Invocation already has an actor, not starting another invocationID=%s", rec["id"])
             return
@@ -165,12 +170,19 @@ class ActorPool:
         if self.tasks.get(inv_id) is task:
             del self.tasks[inv_id]
             self.partition_of.pop(inv_id, None)
+            self.cancelling.discard(inv_id)
         if not task.cancelled() and task.exception() is not None:
             log.error("Actor task crashed invocationID=%s", inv_id, exc_info=task.exception())
         while self.ready and len(self.tasks) < self.max_running:
             self.start(*self.ready.pop(next(iter(self.ready))))
 
+    def stop_after_step(self, inv_id: str) -> None:
+        """The actor of ``inv_id`` (running, or waiting for a slot) starts no step from now on."""
+        if inv_id in self.tasks or inv_id in self.ready:
+            self.cancelling.add(inv_id)
+
     def cancel(self, inv_id: str) -> None:
+        self.cancelling.discard(inv_id)
         task = self.tasks.pop(inv_id, None)
         if task is not None:
             task.cancel()
@@ -223,10 +235,15 @@ class ActorPool:
         else:
             log.debug("Resuming invocation method=%s invocationID=%s attempt=%d replaying=%d",
                       method, inv_id, attempt, len(journal))
-        outcome = await executor.execute(
-            handler, invocation_id=inv_id, key=rec["key"], payload=rec["payload"], attempt=attempt,
-            journal=journal, state=state, sink=_Sink(self, p, epoch, rec, journal), clock=self.clock,
-        )
+        try:
+            outcome = await executor.execute(
+                handler, invocation_id=inv_id, key=rec["key"], payload=rec["payload"], attempt=attempt,
+                journal=journal, state=state, sink=_Sink(self, p, epoch, rec, journal), clock=self.clock,
+            )
+        except CancelRequested:  # an operator's cancel: no dead letter, the partition ends it cancelled
+            log.info("Invocation cancelled method=%s invocationID=%s", method, inv_id)
+            await self.send(p, okey, {**base, "op": "fail", "error": operate.CANCELLED, "code": operate.CANCELLED_CODE})
+            return
         try:
             if isinstance(outcome, executor.Completed):
                 self._check_completion(rec, journal, state, outcome)

@@ -2,8 +2,9 @@
 
     streamapp worker -l info
     streamapp kv get PackageTracker package123
-    streamapp invocations [--all]
-    streamapp invocations resume|kill INVOCATION_ID
+    streamapp invocations [--service S] [--handler H] [--key K] [--status S] [--json]
+    streamapp invocations resume|kill|cancel|purge INVOCATION_ID
+    streamapp invocations resume|kill|cancel --service S ... (every match; or --all)
 
 The verbs talk to a running worker over HTTP (``--url``, default the local
 worker on STREAMAPP_WEB_PORT); any worker answers for every key.
@@ -15,6 +16,7 @@ import json
 import os
 import sys
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 from faust.cli import AppCommand, argument, option
@@ -91,30 +93,53 @@ def install(app: Any) -> None:
         argument("invocation_id", type=str, required=False),
         option("--url", type=str, default=None, help="worker base URL"),
         option("--json", "as_json", is_flag=True, default=False, help="print JSON"),
+        option("--service", type=str, default=None, help="only this service's invocations"),
+        option("--handler", type=str, default=None, help="only this handler's"),
+        option("--key", type=str, default=None, help="only this key's"),
+        option("--status", type=str, default=None, help="only invocations in this status"),
+        option("--all", "every", is_flag=True, default=False, help="act on every unfinished invocation"),
     )
-    async def invocations(self: AppCommand, action: str | None, invocation_id: str | None,
-                          url: str | None, as_json: bool) -> None:
-        """List unfinished invocations, or resume|kill INVOCATION_ID."""
+    async def invocations(self: AppCommand, action: str | None, invocation_id: str | None, url: str | None,
+                          as_json: bool, service: str | None, handler: str | None, key: str | None,
+                          status: str | None, every: bool) -> None:
+        """List unfinished invocations; resume|kill|cancel|purge INVOCATION_ID; or resume|kill|cancel every match."""
         base = url or default_url()
+        filters = {"service": service, "handler": handler, "key": key, "status": status}
+        query = urlencode({name: value for name, value in filters.items() if value})
         if action is None:
-            status, body = await request(base, "GET", "/invocations")
-            if status != 200:
-                raise SystemExit(f"error {status}: {body}")
+            code, body = await request(base, "GET", "/invocations" + (f"?{query}" if query else ""))
+            if code != 200:
+                raise SystemExit(f"error {code}: {body}")
             if as_json:
                 print(json.dumps(body, indent=2))
             elif not body["invocations"]:
-                print("no unfinished invocations")
+                print("no unfinished invocations" + (" match" if query else ""))
             else:  # Faust's table (JSON rows under the global ``--json``, as bytes when orjson is installed)
                 out: str | bytes = self.tabulate(invocation_rows(body["invocations"]), headers=INVOCATION_HEADERS,
                                                  title="Unfinished invocations")
                 print(out.decode() if isinstance(out, bytes) else out)
             return
-        if action not in ("resume", "kill") or not invocation_id:
-            raise SystemExit("usage: streamapp invocations [resume|kill INVOCATION_ID]")
-        status, body = await request(base, "POST", f"/invocations/{invocation_id}/{action}")
-        if status != 202:
-            raise SystemExit(f"error {status}: {body.get('error') if isinstance(body, dict) else body}")
-        print(f"{action} requested for {invocation_id}")
+        if action not in ACTIONS or (invocation_id is None and (action == "purge" or not (query or every))):
+            raise SystemExit(USAGE)
+        if invocation_id is not None:
+            code, body = await request(base, "POST", f"/invocations/{invocation_id}/{action}")
+        else:
+            code, body = await request(base, "POST", f"/invocations/bulk/{action}?{query or 'all=true'}")
+        if code != 202:
+            raise SystemExit(f"error {code}: {body.get('error') if isinstance(body, dict) else body}")
+        if as_json:
+            print(json.dumps(body, indent=2))
+        elif invocation_id is not None:
+            print(f"{action} requested for {invocation_id}")
+        else:
+            print(f"{action} requested for {body['matched']} invocation(s)"
+                  + (f"; peers not reached: {', '.join(body['unreachable'])}" if body.get("unreachable") else ""))
+
+
+ACTIONS = ("resume", "kill", "cancel", "purge")
+USAGE = ("usage: streamapp invocations [--service S --handler H --key K --status S] [--json]\n"
+         "       streamapp invocations resume|kill|cancel|purge INVOCATION_ID\n"
+         "       streamapp invocations resume|kill|cancel (--service S | --handler H | --key K | --status S | --all)")
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from streamapp.runtime.actions import (
     EntryDecided,
     Finished,
     StartActor,
+    StopAfterStep,
 )
 from streamapp.runtime.commands import object_key
 from streamapp.runtime.leadership import Leadership
@@ -222,6 +223,8 @@ class Engine:
                     self.lead.entry_decided(inv_id, index, applied)
                 case CancelActor(id=inv_id):
                     self.actors.cancel(inv_id)
+                case StopAfterStep(id=inv_id):
+                    self.actors.stop_after_step(inv_id)
                 case DeadLetter(rec=rec, error=error):
                     if self.on_dead_letter is not None:
                         self.on_dead_letter(rec, error)

@@ -11,9 +11,12 @@
              record redelivered after that would run again
 
 A cancel of a running attempt is kept in its row (``cancel``: the command's
-position) and takes effect on the attempt's next command: a journal entry
-is refused (the actor stops), a suspension or retry ends the invocation. A
-``complete`` or ``fail`` is applied as usual: the handler has no step left.
+position) and its actor is told (``StopAfterStep``; an actor started later
+for the row, after a restart, reads it from the row): it starts no step
+after that, and sends a ``fail``, which ends the invocation cancelled. The
+attempt's next command ends it in any case: a journal entry that raced the
+cancel is refused (the actor stops), a suspension, a retry or a failure ends
+it cancelled. A ``complete`` is applied as usual: the handler had no step left.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from streamapp.runtime import keyserial, ops
-from streamapp.runtime.actions import Action, CancelActor, StartActor
+from streamapp.runtime.actions import Action, CancelActor, StartActor, StopAfterStep
 from streamapp.runtime.commands import object_key
 from streamapp.runtime.finish import finish
 from streamapp.runtime.partition_state import PartitionState
@@ -59,6 +62,7 @@ def cancel(st: PartitionState, pos: int, cmd: ops.Cancel, out: list[Action]) -> 
     if dispatched and rec["status"] in ("pending", "running"):  # an attempt may be in a step now
         rec["cancel"] = pos
         st.save(rec)
+        out.append(StopAfterStep(rec["id"]))  # its actor starts no step from now on, and says so (``fail``)
         return
     _end(st, rec, CANCELLED, CANCELLED_CODE, out)
 

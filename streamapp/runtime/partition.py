@@ -257,7 +257,7 @@ def _complete(st: PartitionState, pos: int, cmd: ops.Complete, out: list[Action]
 
 def _fail(st: PartitionState, pos: int, cmd: ops.Fail, out: list[Action]) -> None:
     rec = _running(st, cmd.id, cmd.attempt)
-    if rec is None:
+    if rec is None or operate.stop_if_cancelled(st, rec, out):
         return
     rec["error"] = cmd.error
     rec["code"] = cmd.code

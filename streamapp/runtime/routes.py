@@ -10,7 +10,9 @@ every other route, so they shadow none (aiohttp tries routes in order).
     method path                                view         access
     GET    /invocations                        invocations  operator*
     GET    /invocations/{id}                   invocation   operator*
+    POST   /invocations/bulk/{action}          bulk         operator*
     POST   /invocations/{id}/resume, .../kill  operate      operator*
+           .../cancel, .../purge
     GET    /state/{service}/{key}              state        operator*
     GET    /subscriptions, /health, /openapi.json           open
     *      /{service}/{key}/{handler}          invoke       open (fallback)
@@ -49,6 +51,7 @@ def param(name: str, where: str, description: str, schema: dict[str, Any], requi
 
 
 INVOCATION_HEADER = "x-streamapp-invocation-id"  # on a call's 200 answer, also when forwarded
+FORWARDED = "x-streamapp-forwarded"  # a request one worker passed to another (answered there, not passed on)
 KEY_PARAM = param("key", "path", "The object's key: one actor per (service, key).",
                    {"type": "string", "minLength": 1, "pattern": KEY_PATTERN})
 MOVING = error("No worker owns the key's partition yet, its owner is still starting it or does not answer (killed, "
@@ -100,6 +103,7 @@ def _operate(action: str, summary: str) -> Route:
         "responses": {
             "202": ok("Accepted: the action is durable.", {"$ref": "#/components/schemas/OperatorAction"}),
             "404": error("Unknown invocation."),
+            "409": error("Finished already (purge: not finished yet)."),
             "503": RESTORING,
             "504": UNREACHABLE,
         },
@@ -123,10 +127,38 @@ def _state(registry: Registry) -> Operation:
     }
 
 
+FILTER_PARAMS = [
+    param("service", "query", "Only this service's invocations.", {"type": "string"}, required=False),
+    param("handler", "query", "Only this handler's.", {"type": "string"}, required=False),
+    param("key", "query", "Only this key's.", {"type": "string"}, required=False),
+    param("status", "query", "Only invocations in this status.", {"type": "string", "enum": STATUSES}, required=False),
+]
+BULK_ACTION = param("action", "path", "What to do with each match: resume (the paused ones), kill or cancel.",
+                    {"type": "string", "enum": ["resume", "kill", "cancel"]})
+
 ROUTES: tuple[Route, ...] = (
+    Route("POST", "/invocations/bulk/{action}", "bulk", {
+        "tags": ["operate"], "operationId": "invocations.bulk",
+        "summary": "The same action for every unfinished invocation the filters match, on every worker",
+        "parameters": [BULK_ACTION, *FILTER_PARAMS,
+                       param("all", "query", "true: act on every unfinished invocation (no filter).",
+                             {"type": "string", "enum": ["true"]}, required=False)],
+        "responses": {
+            "202": ok("Accepted: the actions are durable.", {
+                "type": "object", "required": ["action", "matched", "invocationIds", "status"],
+                "properties": {"action": {"type": "string"}, "matched": {"type": "integer"},
+                               "invocationIds": {"type": "array", "items": {"type": "string"}},
+                               "status": {"type": "string", "enum": ["Accepted"]},
+                               "unreachable": {"type": "array", "items": {"type": "string"},
+                                               "description": "Peers that did not answer: not acted on."}}}),
+            "400": error("No filter (and not all=true), or an unknown status."),
+            "404": error("Unknown action."),
+        },
+    }, guarded=True),
     Route("GET", "/invocations", "invocations", {
         "tags": ["inspect"], "operationId": "invocations.list", "summary": "Unfinished invocations of every worker",
-        "responses": {"200": ok("Unfinished invocations, oldest first.", {
+        "parameters": FILTER_PARAMS,
+        "responses": {"400": error("An unknown status."), "200": ok("Unfinished invocations, oldest first.", {
             "type": "object", "required": ["invocations"],
             "properties": {"invocations": {"type": "array", "items": {"$ref": "#/components/schemas/Invocation"}},
                            "unreachable": {"type": "array", "items": {"type": "string"},
@@ -139,7 +171,9 @@ ROUTES: tuple[Route, ...] = (
                       "404": error("Unknown invocation."), "503": RESTORING, "504": UNREACHABLE},
     }, guarded=True),
     _operate("resume", "Run a paused invocation again"),
-    _operate("kill", "Fail an invocation; its key moves on"),
+    _operate("kill", "Fail an invocation now; its key moves on"),
+    _operate("cancel", "Stop an invocation after the step under way; its key moves on"),
+    _operate("purge", "Forget a finished invocation's outcome"),
     Route("GET", "/state/{service}/{key}", "state", _state, guarded=True),
     Route("GET", "/subscriptions", "subscriptions", {
         "tags": ["inspect"], "operationId": "subscriptions", "summary": "Topics and the handlers they feed",
@@ -189,7 +223,8 @@ MODELS: dict[str, Any] = {
     },
     "OperatorAction": {
         "type": "object", "required": ["invocationId", "action", "status"],
-        "properties": {"invocationId": {"type": "string"}, "action": {"type": "string", "enum": ["resume", "kill"]},
+        "properties": {"invocationId": {"type": "string"},
+                       "action": {"type": "string", "enum": ["resume", "kill", "cancel", "purge"]},
                        "status": {"type": "string", "enum": ["Accepted"]}},
     },
     "Invocation": {
@@ -206,6 +241,8 @@ MODELS: dict[str, Any] = {
                          "description": "When it finished; its outcome is kept STREAMAPP_RESULTS_RETENTION seconds."},
             "result": {"description": "The result of a completed invocation (any JSON)."},
             "error": {"type": "string", "nullable": True},
+            "cancelRequested": {"type": "boolean",
+                                "description": "Cancelled while a step was under way: it ends after that step."},
             "journal": {"type": "array", "items": {
                 "type": "object", "properties": {"type": {"type": "string"}, "name": {"type": "string"}}}},
         },

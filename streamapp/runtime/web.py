@@ -4,7 +4,8 @@
     POST /{Service}/{key}/{handler}/send        send: 202 {"invocationId"} [?delay=10s]
     GET  /{Service}/{key}/{handler}             shared (read-only) handlers only
     GET  /invocations, /invocations/{id}        status, result or error        (operator token*)
-    POST /invocations/{id}/resume|kill          operator actions               (operator token*)
+    POST /invocations/{id}/resume|kill|cancel|purge, /invocations/bulk/...
+                                                operator actions (runtime/operator_views.py; token*)
     GET  /state/{Service}/{key}                 the key's state (``streamapp kv get``; operator token*)
     GET  /subscriptions, /health, /openapi.json (built by runtime.openapi)
 
@@ -40,12 +41,12 @@ from streamapp.durable.context import SharedContext
 from streamapp.durable.errors import InvalidInputError
 from streamapp.runtime import commands, openapi
 from streamapp.runtime.ingress import Ingress, NotDrivenError, RuntimeIngress
-from streamapp.runtime.routes import INVOCATION_HEADER, ROUTES, Route
+from streamapp.runtime.operator_views import OperatorViews, not_found, view
+from streamapp.runtime.routes import FORWARDED, INVOCATION_HEADER, ROUTES, Route
 
 if TYPE_CHECKING:
     from streamapp.runtime.app import Runtime
 
-FORWARDED = "x-streamapp-forwarded"
 CALL_TIMEOUT = 600.0
 PEER_TIMEOUT = 5.0   # seconds a peer has to answer a lookup
 PEER_CONCURRENCY = 16  # peer lookups in flight at once, over all requests
@@ -67,7 +68,7 @@ def parse_delay(text: str) -> float:
     return seconds
 
 
-class Views:
+class Views(OperatorViews):
     def __init__(self, ingress: Ingress) -> None:
         self.rt = ingress
         self.session: aiohttp.ClientSession | None = None
@@ -262,28 +263,6 @@ class Views:
             return not_found(inv_id, silent, moving, self.rt.driven())
         return web.json_response(found)
 
-    async def invocations(self, request: web.Request) -> web.Response:
-        rows = [view(rec, journal=False, running=running) for rec, running in self.rt.unfinished()]
-        silent: list[str] = []
-        if not request.headers.get(FORWARDED):
-            answers, silent = await self.ask_peers(request, "/invocations")
-            for status, body in answers:
-                if status == 200:
-                    rows.extend(body["invocations"])
-        rows.sort(key=lambda r: r["created"])
-        out: dict[str, Any] = {"invocations": rows}
-        if silent:
-            out["unreachable"] = silent  # their invocations are missing from the list
-        return web.json_response(out)
-
-    async def operate(self, request: web.Request, action: str) -> web.Response:
-        inv_id = request.match_info["id"]
-        found, silent, moving = await self.find(request, inv_id)
-        if found is None:
-            return not_found(inv_id, silent, moving, self.rt.driven())
-        await self.rt.operate(found["service"], found["key"], inv_id, action)
-        return web.json_response({"invocationId": inv_id, "action": action, "status": "Accepted"}, status=202)
-
     def guard(self, view: View) -> View:
         """``view`` behind the operator token (``check_token``)."""
         async def guarded(request: web.Request) -> web.StreamResponse:
@@ -319,32 +298,6 @@ class Views:
             {"source": f"kafka://{topic}", "sink": f"service://{target}"}
             for topic, target in self.rt.settings.subscriptions
         ]})
-
-
-def not_found(inv_id: str, silent: list[str], moving: list[int], live: set[int]) -> web.Response:
-    if silent:  # one of them may hold it: not a definite 404
-        return json_error(504, f"invocation {inv_id} not found here; {len(silent)} peer(s) did not answer in time",
-                          unreachable=silent)
-    if moving:  # a partition's tables are being restored, or it is between owners
-        return json_error(503, f"invocation {inv_id} not found; partitions {moving} are not driven by any worker "
-                          "that answered (moving or restoring); retry", moving=moving)
-    return json_error(404, f"unknown invocation {inv_id}", live_partitions=sorted(live))
-
-
-def view(rec: dict[str, Any], journal: bool = True, running: bool = False) -> dict[str, Any]:
-    """What users see of an invocation record."""
-    status = "running" if running and rec["status"] == "pending" else rec["status"]
-    out = {
-        "id": rec["id"], "service": rec["service"], "handler": rec["handler"], "key": rec["key"],
-        "method": f"{rec['service']}/{rec['handler']}", "status": status, "attempts": rec["attempt"],
-        "wakeAt": rec.get("wake_at") or rec.get("not_before") if rec["status"] in ("sleeping", "retrying",
-                                                                                 "scheduled") else None,
-        "created": rec["created"], "finished": rec.get("finished"), "result": rec.get("result"),
-        "error": rec.get("error"),
-    }
-    if journal:
-        out["journal"] = [{"type": e["t"], "name": e["name"]} for e in rec["journal"]]
-    return out
 
 
 @web.middleware

@@ -55,10 +55,13 @@ def test_document__every_registered_handler_has_its_paths_and_methods() -> None:
 def test_document__fixed_views_and_their_documented_responses() -> None:
     paths = openapi.document(full_registry())["paths"]
     expected = {
-        ("/invocations", "get"): {"200", "401", "403"},
+        ("/invocations", "get"): {"200", "400", "401", "403"},
         ("/invocations/{id}", "get"): {"200", "401", "403", "404", "503", "504"},
-        ("/invocations/{id}/resume", "post"): {"202", "401", "403", "404", "503", "504"},
-        ("/invocations/{id}/kill", "post"): {"202", "401", "403", "404", "503", "504"},
+        ("/invocations/{id}/resume", "post"): {"202", "401", "403", "404", "409", "503", "504"},
+        ("/invocations/{id}/kill", "post"): {"202", "401", "403", "404", "409", "503", "504"},
+        ("/invocations/{id}/cancel", "post"): {"202", "401", "403", "404", "409", "503", "504"},
+        ("/invocations/{id}/purge", "post"): {"202", "401", "403", "404", "409", "503", "504"},
+        ("/invocations/bulk/{action}", "post"): {"202", "400", "401", "403", "404"},
         ("/state/{service}/{key}", "get"): {"200", "401", "403", "404", "503", "504"},
         ("/subscriptions", "get"): {"200"},
         ("/health", "get"): {"200"},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from streamapp.runtime.actions import CancelActor, EntryDecided, Finished, StartActor
+from streamapp.runtime.actions import CancelActor, EntryDecided, Finished, StartActor, StopAfterStep
 from streamapp.runtime.operate import CANCELLED, CANCELLED_CODE
 from tests.unit.partition_sim import Machine, fixed_clock, invoke, sleep_entry
 
@@ -30,7 +30,8 @@ def running_machine() -> Machine:
 
 def test_cancel__of_a_running_attempt_lets_the_step_under_way_finish_and_refuses_the_next() -> None:
     m = running_machine()
-    assert m.apply({"op": "cancel", "id": "i1"}) == []  # nothing stops mid-step
+    # Nothing stops mid-step: the actor is told to start no step after this one.
+    assert m.apply({"op": "cancel", "id": "i1"}) == [StopAfterStep("i1")]
     assert m.rows()["invocations"]["i1"]["status"] in ("pending", "running")
     # The actor's next journal entry: refused (the actor stops), the invocation ends, its key moves on.
     out = m.apply({"op": "entry", "id": "i1", "epoch": "e1", "index": 1, "attempt": 1, "entry": {"t": "run", "v": 2}})
@@ -41,16 +42,19 @@ def test_cancel__of_a_running_attempt_lets_the_step_under_way_finish_and_refuses
     assert [e["v"] for e in result["journal"]] == [1], "the step after the cancel is not journaled"
 
 
-def test_cancel__a_suspension_or_retry_after_it_ends_the_invocation_without_a_timer() -> None:
+def test_cancel__the_actors_fail_a_suspension_or_a_retry_after_it_ends_the_invocation_cancelled() -> None:
     for outcome in ({"op": "suspend", "wake_at": 50.0, "index": 1},
-                    {"op": "retry", "wake_at": 50.0, "error": "boom"}):
+                    {"op": "retry", "wake_at": 50.0, "error": "boom"},
+                    {"op": "fail", "error": CANCELLED, "code": CANCELLED_CODE},  # what the told actor sends
+                    {"op": "fail", "error": "TerminalError: its own"}):
         m = running_machine()
         if outcome["op"] == "suspend":
             m.apply({"op": "entry", "id": "i1", "epoch": "e1", "index": 1, "attempt": 1, "entry": sleep_entry(50.0)})
         m.apply({"op": "cancel", "id": "i1"})
         out = m.apply({"id": "i1", "epoch": "e1", "attempt": 1, **outcome})
         assert started(out) == ["i2"], outcome
-        assert m.rows()["results"]["i1"]["error"] == CANCELLED and m.rows()["timers"] == {}
+        result = m.rows()["results"]["i1"]
+        assert (result["error"], result["code"]) == (CANCELLED, CANCELLED_CODE) and m.rows()["timers"] == {}
 
 
 def test_cancel__a_completion_after_it_stands_the_handler_had_no_step_left() -> None:

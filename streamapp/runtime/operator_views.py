@@ -1,0 +1,145 @@
+"""The operator's views: invocations listed with filters, an action on one, the same action on many.
+
+    GET  /invocations[?service=&handler=&key=&status=]       unfinished ones, every worker's
+    POST /invocations/{id}/resume|kill|cancel|purge          one invocation
+    POST /invocations/bulk/resume|kill|cancel?service=...    every unfinished one the filters match
+
+``web.Views`` mixes these in (they use its peer lookups). An action on one
+invocation is made durable on its key's partition; a bulk action lists the
+matching invocations of every worker that answers (as ``GET /invocations``
+does, the peers that do not answer in time are named) and sends the action
+for each. What each action does is ``runtime/operate.py``'s.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from streamapp.runtime.ingress import Ingress
+from streamapp.runtime.routes import FORWARDED, STATUSES
+
+FILTERS = ("service", "handler", "key", "status")
+ACTIONS = ("resume", "kill", "cancel", "purge")
+BULK = {"resume": ("paused",), "kill": None, "cancel": None}  # action -> the statuses it acts on (None: any)
+FINISHED = ("completed", "failed")
+
+
+def json_error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+def view(rec: dict[str, Any], journal: bool = True, running: bool = False) -> dict[str, Any]:
+    """What users see of an invocation record."""
+    status = "running" if running and rec["status"] == "pending" else rec["status"]
+    out = {
+        "id": rec["id"], "service": rec["service"], "handler": rec["handler"], "key": rec["key"],
+        "method": f"{rec['service']}/{rec['handler']}", "status": status, "attempts": rec["attempt"],
+        "wakeAt": rec.get("wake_at") or rec.get("not_before") if rec["status"] in ("sleeping", "retrying",
+                                                                                 "scheduled") else None,
+        "created": rec["created"], "finished": rec.get("finished"), "result": rec.get("result"),
+        "error": rec.get("error"),
+    }
+    if rec.get("cancel") is not None:
+        out["cancelRequested"] = True  # the step under way finishes, then it ends (``operate.py``)
+    if journal:
+        out["journal"] = [{"type": e["t"], "name": e["name"]} for e in rec["journal"]]
+    return out
+
+
+class BadFilterError(ValueError):
+    """A filter no invocation can match (an unknown status): 400."""
+
+
+def filters_of(query: Mapping[str, str]) -> dict[str, str]:
+    """The filters a request names (``FILTERS``); ``BadFilterError`` for a status no invocation can have."""
+    found = {name: query[name] for name in FILTERS if query.get(name)}
+    if "status" in found and found["status"] not in STATUSES:
+        raise BadFilterError(f"unknown status {found['status']!r}")
+    return found
+
+
+def not_found(inv_id: str, silent: list[str], moving: list[int], live: set[int]) -> web.Response:
+    if silent:  # one of them may hold it: not a definite 404
+        return json_error(504, f"invocation {inv_id} not found here; {len(silent)} peer(s) did not answer in time",
+                          unreachable=silent)
+    if moving:  # a partition's tables are being restored, or it is between owners
+        return json_error(503, f"invocation {inv_id} not found; partitions {moving} are not driven by any worker "
+                          "that answered (moving or restoring); retry", moving=moving)
+    return json_error(404, f"unknown invocation {inv_id}", live_partitions=sorted(live))
+
+
+def matches(row: dict[str, Any], filters: dict[str, str]) -> bool:
+    return all(row.get(name) == value for name, value in filters.items())
+
+
+class OperatorViews:
+    rt: Ingress
+
+    async def ask_peers(self, request: web.Request, path: str) -> tuple[list[tuple[int, Any]], list[str]]:
+        raise NotImplementedError  # web.Views
+
+    async def find(self, request: web.Request, inv_id: str) -> tuple[dict[str, Any] | None, list[str], list[int]]:
+        raise NotImplementedError  # web.Views
+
+    async def unfinished(self, request: web.Request, filters: dict[str, str]) -> tuple[list[dict[str, Any]], list[str]]:
+        """The unfinished invocations the filters match, of this worker and (unless forwarded) of its peers."""
+        rows = [row for rec, running in self.rt.unfinished()
+                if matches(row := view(rec, journal=False, running=running), filters)]
+        silent: list[str] = []
+        if not request.headers.get(FORWARDED):
+            query = request.query_string  # the peers filter as this worker does
+            answers, silent = await self.ask_peers(request, "/invocations" + (f"?{query}" if query else ""))
+            for status, body in answers:
+                if status == 200:
+                    rows.extend(row for row in body["invocations"] if matches(row, filters))
+        rows.sort(key=lambda r: r["created"])
+        return rows, silent
+
+    async def invocations(self, request: web.Request) -> web.Response:
+        try:
+            filters = filters_of(request.query)
+        except BadFilterError as exc:
+            return json_error(400, str(exc), allowed=STATUSES)
+        rows, silent = await self.unfinished(request, filters)
+        out: dict[str, Any] = {"invocations": rows}
+        if silent:
+            out["unreachable"] = silent  # their invocations are missing from the list
+        return web.json_response(out)
+
+    async def operate(self, request: web.Request, action: str) -> web.Response:
+        inv_id = request.match_info["id"]
+        found, silent, moving = await self.find(request, inv_id)
+        if found is None:
+            return not_found(inv_id, silent, moving, self.rt.driven())
+        finished = found["status"] in FINISHED
+        if action == "purge" and not finished:
+            return json_error(409, f"invocation is {found['status']}, not finished: kill or cancel it first",
+                              invocationId=inv_id)
+        if action != "purge" and finished:
+            return json_error(409, f"invocation finished already ({found['status']})", invocationId=inv_id)
+        await self.rt.operate(found["service"], found["key"], inv_id, action)
+        return web.json_response({"invocationId": inv_id, "action": action, "status": "Accepted"}, status=202)
+
+    async def bulk(self, request: web.Request) -> web.Response:
+        action = request.match_info["action"]
+        if action not in BULK:
+            return json_error(404, f"no bulk action {action!r}", allowed=sorted(BULK))
+        try:
+            filters = filters_of(request.query)
+        except BadFilterError as exc:
+            return json_error(400, str(exc), allowed=STATUSES)
+        if not filters and request.query.get("all") != "true":
+            return json_error(400, f"name at least one filter ({', '.join(FILTERS)}), or all=true")
+        rows, silent = await self.unfinished(request, filters)
+        statuses = BULK[action]
+        chosen = [row for row in rows if statuses is None or row["status"] in statuses]
+        for row in chosen:
+            await self.rt.operate(row["service"], row["key"], row["id"], action)
+        out: dict[str, Any] = {"action": action, "matched": len(chosen), "invocationIds": [r["id"] for r in chosen],
+                               "status": "Accepted"}
+        if silent:
+            out["unreachable"] = silent  # their invocations were not acted on
+        return web.json_response(out, status=202)
