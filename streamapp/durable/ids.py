@@ -28,5 +28,10 @@ def for_idempotency_key(app_id: str, method: str, key: str, idempotency_key: str
     return _encode(json.dumps(["http", app_id, method, key, idempotency_key]).encode())
 
 
+def for_dead_letter(app_id: str, topic: str, partition: int, offset: int) -> str:
+    """A replay of the dead letter at these coordinates: replayed twice, it is one invocation."""
+    return _encode(json.dumps(["dead-letter", app_id, topic, partition, offset]).encode())
+
+
 def random_id() -> str:
     return _encode(uuid.uuid4().bytes)

@@ -5,6 +5,8 @@
     streamapp invocations [--service S] [--handler H] [--key K] [--status S] [--json]
     streamapp invocations resume|kill|cancel|purge INVOCATION_ID
     streamapp invocations resume|kill|cancel --service S ... (every match; or --all)
+    streamapp dead-letters [--service S] [--reason R] ... [--json]
+    streamapp dead-letters replay --service S ... (or --all)
 
 The verbs talk to a running worker over HTTP (``--url``, default the local
 worker on STREAMAPP_WEB_PORT); any worker answers for every key.
@@ -134,6 +136,57 @@ def install(app: Any) -> None:
         else:
             print(f"{action} requested for {body['matched']} invocation(s)"
                   + (f"; peers not reached: {', '.join(body['unreachable'])}" if body.get("unreachable") else ""))
+
+
+    @app.command(
+        argument("action", type=str, required=False),
+        option("--url", type=str, default=None, help="worker base URL"),
+        option("--json", "as_json", is_flag=True, default=False, help="print JSON"),
+        option("--service", type=str, default=None, help="only this service's dead letters"),
+        option("--handler", type=str, default=None, help="only this handler's"),
+        option("--key", type=str, default=None, help="only this key's"),
+        option("--reason", type=str, default=None, help="only those whose reason contains this text"),
+        option("--since", type=float, default=None, help="only those written at or after (epoch seconds)"),
+        option("--until", type=float, default=None, help="only those written before (epoch seconds)"),
+        option("--all", "every", is_flag=True, default=False, help="replay every dead letter"),
+    )
+    async def dead_letters(self: AppCommand, action: str | None, url: str | None, as_json: bool,
+                           service: str | None, handler: str | None, key: str | None, reason: str | None,
+                           since: float | None, until: float | None, every: bool) -> None:
+        """List dead letters with their reasons, or replay the matches into their handlers."""
+        filters = {"service": service, "handler": handler, "key": key, "reason": reason, "since": since,
+                   "until": until}
+        query = urlencode({name: value for name, value in filters.items() if value is not None})
+        base = url or default_url()
+        if action is None:
+            code, body = await request(base, "GET", "/dead-letters" + (f"?{query}" if query else ""))
+            if code != 200:
+                raise SystemExit(f"error {code}: {body.get('error') if isinstance(body, dict) else body}")
+            if as_json:
+                print(json.dumps(body, indent=2))
+                return
+            rows = [(str(d["offset"]), _clock(d["timestamp"]), f"{d['service']}/{d['handler']}", str(d["key"]),
+                     d["reason"][:80]) for d in body["deadLetters"]]
+            if not rows:
+                print("no dead letters" + (" match" if query else ""))
+                return
+            out: str | bytes = self.tabulate(rows, headers=("OFFSET", "WRITTEN", "METHOD", "KEY", "REASON"),
+                                             title="Dead letters")
+            print(out.decode() if isinstance(out, bytes) else out)
+            return
+        if action != "replay" or not (query or every):
+            raise SystemExit("usage: streamapp dead-letters [--service S --handler H --key K --reason R "
+                             "--since T --until T] [--json]\n"
+                             "       streamapp dead-letters replay (filters | --all)")
+        code, body = await request(base, "POST", f"/dead-letters/replay?{query or 'all=true'}")
+        if code != 202:
+            raise SystemExit(f"error {code}: {body.get('error') if isinstance(body, dict) else body}")
+        if as_json:
+            print(json.dumps(body, indent=2))
+            return
+        print(f"replayed {body['replayed']} dead letter(s); skipped {len(body['skipped'])}")
+        for skip in body["skipped"]:
+            print(f"  offset {skip['offset']}: {skip['reason']}")
 
 
 ACTIONS = ("resume", "kill", "cancel", "purge")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from streamapp.config import Settings
 from streamapp.durable.errors import StreamAppError
 from streamapp.durable.service import Handler, Registry
-from streamapp.runtime import commands
+from streamapp.runtime import commands, deadletters
 from streamapp.runtime.store import Tables
 
 if TYPE_CHECKING:
@@ -65,7 +65,11 @@ class Ingress(Protocol):
     def unfinished(self) -> list[tuple[Record, bool]]:
         """Every unfinished invocation held here, with whether it runs now."""
     async def operate(self, service: str, key: str, inv_id: str, action: str) -> None:
-        """Make an operator action (resume, kill) durable for the invocation's key."""
+        """Make an operator action (resume, kill, cancel, purge) durable for the invocation's key."""
+    async def dead_letters(self, filters: deadletters.Filters, limit: int) -> tuple[list[deadletters.Letter], bool]:
+        """The dead letters the filters match (at most ``limit``), and whether there were more."""
+    async def replay(self, letters: list[deadletters.Letter]) -> tuple[list[str], list[dict[str, Any]]]:
+        """Replay dead letters into their handlers: the invocation ids, and the letters skipped with why."""
     def health(self) -> dict[str, Any]: ...
 
 
@@ -145,6 +149,12 @@ class RuntimeIngress:
     async def operate(self, service: str, key: str, inv_id: str, action: str) -> None:
         okey = commands.object_key(service, key)
         await self.rt.outbox.send(self._partition(okey), okey, {"op": action, "id": inv_id})
+
+    async def dead_letters(self, filters: deadletters.Filters, limit: int) -> tuple[list[deadletters.Letter], bool]:
+        return await deadletters.read(self.rt.kafka, self.settings.dead_letter_topic, filters, limit)
+
+    async def replay(self, letters: list[deadletters.Letter]) -> tuple[list[str], list[dict[str, Any]]]:
+        return await deadletters.replay(self.rt, letters)
 
     def health(self) -> dict[str, Any]:
         rt, engine = self.rt, self.rt.engine

@@ -3,6 +3,8 @@
     GET  /invocations[?service=&handler=&key=&status=]       unfinished ones, every worker's
     POST /invocations/{id}/resume|kill|cancel|purge          one invocation
     POST /invocations/bulk/resume|kill|cancel?service=...    every unfinished one the filters match
+    GET  /dead-letters[?service=&handler=&key=&reason=&since=&until=&limit=]
+    POST /dead-letters/replay?...                            replay the matches (``runtime/deadletters.py``)
 
 ``web.Views`` mixes these in (they use its peer lookups). An action on one
 invocation is made durable on its key's partition; a bulk action lists the
@@ -18,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from streamapp.runtime import deadletters
 from streamapp.runtime.ingress import Ingress
 from streamapp.runtime.routes import FORWARDED, STATUSES
 
@@ -73,6 +76,9 @@ def not_found(inv_id: str, silent: list[str], moving: list[int], live: set[int])
 
 def matches(row: dict[str, Any], filters: dict[str, str]) -> bool:
     return all(row.get(name) == value for name, value in filters.items())
+
+
+REPLAY_LIMIT = 10_000  # dead letters one replay request acts on (the answer says when more matched)
 
 
 class OperatorViews:
@@ -143,3 +149,30 @@ class OperatorViews:
         if silent:
             out["unreachable"] = silent  # their invocations were not acted on
         return web.json_response(out, status=202)
+
+    async def dead_letters(self, request: web.Request) -> web.Response:
+        try:
+            filters = deadletters.Filters.of(request.query)
+            limit = int(request.query.get("limit", "1000"))
+        except (deadletters.BadFilterError, ValueError) as exc:
+            return json_error(400, str(exc))
+        try:
+            letters, more = await self.rt.dead_letters(filters, max(0, limit))
+        except TimeoutError as exc:
+            return json_error(504, str(exc))
+        return web.json_response({"deadLetters": [letter.view() for letter in letters], "truncated": more})
+
+    async def replay(self, request: web.Request) -> web.Response:
+        try:
+            filters = deadletters.Filters.of(request.query)
+        except deadletters.BadFilterError as exc:
+            return json_error(400, str(exc))
+        if filters.empty() and request.query.get("all") != "true":
+            return json_error(400, f"name at least one filter ({', '.join(deadletters.FILTERS)}), or all=true")
+        try:
+            letters, more = await self.rt.dead_letters(filters, REPLAY_LIMIT)
+        except TimeoutError as exc:
+            return json_error(504, str(exc))
+        replayed, skipped = await self.rt.replay(letters)
+        return web.json_response({"replayed": len(replayed), "invocationIds": replayed, "skipped": skipped,
+                                  "truncated": more, "status": "Accepted"}, status=202)

@@ -169,6 +169,9 @@ class Outbox:
         for name in ("topic", "partition", "offset"):
             if name in source:
                 headers[f"streamapp.source.{name}"] = str(source[name])
+        replayed = source.get("dead_letter")
+        if isinstance(replayed, dict):  # a replay that failed again names the dead letter it came from
+            headers["streamapp.replay.of"] = "/".join(str(replayed.get(k)) for k in ("topic", "partition", "offset"))
         value = commands.encode(rec["payload"]) if "raw" not in source else source["raw"].encode()
         try:
             await self.dead_letter(rec["key"].encode(), value, headers)

@@ -14,6 +14,8 @@ every other route, so they shadow none (aiohttp tries routes in order).
     POST   /invocations/{id}/resume, .../kill  operate      operator*
            .../cancel, .../purge
     GET    /state/{service}/{key}              state        operator*
+    GET    /dead-letters                       dead_letters operator*
+    POST   /dead-letters/replay                replay       operator*
     GET    /subscriptions, /health, /openapi.json           open
     *      /{service}/{key}/{handler}          invoke       open (fallback)
     POST   /{service}/{key}/{handler}/send     invoke       open (fallback)
@@ -133,6 +135,16 @@ FILTER_PARAMS = [
     param("key", "query", "Only this key's.", {"type": "string"}, required=False),
     param("status", "query", "Only invocations in this status.", {"type": "string", "enum": STATUSES}, required=False),
 ]
+DEAD_LETTER_FILTERS = [
+    param("service", "query", "Only dead letters of this service.", {"type": "string"}, required=False),
+    param("handler", "query", "Only of this handler.", {"type": "string"}, required=False),
+    param("key", "query", "Only of this key.", {"type": "string"}, required=False),
+    param("reason", "query", "Only those whose reason contains this text.", {"type": "string"}, required=False),
+    param("since", "query", "Only those written at or after this time (epoch seconds).", {"type": "number"},
+          required=False),
+    param("until", "query", "Only those written before this time (epoch seconds).", {"type": "number"},
+          required=False),
+]
 BULK_ACTION = param("action", "path", "What to do with each match: resume (the paused ones), kill or cancel.",
                     {"type": "string", "enum": ["resume", "kill", "cancel"]})
 
@@ -175,6 +187,35 @@ ROUTES: tuple[Route, ...] = (
     _operate("cancel", "Stop an invocation after the step under way; its key moves on"),
     _operate("purge", "Forget a finished invocation's outcome"),
     Route("GET", "/state/{service}/{key}", "state", _state, guarded=True),
+    Route("GET", "/dead-letters", "dead_letters", {
+        "tags": ["inspect"], "operationId": "deadLetters.list", "summary": "Dead letters with their reasons",
+        "parameters": [*DEAD_LETTER_FILTERS, param("limit", "query", "At most this many (default 1000).",
+                                                   {"type": "integer", "minimum": 0}, required=False)],
+        "responses": {
+            "200": ok("The matching dead letters, oldest first.", {
+                "type": "object", "required": ["deadLetters", "truncated"],
+                "properties": {"deadLetters": {"type": "array", "items": {"type": "object"}},
+                               "truncated": {"type": "boolean", "description": "More matched than the limit."}}}),
+            "400": error("A filter that cannot be read."),
+            "504": error("The dead-letter topic could not be read in time."),
+        },
+    }, guarded=True),
+    Route("POST", "/dead-letters/replay", "replay", {
+        "tags": ["operate"], "operationId": "deadLetters.replay",
+        "summary": "Replay the matching dead letters into their handlers (each at most once)",
+        "parameters": [*DEAD_LETTER_FILTERS, param("all", "query", "true: replay every dead letter.",
+                                                   {"type": "string", "enum": ["true"]}, required=False)],
+        "responses": {
+            "202": ok("Accepted: the replays are durable.", {
+                "type": "object", "required": ["replayed", "invocationIds", "skipped", "truncated", "status"],
+                "properties": {"replayed": {"type": "integer"},
+                               "invocationIds": {"type": "array", "items": {"type": "string"}},
+                               "skipped": {"type": "array", "items": {"type": "object"}},
+                               "truncated": {"type": "boolean"}, "status": {"type": "string"}}}),
+            "400": error("No filter (and not all=true), or a filter that cannot be read."),
+            "504": error("The dead-letter topic could not be read in time."),
+        },
+    }, guarded=True),
     Route("GET", "/subscriptions", "subscriptions", {
         "tags": ["inspect"], "operationId": "subscriptions", "summary": "Topics and the handlers they feed",
         "responses": {"200": ok("Subscriptions.", {

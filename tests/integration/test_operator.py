@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 from tests import harness
 from tests.support.services import ledger
@@ -106,3 +107,51 @@ def test_bulk__cancel_every_match_of_a_filter_and_leave_the_rest(workers):
     harness.wait_for(lambda: worker.invocation(ids["queued"])["status"] == "completed", timeout=30,
                      what="the invocation queued behind b1")
     assert worker.invocation(ids["other"])["status"] == "sleeping"
+
+
+def test_dead_letters__listed_with_reasons_and_replayed_once_after_the_fix(workers, app_env, tmp_path):
+    worker = workers.new()
+    fixed = tmp_path / "fixed"
+    sent = []
+    for key in ("d1", "d2"):
+        _, body = worker.request("POST", f"/Test/{key}/Fixable/send", {"tag": key, "fixed": str(fixed)})
+        sent.append(body["invocationId"])
+    _, body = worker.request("POST", "/Test/d3/Terminal/send", {"tag": "other"})  # another reason: not replayed
+    for inv in [*sent, body["invocationId"]]:
+        harness.wait_for(lambda i=inv: worker.invocation(i)["status"] == "failed", timeout=30, what="failures")
+    listed = harness.wait_for(lambda: len(worker.get("/dead-letters?reason=not+fixed")["deadLetters"]) == 2
+                              and worker.get("/dead-letters?reason=not+fixed")["deadLetters"], timeout=30,
+                              what="two dead letters")
+    assert {d["key"] for d in listed} == {"d1", "d2"} and {d["invocationId"] for d in listed} == set(sent)
+    assert all(d["service"] == "Test" and d["handler"] == "Fixable" for d in listed)
+    table = subprocess.run([sys.executable, "-m", "streamapp", "dead-letters", "--handler", "Fixable",
+                            "--url", worker.url], capture_output=True, text=True, timeout=60, cwd=harness.ROOT)
+    assert table.returncode == 0 and "not fixed yet: d1" in table.stdout, table
+
+    # Still broken: the replay fails again, and its dead letter names the one it came from.
+    status, reply = worker.request("POST", "/dead-letters/replay?key=d1")
+    assert (status, reply["replayed"]) == (202, 1), reply
+    first = reply["invocationIds"][0]
+    harness.wait_for(lambda: worker.invocation(first)["status"] == "failed", timeout=30, what="the replay")
+    again = harness.wait_for(lambda: [d for d in worker.get("/dead-letters?key=d1")["deadLetters"] if d["replayOf"]],
+                             timeout=30, what="the replay's dead letter")
+    origin = next(d for d in listed if d["key"] == "d1")
+    assert again[0]["replayOf"] == f"{origin['topic']}/{origin['partition']}/{origin['offset']}"
+
+    fixed.touch()  # the cause is fixed: replay the original dead letters, twice
+    since = min(d["timestamp"] for d in listed)
+    until = max(d["timestamp"] for d in listed) + 0.001
+    replays = [worker.request("POST", f"/dead-letters/replay?handler=Fixable&since={since}&until={until}")
+               for _ in range(2)]
+    assert [r[0] for r in replays] == [202, 202] and replays[0][1]["replayed"] == 2, replays
+    assert replays[0][1]["invocationIds"] == replays[1][1]["invocationIds"]
+    ids = replays[0][1]["invocationIds"]
+    assert first in ids  # d1's first replay id: it failed, and a duplicate of it is not run again
+    other = next(i for i in ids if i != first)
+    done = harness.wait_for(lambda: worker.invocation(other)["status"] == "completed" and worker.invocation(other),
+                            timeout=30, what="d2's replay")
+    assert done["result"] == "fixed d2"
+    time.sleep(1.0)  # a second run of the replay would show up in the ledger by now
+    runs = [e for e in ledger(app_env["ledger"]) if e["event"] == "after" and e["tag"] == "d2"]
+    assert len(runs) == 1, runs
+    assert worker.request("POST", "/dead-letters/replay")[0] == 400  # no filter, no all=true

@@ -96,6 +96,21 @@ async def Terminal(ctx: ObjectContext, req: Fail) -> None:
     raise TerminalError(f"cannot process {req.tag}")
 
 
+@dataclasses.dataclass
+class FixableRequest:
+    tag: str
+    fixed: str  # a file: until it exists the handler fails for good (a bug an operator fixes, then replays)
+
+
+@test.handler()
+async def Fixable(ctx: ObjectContext, req: FixableRequest) -> str:
+    inv = ctx.invocation_id
+    if not await asyncio.to_thread(os.path.exists, req.fixed):
+        raise TerminalError(f"not fixed yet: {req.tag}")
+    await ctx.run("work", lambda: record(event="after", key=ctx.key, tag=req.tag, inv=inv))
+    return f"fixed {req.tag}"
+
+
 @test.handler()
 async def Drift(ctx: ObjectContext, req: Fail) -> None:
     """Non-deterministic: the step name changes between executions."""
