@@ -10,8 +10,9 @@ import psutil
 from tests import harness
 from tests.support.services import ledger
 
-OPERATE = ("kill", "resume")
-INSPECT = ("/state/Test/{key}", "/invocations", "/invocations/{inv}")
+OPERATE = ("kill", "resume", "cancel", "purge")
+INSPECT = ("/state/Test/{key}", "/invocations", "/invocations/{inv}", "/dead-letters")
+BULK = ("/invocations/bulk/kill?key={key}", "/invocations/bulk/cancel?all=true", "/dead-letters/replay?all=true")
 NEVER = 3600.0  # a sleep that outlasts the test on any machine: the invocation is there to act on
 
 
@@ -68,6 +69,9 @@ def test_public_bind_without_token__operator_actions_and_inspection_are_refused_
             assert status == 403 and "STREAMAPP_OPERATOR_TOKEN" in body["error"], (action, status, body)
     status, body = worker.request("POST", "/invocations/inv_unknown/kill")
     assert status == 403, "refused before looking the invocation up"
+    for path in BULK:
+        status, body = worker.request("POST", path.format(key="public"))
+        assert status == 403 and "STREAMAPP_OPERATOR_TOKEN" in body["error"], (path, status, body)
     gate.touch()
     # The call answers once the invocation finished: a refused kill must not have killed it.
     status, body = worker.request("POST", "/Test/public/Nap", {"tag": "after", "seconds": 0})
@@ -96,6 +100,10 @@ def test_public_bind_with_token__bearer_token_required_and_never_shown(workers):
         for headers in refused:
             status, body = worker.request("GET", path.format(key="guarded", inv=inv), headers=headers)
             assert status == 401 and isinstance(body, dict) and "error" in body, (path, headers, status, body)
+    for path in BULK:
+        for headers in refused:
+            status, body = worker.request("POST", path.format(key="guarded"), headers=headers)
+            assert status == 401 and isinstance(body, dict) and "error" in body, (path, headers, status, body)
     assert invocation(worker, inv, token)["status"] == "sleeping"
     bearer = {"authorization": f"Bearer {token}"}
     status, body = worker.request("POST", f"/invocations/{inv}/kill", headers=bearer)
@@ -105,7 +113,7 @@ def test_public_bind_with_token__bearer_token_required_and_never_shown(workers):
 
     seen: dict[str, Any] = {}
     for path in ("/health", "/subscriptions", "/state/Test/guarded", "/invocations", f"/invocations/{inv}",
-                 "/openapi.json", "/Test/guarded/Count"):
+                 "/dead-letters", "/openapi.json", "/Test/guarded/Count"):
         status, body = worker.request("GET", path, headers=bearer)
         assert status == 200, (path, body)
         seen[path] = body
