@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 KAFKA  := tools/kafka/kafka.sh
 export STREAMAPP_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: run test venv lint kafka-fetch kafka-up kafka-down topics producer consumer kafka-topics worker clean bench bench-smoke bench-anchor
+.PHONY: run test venv browser lint kafka-fetch kafka-up kafka-down topics producer consumer kafka-topics worker clean bench bench-smoke bench-anchor
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,8 +26,13 @@ worker: venv
 	$(BIN)/streamapp worker -l info
 
 ## test: venv, lint, the whole pytest suite against a real broker; stops what it started
-test: venv
+test: venv browser
 	tools/run-tests.sh
+
+## browser: Debian's Chromium for the page's browser test (tests/e2e/test_ui.py), installed once
+CHROMIUM ?= /usr/bin/chromium
+browser:
+	@test -x $(CHROMIUM) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
 lint: venv
 	$(BIN)/ruff check streamapp tests bench chaos

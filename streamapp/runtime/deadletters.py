@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 READ_TIMEOUT = 30.0  # seconds a read of the dead-letter topic may take in all
 REPLAY_HEADER = "streamapp.replay.of"
-FILTERS = ("service", "handler", "key", "reason", "since", "until")
+FILTERS = ("service", "handler", "key", "reason", "since", "until", "partition", "offset")
 
 
 class BadFilterError(ValueError):
@@ -53,6 +53,8 @@ class Filters:
     reason: str | None = None  # a part of the reason (``streamapp.error``)
     since: float | None = None  # epoch seconds, by the record's timestamp
     until: float | None = None
+    partition: int | None = None  # with ``offset``: one dead letter
+    offset: int | None = None
 
     @classmethod
     def of(cls, query: Mapping[str, str]) -> Filters:
@@ -65,6 +67,12 @@ class Filters:
                     raise BadFilterError(f"{name}={values[name]!r} is not a time (epoch seconds)") from None
                 if not math.isfinite(values[name]):
                     raise BadFilterError(f"{name} must be finite")
+        for name in ("partition", "offset"):
+            if name in values:
+                try:
+                    values[name] = int(values[name])
+                except ValueError:
+                    raise BadFilterError(f"{name}={values[name]!r} is not a whole number") from None
         return cls(**values)
 
     def empty(self) -> bool:
@@ -100,7 +108,9 @@ class Letter:
                 and (f.key is None or key == f.key)
                 and (f.reason is None or f.reason in self.reason)
                 and (f.since is None or self.timestamp >= f.since)
-                and (f.until is None or self.timestamp < f.until))
+                and (f.until is None or self.timestamp < f.until)
+                and (f.partition is None or self.partition == f.partition)
+                and (f.offset is None or self.offset == f.offset))
 
     def view(self) -> dict[str, Any]:
         return {

@@ -1,10 +1,12 @@
 """The operator's views: invocations listed with filters, an action on one, the same action on many.
 
     GET  /invocations[?service=&handler=&key=&status=]       unfinished ones, every worker's
+         [&sort=created|wakeAt&limit=&offset=]               a page of them, and how many matched
     POST /invocations/{id}/resume|kill|cancel|purge          one invocation
     POST /invocations/bulk/resume|kill|cancel?service=...    every unfinished one the filters match
     GET  /dead-letters[?service=&handler=&key=&reason=&since=&until=&limit=]
     POST /dead-letters/replay?...                            replay the matches (``runtime/deadletters.py``)
+    GET  /ui                                                 the page over these views (``runtime/ui/index.html``)
 
 ``web.Views`` mixes these in (they use its peer lookups). An action on one
 invocation is made durable on its key's partition; a bulk action lists the
@@ -15,8 +17,11 @@ for each. What each action does is ``runtime/operate.py``'s.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from importlib import resources
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -78,11 +83,21 @@ def matches(row: dict[str, Any], filters: dict[str, str]) -> bool:
     return all(row.get(name) == value for name, value in filters.items())
 
 
+# How a page of invocations is ordered: by creation, or by next wake-up (timers due soon first).
+SORTS = {"created": lambda r: (r["created"], r["id"]),
+         "wakeAt": lambda r: (r["wakeAt"] if r["wakeAt"] is not None else math.inf, r["created"], r["id"])}
 REPLAY_LIMIT = 10_000  # dead letters one replay request acts on (the answer says when more matched)
 
 
 class OperatorViews:
     rt: Ingress
+    _page: bytes | None = None
+
+    async def ui(self, request: web.Request) -> web.Response:
+        """The operator's page: one HTML file shipped in the package, reading the JSON views above."""
+        if self._page is None:
+            self._page = resources.files("streamapp.runtime").joinpath("ui/index.html").read_bytes()
+        return web.Response(body=self._page, content_type="text/html", charset="utf-8")
 
     async def ask_peers(self, request: web.Request, path: str) -> tuple[list[tuple[int, Any]], list[str]]:
         raise NotImplementedError  # web.Views
@@ -90,27 +105,40 @@ class OperatorViews:
     async def find(self, request: web.Request, inv_id: str) -> tuple[dict[str, Any] | None, list[str], list[int]]:
         raise NotImplementedError  # web.Views
 
-    async def unfinished(self, request: web.Request, filters: dict[str, str]) -> tuple[list[dict[str, Any]], list[str]]:
-        """The unfinished invocations the filters match, of this worker and (unless forwarded) of its peers."""
+    async def unfinished(self, request: web.Request, filters: dict[str, str], sort: str = "created",
+                         limit: int | None = None, offset: int = 0) -> tuple[list[dict[str, Any]], list[str], int]:
+        """A page of the unfinished invocations the filters match, of this worker and (unless forwarded) of its
+        peers, ordered by ``sort``; the peers that did not answer, and how many matched in all."""
+        order = SORTS[sort]
         rows = [row for rec, running in self.rt.unfinished()
                 if matches(row := view(rec, journal=False, running=running), filters)]
+        total = len(rows)
         silent: list[str] = []
         if not request.headers.get(FORWARDED):
-            query = request.query_string  # the peers filter as this worker does
-            answers, silent = await self.ask_peers(request, "/invocations" + (f"?{query}" if query else ""))
+            # Each peer sends its first offset + limit matches; the page is cut from all of them.
+            query = {**filters, "sort": sort, **({"limit": str(offset + limit)} if limit is not None else {})}
+            answers, silent = await self.ask_peers(request, f"/invocations?{urlencode(query)}")
             for status, body in answers:
                 if status == 200:
-                    rows.extend(row for row in body["invocations"] if matches(row, filters))
-        rows.sort(key=lambda r: r["created"])
-        return rows, silent
+                    rows.extend(body["invocations"])
+                    total += body.get("total", len(body["invocations"]))
+        rows.sort(key=order)
+        end = None if limit is None else offset + limit
+        return rows[offset:end], silent, total
 
     async def invocations(self, request: web.Request) -> web.Response:
+        query = request.query
         try:
-            filters = filters_of(request.query)
-        except BadFilterError as exc:
+            filters = filters_of(query)
+            limit = int(query["limit"]) if query.get("limit") else None
+            offset = int(query.get("offset") or 0)
+            sort = query.get("sort") or "created"
+            if sort not in SORTS or offset < 0 or (limit is not None and limit < 0):
+                raise BadFilterError(f"sort is one of {sorted(SORTS)}; limit and offset are not negative")
+        except (BadFilterError, ValueError) as exc:
             return json_error(400, str(exc), allowed=STATUSES)
-        rows, silent = await self.unfinished(request, filters)
-        out: dict[str, Any] = {"invocations": rows}
+        rows, silent, total = await self.unfinished(request, filters, sort, limit, offset)
+        out: dict[str, Any] = {"invocations": rows, "total": total}
         if silent:
             out["unreachable"] = silent  # their invocations are missing from the list
         return web.json_response(out)
@@ -139,7 +167,7 @@ class OperatorViews:
             return json_error(400, str(exc), allowed=STATUSES)
         if not filters and request.query.get("all") != "true":
             return json_error(400, f"name at least one filter ({', '.join(FILTERS)}), or all=true")
-        rows, silent = await self.unfinished(request, filters)
+        rows, silent, _ = await self.unfinished(request, filters)
         statuses = BULK[action]
         chosen = [row for row in rows if statuses is None or row["status"] in statuses]
         for row in chosen:

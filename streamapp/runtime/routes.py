@@ -144,6 +144,9 @@ DEAD_LETTER_FILTERS = [
           required=False),
     param("until", "query", "Only those written before this time (epoch seconds).", {"type": "number"},
           required=False),
+    param("partition", "query", "Only those of this partition of the dead-letter topic.", {"type": "integer"},
+          required=False),
+    param("offset", "query", "Only the one at this offset.", {"type": "integer"}, required=False),
 ]
 BULK_ACTION = param("action", "path", "What to do with each match: resume (the paused ones), kill or cancel.",
                     {"type": "string", "enum": ["resume", "kill", "cancel"]})
@@ -169,10 +172,19 @@ ROUTES: tuple[Route, ...] = (
     }, guarded=True),
     Route("GET", "/invocations", "invocations", {
         "tags": ["inspect"], "operationId": "invocations.list", "summary": "Unfinished invocations of every worker",
-        "parameters": FILTER_PARAMS,
-        "responses": {"400": error("An unknown status."), "200": ok("Unfinished invocations, oldest first.", {
-            "type": "object", "required": ["invocations"],
+        "parameters": [
+            *FILTER_PARAMS,
+            param("sort", "query", "created (oldest first, the default) or wakeAt (next wake-up first).",
+                  {"type": "string", "enum": ["created", "wakeAt"]}, required=False),
+            param("limit", "query", "At most this many (default: all).", {"type": "integer", "minimum": 0},
+                  required=False),
+            param("offset", "query", "Skip this many first.", {"type": "integer", "minimum": 0}, required=False),
+        ],
+        "responses": {"400": error("An unknown status or sort, or a negative limit or offset."), "200": ok(
+            "A page of the unfinished invocations.", {
+            "type": "object", "required": ["invocations", "total"],
             "properties": {"invocations": {"type": "array", "items": {"$ref": "#/components/schemas/Invocation"}},
+                           "total": {"type": "integer", "description": "How many matched in all."},
                            "unreachable": {"type": "array", "items": {"type": "string"},
                                            "description": "Peers that did not answer in time."}}})},
     }, guarded=True),
@@ -187,6 +199,11 @@ ROUTES: tuple[Route, ...] = (
     _operate("cancel", "Stop an invocation after the step under way; its key moves on"),
     _operate("purge", "Forget a finished invocation's outcome"),
     Route("GET", "/state/{service}/{key}", "state", _state, guarded=True),
+    Route("GET", "/ui", "ui", {
+        "tags": ["inspect"], "operationId": "ui", "summary": "The operator's web page (its data calls need the token "
+                                                             "beyond loopback, as the JSON views do)",
+        "responses": {"200": {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}}},
+    }),
     Route("GET", "/dead-letters", "dead_letters", {
         "tags": ["inspect"], "operationId": "deadLetters.list", "summary": "Dead letters with their reasons",
         "parameters": [*DEAD_LETTER_FILTERS, param("limit", "query", "At most this many (default 1000).",
