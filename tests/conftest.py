@@ -10,6 +10,16 @@ import pytest
 from tests import harness
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Delete the topics this test process made (each xdist worker deletes its own)."""
+    if not harness.CREATED:
+        return
+    try:
+        harness.delete_created_topics()
+    except Exception as exc:  # the suite's verdict stands; say why the topics stayed
+        print(f"\nCould not delete this session's topics: {exc!r}")
+
+
 @pytest.fixture(scope="session")
 def broker() -> str:
     """The broker address: STREAMAPP_TEST_BROKER, or the local broker (started if needed)."""

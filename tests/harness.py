@@ -60,8 +60,41 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+CREATED: set[str] = set()  # names made by ``unique`` in this process: topics, app ids (their topics' prefix)
+
+
 def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    CREATED.add(name)
+    return name
+
+
+def delete_created_topics(timeout: float = 60.0) -> int:
+    """Delete the topics named by ``unique`` here, and those of the apps it named; how many.
+
+    A test session leaves nothing on the broker: a development broker used by
+    many runs otherwise collects thousands of topics, and its metadata
+    answers grow until its heap runs out.
+    """
+    names = tuple(CREATED)
+    if not names:
+        return 0
+
+    async def go() -> int:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap())
+        await admin.start()
+        try:
+            topics = [t for t in await admin.list_topics()
+                      if t in names or t.startswith(tuple(f"{name}-" for name in names))]
+            for i in range(0, len(topics), 100):
+                await admin.delete_topics(topics[i:i + 100])
+            return len(topics)
+        finally:
+            await admin.close()
+
+    deleted: int = run_async(asyncio.wait_for(go(), timeout))
+    CREATED.clear()
+    return deleted
 
 
 def wait_for(
