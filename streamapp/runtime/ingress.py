@@ -10,12 +10,13 @@ can be served over any implementation (a fake in a test, another runtime).
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from streamapp.config import Settings
 from streamapp.durable.errors import StreamAppError
 from streamapp.durable.service import Handler, Registry
-from streamapp.runtime import commands
+from streamapp.runtime import commands, metrics
 from streamapp.runtime.store import Tables
 
 if TYPE_CHECKING:
@@ -67,6 +68,14 @@ class Ingress(Protocol):
     async def operate(self, service: str, key: str, inv_id: str, action: str) -> None:
         """Make an operator action (resume, kill) durable for the invocation's key."""
     def health(self) -> dict[str, Any]: ...
+    def liveness(self) -> dict[str, Any]:
+        """``{"live": bool, ...}``: the event loop turns and the stall watchdog has not fenced the worker."""
+    def readiness(self) -> dict[str, Any]:
+        """``{"ready": bool, ...}``: the worker drives every partition it was assigned."""
+    def metrics(self) -> bytes:
+        """The Prometheus text exposition of this worker's metrics."""
+    def top_keys(self, n: int) -> list[dict[str, Any]]:
+        """The ``n`` keys with the longest queues in the partitions led here."""
 
 
 class RuntimeIngress:
@@ -158,3 +167,23 @@ class RuntimeIngress:
             "waiters": sum(len(futs) for futs in engine.waiters.values()),  # HTTP calls awaiting a result
             **engine.finished,
         }
+
+    def liveness(self) -> dict[str, Any]:
+        rt = self.rt
+        if rt.stalled:
+            return {"live": False, "reason": "fenced by the stall watchdog until the group reassigns its partitions"}
+        alive_at, limit = rt.engine.alive_at, rt.engine.stall_limit
+        idle = 0.0 if alive_at is None else time.monotonic() - alive_at  # None: the first tick has not run yet
+        if idle > limit:  # the watchdog's own tick is late: the loop is blocked, or the tick task died
+            return {"live": False, "reason": f"the watchdog tick last ran {idle:.1f}s ago (limit {limit:.1f}s)"}
+        return {"live": True}
+
+    def readiness(self) -> dict[str, Any]:
+        rt = self.rt
+        return {"ready": not rt.stalled and rt.ready(), "live_partitions": sorted(rt.engine.live_partitions())}
+
+    def metrics(self) -> bytes:
+        return self.rt.metrics.render()
+
+    def top_keys(self, n: int) -> list[dict[str, Any]]:
+        return metrics.top_keys(self.rt, n)

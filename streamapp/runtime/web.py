@@ -7,6 +7,7 @@
     POST /invocations/{id}/resume|kill          operator actions               (operator token*)
     GET  /state/{Service}/{key}                 the key's state (``streamapp kv get``; operator token*)
     GET  /subscriptions, /health, /openapi.json (built by runtime.openapi)
+    GET  /livez, /readyz, /metrics, /metrics/top-keys (runtime.web_probes)
 
     * needed when the server listens beyond loopback (``Views.check_token``)
 
@@ -41,6 +42,7 @@ from streamapp.durable.errors import InvalidInputError
 from streamapp.runtime import commands, openapi
 from streamapp.runtime.ingress import Ingress, NotDrivenError, RuntimeIngress
 from streamapp.runtime.routes import INVOCATION_HEADER, ROUTES, Route
+from streamapp.runtime.web_probes import ProbeViews
 
 if TYPE_CHECKING:
     from streamapp.runtime.app import Runtime
@@ -67,7 +69,7 @@ def parse_delay(text: str) -> float:
     return seconds
 
 
-class Views:
+class Views(ProbeViews):
     def __init__(self, ingress: Ingress) -> None:
         self.rt = ingress
         self.session: aiohttp.ClientSession | None = None
