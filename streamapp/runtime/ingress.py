@@ -170,13 +170,14 @@ class RuntimeIngress:
 
     def liveness(self) -> dict[str, Any]:
         rt = self.rt
-        if rt.stalled:
-            return {"live": False, "reason": "fenced by the stall watchdog until the group reassigns its partitions"}
         alive_at, limit = rt.engine.alive_at, rt.engine.stall_limit
-        idle = 0.0 if alive_at is None else time.monotonic() - alive_at  # None: the first tick has not run yet
-        if idle > limit:  # the watchdog's own tick is late: the loop is blocked, or the tick task died
-            return {"live": False, "reason": f"the watchdog tick last ran {idle:.1f}s ago (limit {limit:.1f}s)"}
-        return {"live": True}
+        idle = None if alive_at is None else round(time.monotonic() - alive_at, 3)  # None: no tick yet
+        if rt.stalled:
+            return {"live": False, "tick_age": idle,
+                    "reason": "fenced by the stall watchdog until the group reassigns its partitions"}
+        if idle is not None and idle > limit:  # the watchdog's own tick is late: loop blocked, or the tick died
+            return {"live": False, "tick_age": idle, "reason": f"the watchdog tick is late (limit {limit:.1f}s)"}
+        return {"live": True, "tick_age": idle}
 
     def readiness(self) -> dict[str, Any]:
         rt = self.rt

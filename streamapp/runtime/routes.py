@@ -66,6 +66,8 @@ def probe(flag: str) -> dict[str, Any]:
     """The body of a probe: its verdict, and why when it fails."""
     return {"type": "object", "required": [flag], "properties": {
         flag: {"type": "boolean"}, "reason": {"type": "string"},
+        "tick_age": {"type": "number", "nullable": True,
+                     "description": "Seconds since the stall watchdog's last tick (null before the first)."},
         "live_partitions": {"type": "array", "items": {"type": "integer"}}}}
 
 
