@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 import signal
 import time
 from collections import defaultdict
@@ -14,18 +15,29 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests import harness
 
+DASHBOARD = "tools/grafana/streamapp-dashboard.json"
 Samples = dict[str, dict[tuple[tuple[str, str], ...], float]]
+
+
+def metrics_text(worker: harness.Worker) -> str:
+    status, text = worker.request("GET", "/metrics", timeout=harness.READ_TIMEOUT)
+    assert status == 200 and isinstance(text, str), text
+    return text
 
 
 def scrape(worker: harness.Worker) -> Samples:
     """Every sample of the worker's /metrics: name -> labels -> value."""
-    status, text = worker.request("GET", "/metrics", timeout=harness.READ_TIMEOUT)
-    assert status == 200, text
+    text = metrics_text(worker)
     out: Samples = defaultdict(dict)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             out[sample.name][tuple(sorted(sample.labels.items()))] = sample.value
     return out
+
+
+def families(worker: harness.Worker) -> set[str]:
+    """The metric names the worker exports (a counter's without ``_total``), with samples or not."""
+    return {family.name for family in text_string_to_metric_families(metrics_text(worker))}
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -93,6 +105,15 @@ def test_metrics__a_known_workload_is_counted_and_timed(workers, app_env):
     assert value(m, "streamapp_stall_watchdog_trips_total") == 0
     # The same workload's keys are not labels anywhere.
     assert not any("user0" in str(labels) for samples in m.values() for labels in samples)
+    # What the README lists and the Grafana dashboard queries is what the worker exports.
+    exported = families(worker)
+    readme = set(re.findall(r"`(streamapp_[a-z_]+)`", (harness.ROOT / "README.md").read_text()))
+    dashboard = set(re.findall(r"streamapp_[a-z_]+", (harness.ROOT / DASHBOARD).read_text()))
+    assert len(readme) >= 20 and len(dashboard) >= 20
+    unknown = {n for n in readme | dashboard if re.sub(r"_(total|bucket)$", "", n) not in exported}
+    assert unknown == set(), f"documented or charted, not exported: {sorted(unknown)}"
+    undocumented = {n for n in exported if n not in {re.sub(r"_total$", "", d) for d in readme}}
+    assert undocumented == set(), f"exported, missing from the README: {sorted(undocumented)}"
 
 
 def test_top_keys__the_longest_queues_first_with_their_key(workers, app_env):

@@ -1,19 +1,10 @@
-"""Metrics and probes without a broker: bounded dead-letter reasons, liveness while fenced."""
+"""Metrics without a broker: bounded dead-letter reasons, one registry per app."""
 
 from __future__ import annotations
-
-import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 from prometheus_client import generate_latest
 
-from streamapp.config import Settings
-from streamapp.durable.service import Registry
-from streamapp.runtime import faust_adapter
-from streamapp.runtime.app import Runtime
-from streamapp.runtime.ingress import RuntimeIngress
 from streamapp.runtime.metrics import MAX_REASONS, Metrics, reason_label
 
 
@@ -45,35 +36,3 @@ def test_metrics__each_app_has_its_own_registry() -> None:
     a.step_done("S", "h", 0.5)
     assert b'streamapp_step_duration_seconds_count{handler="h",service="S"} 1.0' in generate_latest(a.registry)
     assert b'service="S"' not in generate_latest(b.registry)
-
-
-@pytest.fixture
-async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
-    settings = Settings.from_env({"STREAMAPP_DATA_DIR": str(tmp_path), "STREAMAPP_APP_ID": "unit-probes",
-                                  "STREAMAPP_SESSION_TIMEOUT": "6"})
-    rt = Runtime(settings, Registry())
-    yield rt
-    if rt.recovering is not None:
-        rt.recovering.cancel()
-
-
-async def test_liveness__fails_while_fenced_after_a_stall_until_the_group_reassigns(
-    runtime: Runtime, monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(faust_adapter, "request_rejoin", lambda consumer: True)
-    ingress = RuntimeIngress(runtime)
-    assert ingress.liveness()["live"] is True  # starting: no tick yet
-    runtime.watch_stall()
-    assert ingress.liveness() == {"live": True, "tick_age": ingress.liveness()["tick_age"]}
-    runtime.engine.alive_at = time.monotonic() - 60  # frozen for a minute
-    late = ingress.liveness()
-    assert late["live"] is False and "late" in late["reason"], late
-    runtime.watch_stall()  # the tick on waking: fenced
-    runtime.watch_stall()  # ticking again, but still fenced
-    fenced = ingress.liveness()
-    assert fenced["live"] is False and "fenced" in fenced["reason"], fenced
-    assert fenced["tick_age"] < 1
-    assert runtime.metrics.stalls == 1
-    runtime.generation = None
-    runtime.on_assignment(set())  # the group's assignment ends the fence
-    assert ingress.liveness()["live"] is True
