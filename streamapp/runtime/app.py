@@ -100,7 +100,7 @@ class Runtime:
             settings.dead_letter_topic, partitions=1, internal=True, key_serializer="raw", value_serializer="raw"
         )
         self.tables = Tables(self.app, settings.partitions)
-        self.metrics = Metrics()  # GET /metrics: the components count, a collector reads the rest at scrape time
+        self.metrics = Metrics().attach(self)  # GET /metrics: the components count, the rest is read when scraped
         self.outbox = Outbox(self.app, self.internal, self.dead_letters, settings.partitions, self.metrics)
         self.scheduler = Scheduler(self.outbox.fire, self.metrics.lateness.observe)
         # A heartbeat may be up to one interval old when the process freezes.
@@ -121,7 +121,6 @@ class Runtime:
         self.generation: int | None = None  # the consumer generation of the last assignment
         self._reading_limits = asyncio.Lock()
         self._wire()
-        self.metrics.attach(self)
 
     async def read_limits(self) -> limits.Limits:
         """The broker's record limits for the internal topic and the changelogs, asked once."""

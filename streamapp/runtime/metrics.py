@@ -110,8 +110,10 @@ class Metrics:
             self.invocations["dead_lettered", service, handler] += 1
 
     # -- scrape ----------------------------------------------------------------------------
-    def attach(self, runtime: Runtime) -> None:
+    def attach(self, runtime: Runtime) -> Metrics:
+        """Export ``runtime``'s counters and gauges too (read only when scraped)."""
         self.registry.register(RuntimeCollector(runtime))
+        return self
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
