@@ -201,8 +201,8 @@ class Engine:
 
         Raises ``ApplyError`` when applying failed (nothing is executed then).
         """
-        self.applied_total[p] += 1
         actions = apply(self.part(p), offset, cmd, index)
+        self.applied_total[p] += 1
         if actions:
             self.execute(p, actions)
 
