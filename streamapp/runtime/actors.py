@@ -23,6 +23,7 @@ from streamapp.durable.service import Registry
 from streamapp.runtime import limits, operate
 from streamapp.runtime.commands import object_key
 from streamapp.runtime.leadership import Leadership
+from streamapp.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class _Sink:
 
     def __init__(self, pool: ActorPool, p: int, epoch: str, rec: dict[str, Any], journal: list[Any]) -> None:
         self.pool, self.p, self.epoch, self.rec, self.journal = pool, p, epoch, rec, journal
+        self.step_started: float | None = None  # when the step being run began (its duration is a metric)
         self.journaled = len(journal)  # entries counted in ``row_bytes``
         self.row_bytes = limits.row_size({**rec, "journal": journal}) if pool.limits.rows else 0
 
@@ -56,6 +58,7 @@ class _Sink:
             raise asyncio.CancelledError(f"partition {self.p} is no longer driven by epoch {self.epoch}")
         if self.rec["id"] in self.pool.cancelling:
             raise CancelRequested()
+        self.step_started = time.perf_counter()
 
     async def append(self, entry: dict[str, Any]) -> None:
         """Journal ``entry``; raise ``TooLargeError`` (nothing sent) if the log would refuse it."""
@@ -84,6 +87,10 @@ class _Sink:
         finally:
             if applied is not None:
                 self.pool.forget_entry(self.rec["id"], index)
+        if entry["t"] == "run" and self.step_started is not None:
+            self.pool.metrics.step_done(self.rec["service"], self.rec["handler"],
+                                        time.perf_counter() - self.step_started)
+            self.step_started = None
 
     def check_row(self, entry: dict[str, Any]) -> None:
         """Refuse an entry that would make the invocation's record too large for its changelog."""
@@ -113,6 +120,7 @@ class ActorPool:
         dead_letter: DeadLetter,
         max_running: int,
         leadership: Leadership | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         """Without ``leadership`` (tests) every actor may act, and a step goes on at its entry's ack."""
         self.registry = registry
@@ -137,6 +145,7 @@ class ActorPool:
         self.limits = limits.Limits()  # the broker's record limits, once the runtime read them
         self.stopped = False  # the worker is shutting down: no actor starts, no step begins
         self.cancelling: set[str] = set()  # invocations cancelled by an operator: no step starts
+        self.metrics = metrics if metrics is not None else Metrics()
 
     def waiting(self) -> int:
         return len(self.ready)
@@ -232,6 +241,7 @@ class ActorPool:
         journal = list(rec["journal"])
         if not journal and attempt == 1:
             log.info("Handling invocation method=%s invocationID=%s", method, inv_id)
+            self.metrics.count("started", rec["service"], rec["handler"])
         else:
             log.debug("Resuming invocation method=%s invocationID=%s attempt=%d replaying=%d",
                       method, inv_id, attempt, len(journal))
@@ -262,6 +272,7 @@ class ActorPool:
                 )
                 self.limits.check_row("invocations", inv_id, {**rec, "journal": journal, "error": error}, rec)
                 await self.send(p, okey, {**base, "op": "retry", "wake_at": outcome.wake_at, "error": error})
+                self.metrics.count("retried", rec["service"], rec["handler"])
             elif isinstance(outcome, executor.Paused):
                 # A code change under an invocation in flight: keep its journal, let an
                 # operator resume it once the code matches again (no dead letter).
@@ -270,6 +281,7 @@ class ActorPool:
                           "then resume it method=%s invocationID=%s error=%s", method, inv_id, error)
                 self.limits.check_row("invocations", inv_id, {**rec, "journal": journal, "error": error}, rec)
                 await self.send(p, okey, {**base, "op": "fail", "error": error, "pause": True})
+                self.metrics.count("paused", rec["service"], rec["handler"])
             else:
                 assert isinstance(outcome, executor.Failed)
                 error = limits.clip(outcome.error)
@@ -283,6 +295,8 @@ class ActorPool:
                     await self.dead_letter(rec, error)
                 await self.send(p, okey, {**base, "op": "fail", "error": error, "pause": pause,
                                           "code": outcome.status_code})
+                if pause:
+                    self.metrics.count("paused", rec["service"], rec["handler"])
         except (TooLargeError, MessageSizeTooLargeError) as exc:
             # The outcome cannot be recorded as it is: end the invocation, failed, with the reason.
             error = f"TooLargeError: {limits.reason(exc)}"

@@ -37,6 +37,7 @@ from streamapp.runtime.expiry import EXPIRE_EVERY
 from streamapp.runtime.faust_app import RebalanceSensor, StreamApp
 from streamapp.runtime.flow import FlowControl
 from streamapp.runtime.leadership import Leadership
+from streamapp.runtime.metrics import Metrics
 from streamapp.runtime.outbox import Outbox
 from streamapp.runtime.scheduler import Scheduler
 from streamapp.runtime.sources import Ingest
@@ -100,13 +101,14 @@ class Runtime:
             settings.dead_letter_topic, partitions=1, internal=True, key_serializer="raw", value_serializer="raw"
         )
         self.tables = Tables(self.app, settings.partitions)
-        self.outbox = Outbox(self.app, self.internal, self.dead_letters, settings.partitions)
-        self.scheduler = Scheduler(self.outbox.fire)
+        self.metrics = Metrics().attach(self)  # GET /metrics: the components count, the rest is read when scraped
+        self.outbox = Outbox(self.app, self.internal, self.dead_letters, settings.partitions, self.metrics)
+        self.scheduler = Scheduler(self.outbox.fire, self.metrics.lateness.observe)
         # A heartbeat may be up to one interval old when the process freezes.
         leadership = Leadership(stall_limit=settings.session_timeout * 0.8)
         self.actors = ActorPool(registry, self.outbox.send, self.outbox.invoke, self.outbox.dead_letter_invocation,
-                                settings.max_running, leadership)
-        self.engine = Engine(self.tables, self.actors, self.scheduler, leadership,
+                                settings.max_running, leadership, self.metrics)
+        self.engine = Engine(self.tables, self.actors, self.scheduler, leadership, metrics=self.metrics,
                              on_dead_letter=self.outbox.dead_letter_soon, on_foreign_activation=self.reclaim)
         self.flow = FlowControl(self.engine, lambda tp: self.app.consumer.highwater(tp), self.internal.get_topic_name,
                                 self.outbox.written, settings.max_pending, self.outbox.extra)
@@ -154,6 +156,7 @@ class Runtime:
         skipped = self.stalled or (self.generation is not None and generation != self.generation + 1)
         self.stalled = False  # the group has spoken: the fence ends with this assignment
         self.generation = generation
+        self.metrics.rebalances += 1
         topic = self.internal.get_topic_name()
         kept = set() if skipped else {tp.partition for tp in assigned if tp.topic == topic}
         if skipped:
@@ -216,6 +219,7 @@ class Runtime:
         log.warning("Worker stalled for %.1fs (limit %.1fs): stopping partitions=%s until the group reassigns them",
                     now - last, self.engine.stall_limit, sorted(live))
         self.stalled = True
+        self.metrics.stalls += 1
         self.engine.release(self.engine.known_partitions())
         self.distrust_tables()
         if self.recovering is None or self.recovering.done():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +40,7 @@ from streamapp.runtime.actions import (
 from streamapp.runtime.commands import object_key
 from streamapp.runtime.leadership import Leadership
 from streamapp.runtime.limits import Limits
+from streamapp.runtime.metrics import Metrics
 from streamapp.runtime.partition import apply
 from streamapp.runtime.partition_state import ApplyError, PartitionState, Shared
 from streamapp.runtime.store import PartitionStore
@@ -56,7 +58,8 @@ class Engine:
     def __init__(self, tables: PartitionStore, actors: ActorPool, scheduler: Scheduler,
                  leadership: Leadership | None = None, *,
                  on_dead_letter: Callable[[dict[str, Any], str], None] | None = None,
-                 on_foreign_activation: Callable[[int], None] | None = None) -> None:
+                 on_foreign_activation: Callable[[int], None] | None = None,
+                 metrics: Metrics | None = None) -> None:
         """``on_dead_letter(rec, error)``: an invocation failed for good; ``on_foreign_activation(p)``: another
         worker's activation of a partition this worker led was applied (it lost the partition unawares)."""
         self.tables = tables
@@ -68,6 +71,8 @@ class Engine:
         self.waiters: dict[str, list[Any]] = {}  # invocation id -> futures awaiting completion
         self.waiter_partition: dict[str, int] = {}
         self.finished = {"completed": 0, "failed": 0}  # applied by this worker since it started
+        self.applied_total: Counter[int] = Counter()  # commands applied per partition (GET /metrics)
+        self.metrics = metrics if metrics is not None else Metrics()
         self.on_foreign_activation = on_foreign_activation
         self.on_dead_letter = on_dead_letter
 
@@ -198,6 +203,7 @@ class Engine:
         Raises ``ApplyError`` when applying failed (nothing is executed then).
         """
         actions = apply(self.part(p), offset, cmd, index)
+        self.applied_total[p] += 1
         if actions:
             self.execute(p, actions)
 
@@ -215,6 +221,7 @@ class Engine:
                         self.scheduler.add(ap, epoch, inv_id, wake_at)
                 case Finished(rec=rec):
                     self.finished[rec["status"]] += 1
+                    self.metrics.finished(rec)
                     self.waiter_partition.pop(rec["id"], None)
                     for fut in self.waiters.pop(rec["id"], []):
                         if not fut.done():
@@ -243,6 +250,7 @@ class Engine:
                 self.actors.cancel_partitions({p})
                 self.scheduler.drop_partitions({p})
             self.leading[p] = action.epoch
+            self.metrics.activations += 1
             return True
         # Another worker's (or an earlier life's) activation. Still catching up:
         # this worker's own activation comes later in the log.

@@ -54,6 +54,10 @@ are tried again every second after a transient failure.
 ``Transport._create_topic`` also sets ``min.insync.replicas`` on each topic
 the worker creates, from its replication factor (``connection.topic_config``).
 
+``Producer.send`` / ``Producer._send_staged`` — every record sent is counted
+by topic (``GET /metrics``): commands and dead letters in ``send``, the
+staged table rows as their batches are queued.
+
 ``take_ready`` — Faust's ``Stream.take_events`` without its timer while
 nothing arrives (an idle worker woke 200 times a second for it).
 
@@ -73,6 +77,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from importlib import metadata
 from typing import Any, TypeVar
@@ -242,6 +247,13 @@ class Producer(faust_aiokafka.Producer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # makes the buffer
         self.complete_flush = CompleteFlush(self.buffer.put, super().flush)
+        self.sent: Counter[str] = Counter()  # records handed to the client, by topic (GET /metrics)
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None,
+                   timestamp: float | None, headers: Any, *, transactional_id: str | None = None) -> Any:
+        # Commands and dead letters go through here; the staged table rows are counted in ``_send_staged``.
+        self.sent[topic] += 1
+        return await super().send(topic, key, value, partition, timestamp, headers, transactional_id=transactional_id)
 
     def send_soon(self, fut: Any) -> None:
         self.complete_flush.put(fut)
@@ -262,7 +274,10 @@ class Producer(faust_aiokafka.Producer):
         if previous is not None and not previous.done():
             await asyncio.wait([previous])
         refused = getattr(self.app, "changelog_refused", _refused)
-        await send_rows(self._ensure_producer(), take(), self.complete_flush.track, refused)
+        staged = take()
+        for rows in staged:
+            self.sent[rows.topic] += len(rows.records)
+        await send_rows(self._ensure_producer(), staged, self.complete_flush.track, refused)
 
     def _new_producer(self, transactional_id: str | None = None) -> Any:
         producer = super()._new_producer(transactional_id)

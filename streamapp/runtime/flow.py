@@ -48,6 +48,7 @@ class FlowControl:
         self.max_pending = max_pending
         self.capacity = asyncio.Event()
         self.capacity.set()
+        self.pauses = 0  # times the sources were paused (GET /metrics)
 
     def backlog(self) -> int:
         """Commands in this worker's internal partitions not applied yet.
@@ -87,6 +88,7 @@ class FlowControl:
         if pending > self.max_pending and self.capacity.is_set():
             log.info("Pausing sources pending=%d bound=%d", pending, self.max_pending)
             self.capacity.clear()
+            self.pauses += 1
         while not self.capacity.is_set() and not full():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.capacity.wait(), FULL_CHECK)

@@ -10,12 +10,13 @@ can be served over any implementation (a fake in a test, another runtime).
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from streamapp.config import Settings
 from streamapp.durable.errors import StreamAppError
 from streamapp.durable.service import Handler, Registry
-from streamapp.runtime import commands, deadletters
+from streamapp.runtime import commands, deadletters, metrics
 from streamapp.runtime.store import Tables
 
 if TYPE_CHECKING:
@@ -71,6 +72,14 @@ class Ingress(Protocol):
     async def replay(self, letters: list[deadletters.Letter]) -> tuple[list[str], list[dict[str, Any]]]:
         """Replay dead letters into their handlers: the invocation ids, and the letters skipped with why."""
     def health(self) -> dict[str, Any]: ...
+    def liveness(self) -> dict[str, Any]:
+        """``{"live": bool, ...}``: the event loop turns and the stall watchdog has not fenced the worker."""
+    def readiness(self) -> dict[str, Any]:
+        """``{"ready": bool, ...}``: the worker drives every partition it was assigned."""
+    def metrics(self) -> bytes:
+        """The Prometheus text exposition of this worker's metrics."""
+    def top_keys(self, n: int) -> list[dict[str, Any]]:
+        """The ``n`` keys with the longest queues in the partitions led here."""
 
 
 class RuntimeIngress:
@@ -168,3 +177,24 @@ class RuntimeIngress:
             "waiters": sum(len(futs) for futs in engine.waiters.values()),  # HTTP calls awaiting a result
             **engine.finished,
         }
+
+    def liveness(self) -> dict[str, Any]:
+        rt = self.rt
+        alive_at, limit = rt.engine.alive_at, rt.engine.stall_limit
+        idle = None if alive_at is None else round(time.monotonic() - alive_at, 3)  # None: no tick yet
+        if rt.stalled:
+            return {"live": False, "tick_age": idle,
+                    "reason": "fenced by the stall watchdog until the group reassigns its partitions"}
+        if idle is not None and idle > limit:  # the watchdog's own tick is late: loop blocked, or the tick died
+            return {"live": False, "tick_age": idle, "reason": f"the watchdog tick is late (limit {limit:.1f}s)"}
+        return {"live": True, "tick_age": idle}
+
+    def readiness(self) -> dict[str, Any]:
+        rt = self.rt
+        return {"ready": not rt.stalled and rt.ready(), "live_partitions": sorted(rt.engine.live_partitions())}
+
+    def metrics(self) -> bytes:
+        return self.rt.metrics.render()
+
+    def top_keys(self, n: int) -> list[dict[str, Any]]:
+        return metrics.top_keys(self.rt, n)

@@ -30,6 +30,7 @@ from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeEr
 
 from streamapp.runtime import commands
 from streamapp.runtime.limits import RECORD_OVERHEAD, Limits
+from streamapp.runtime.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,10 @@ DEFAULT_RECORD_LIMIT = 1_000_000  # bytes: a batch record stays below Kafka's de
 
 
 class Outbox:
-    def __init__(self, app: Any, internal: Any, dead_letters: Any, partitions: int) -> None:
+    def __init__(self, app: Any, internal: Any, dead_letters: Any, partitions: int,
+                 metrics: Metrics | None = None) -> None:
         """``internal`` / ``dead_letters``: the Faust topics; ``partitions``: of the internal topic."""
+        self.metrics = metrics if metrics is not None else Metrics()
         self.app = app
         self.internal = internal
         self.dead_letters = dead_letters
@@ -157,6 +160,10 @@ class Outbox:
             [(k, v.encode("utf-8", "replace")) for k, v in headers.items()],
         )
         await fut
+        invocation = "streamapp.invocation" in headers  # else a source record or a command
+        self.metrics.dead_lettered(headers.get("streamapp.error", ""),
+                                   headers.get("streamapp.service") if invocation else None,
+                                   headers.get("streamapp.handler"))
 
     async def dead_letter_invocation(self, rec: dict[str, Any], error: str) -> None:
         source = rec.get("source") or {}

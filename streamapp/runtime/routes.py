@@ -17,6 +17,8 @@ every other route, so they shadow none (aiohttp tries routes in order).
     GET    /dead-letters                       dead_letters operator*
     POST   /dead-letters/replay                replay       operator*
     GET    /subscriptions, /health, /openapi.json           open
+    GET    /livez, /readyz, /metrics                        open
+    GET    /metrics/top-keys                   top_keys     operator*
     *      /{service}/{key}/{handler}          invoke       open (fallback)
     POST   /{service}/{key}/{handler}/send     invoke       open (fallback)
 
@@ -63,6 +65,15 @@ OWNER_GONE = error("The key's owner stopped answering mid-request (it died): ret
 TOO_LARGE = error("The body is larger than STREAMAPP_MAX_BODY_BYTES.")
 IDEMPOTENCY = param("idempotency-key", "header", "Deduplicates: the same key returns the same invocation.",
                      {"type": "string"}, required=False)
+
+
+def probe(flag: str) -> dict[str, Any]:
+    """The body of a probe: its verdict, and why when it fails."""
+    return {"type": "object", "required": [flag], "properties": {
+        flag: {"type": "boolean"}, "reason": {"type": "string"},
+        "tick_age": {"type": "number", "nullable": True,
+                     "description": "Seconds since the stall watchdog's last tick (null before the first)."},
+        "live_partitions": {"type": "array", "items": {"type": "integer"}}}}
 
 
 # -- the table ---------------------------------------------------------------------------
@@ -255,6 +266,38 @@ ROUTES: tuple[Route, ...] = (
             },
             "additionalProperties": {"type": "integer"}})},
     }),
+    Route("GET", "/livez", "livez", {
+        "tags": ["probe"], "operationId": "livez", "summary": "Liveness: the event loop turns, not fenced",
+        "responses": {"200": ok("Live.", probe("live")),
+                      "503": ok("Fenced by the stall watchdog (waiting for the group to reassign its partitions), or "
+                                "the watchdog's tick is late: restart the worker if this lasts.", probe("live"))},
+    }),
+    Route("GET", "/readyz", "readyz", {
+        "tags": ["probe"], "operationId": "readyz", "summary": "Readiness: every partition assigned here is driven",
+        "responses": {"200": ok("Ready to serve.", probe("ready")),
+                      "503": ok("Not ready: partitions being assigned, restored or activated; or fenced.",
+                                probe("ready"))},
+    }),
+    Route("GET", "/metrics", "metrics", {
+        "tags": ["observe"], "operationId": "metrics", "summary": "Prometheus metrics of this worker",
+        "responses": {"200": {"description": "Prometheus text exposition format 0.0.4 (streamapp_ prefix).",
+                              "content": {"text/plain": {"schema": {"type": "string"}}}}},
+    }),
+    Route("GET", "/metrics/top-keys", "top_keys", {
+        "tags": ["observe"], "operationId": "metrics.topKeys",
+        "summary": "The keys with the most invocations queued, in the partitions this worker leads",
+        "parameters": [param("n", "query", "How many keys.", {"type": "integer", "minimum": 1, "maximum": 1000,
+                                                                "default": 10}, required=False)],
+        "responses": {"200": ok("Longest queues first.", {
+            "type": "object", "required": ["keys"],
+            "properties": {"keys": {"type": "array", "items": {
+                "type": "object", "required": ["service", "key", "partition", "queued"],
+                "properties": {"service": {"type": "string"}, "key": {"type": "string"},
+                               "partition": {"type": "integer"}, "queued": {"type": "integer"},
+                               "inflight": {"type": "string", "nullable": True,
+                                            "description": "The invocation the queue waits behind."}}}}}}),
+                      "400": error("n is not a whole number from 1 to 1000.")},
+    }, guarded=True),
     Route("GET", "/openapi.json", "openapi", {
         "tags": ["inspect"], "operationId": "openapi", "summary": "This document",
         "responses": {"200": ok("OpenAPI 3.0 document.", {"type": "object"})},

@@ -26,8 +26,10 @@ Entry = tuple[float, str, int, str, float]  # due, id, partition, epoch, wake_at
 
 
 class Scheduler:
-    def __init__(self, fire: Fire) -> None:
+    def __init__(self, fire: Fire, lateness: Callable[[float], None] = lambda seconds: None) -> None:
+        """``lateness(seconds)``: told how late each due timer was taken up (a metric)."""
         self._fire = fire
+        self._lateness = lateness
         self._heap: list[Entry] = []
         self._counts: Counter[int] = Counter()
         self._wakeup = asyncio.Event()
@@ -63,6 +65,7 @@ class Scheduler:
                 due.append(heapq.heappop(self._heap))
             for entry in due:
                 self._counts[entry[2]] -= 1
+                self._lateness(now - entry[0])
             if due:
                 results = await asyncio.gather(
                     *(self._fire(p, epoch, inv_id, wake_at) for _, inv_id, p, epoch, wake_at in due),

@@ -8,6 +8,7 @@
                                                 operator actions (runtime/operator_views.py; token*)
     GET  /state/{Service}/{key}                 the key's state (``streamapp kv get``; operator token*)
     GET  /subscriptions, /health, /openapi.json (built by runtime.openapi)
+    GET  /livez, /readyz, /metrics, /metrics/top-keys (runtime.web_probes)
 
     * needed when the server listens beyond loopback (``Views.check_token``)
 
@@ -43,6 +44,7 @@ from streamapp.runtime import commands, openapi
 from streamapp.runtime.ingress import Ingress, NotDrivenError, RuntimeIngress
 from streamapp.runtime.operator_views import OperatorViews, not_found, view
 from streamapp.runtime.routes import FORWARDED, INVOCATION_HEADER, ROUTES, Route
+from streamapp.runtime.web_probes import ProbeViews
 
 if TYPE_CHECKING:
     from streamapp.runtime.app import Runtime
@@ -68,7 +70,7 @@ def parse_delay(text: str) -> float:
     return seconds
 
 
-class Views(OperatorViews):
+class Views(OperatorViews, ProbeViews):
     def __init__(self, ingress: Ingress) -> None:
         self.rt = ingress
         self.session: aiohttp.ClientSession | None = None

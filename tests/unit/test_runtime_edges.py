@@ -1,4 +1,5 @@
-"""Runtime edges without a broker: one actor per invocation, fail-stop on a failed apply, the stall fence."""
+"""Runtime edges without a broker: one actor per invocation, fail-stop on a failed apply, the stall fence
+(and liveness while fenced)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from streamapp.durable.service import Registry
 from streamapp.runtime import commands, faust_adapter
 from streamapp.runtime.actors import ActorPool
 from streamapp.runtime.app import EX_SOFTWARE, Runtime
+from streamapp.runtime.ingress import RuntimeIngress
 
 
 def recording_pool() -> tuple[ActorPool, list[dict[str, Any]]]:
@@ -102,6 +104,28 @@ async def test_stall__a_command_read_right_after_waking_is_fenced_before_the_tic
     runtime.engine.alive_at = time.monotonic() - 60
     assert runtime.fenced()
     assert runtime.engine.live_partitions() == set()
+
+
+async def test_liveness__fails_while_fenced_after_a_stall_until_the_group_reassigns(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(faust_adapter, "request_rejoin", lambda consumer: True)
+    ingress = RuntimeIngress(runtime)
+    assert ingress.liveness()["live"] is True  # starting: no tick yet
+    runtime.watch_stall()
+    assert ingress.liveness() == {"live": True, "tick_age": ingress.liveness()["tick_age"]}
+    runtime.engine.alive_at = time.monotonic() - 60  # frozen for a minute
+    late = ingress.liveness()
+    assert late["live"] is False and "late" in late["reason"], late
+    runtime.watch_stall()  # the tick on waking: fenced
+    runtime.watch_stall()  # ticking again, but still fenced
+    fenced = ingress.liveness()
+    assert fenced["live"] is False and "fenced" in fenced["reason"], fenced
+    assert fenced["tick_age"] < 1
+    assert runtime.metrics.stalls == 1
+    runtime.generation = None
+    runtime.on_assignment(set())  # the group's assignment ends the fence
+    assert ingress.liveness()["live"] is True
 
 
 async def test_actor_pool__once_stopping_starts_no_actor_and_running_ones_take_no_further_step() -> None:
