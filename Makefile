@@ -1,6 +1,8 @@
 # streamapp: `make run` brings the system up, `make test` runs the whole suite.
 PYTHON ?= python3.11
-VENV   := .venv
+# Another interpreter gets a venv of its own: make test PYTHON=python3.13 uses .venv-python3.13.
+VENV   := $(if $(filter python3.11,$(PYTHON)),.venv,.venv-$(notdir $(PYTHON)))
+export VENV
 BIN    := $(VENV)/bin
 KAFKA  := tools/kafka/kafka.sh
 export STREAMAPP_DATA_DIR ?= $(CURDIR)/data

@@ -4,7 +4,7 @@
 # started here if it is not running and stopped again at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=.venv/bin
+BIN=${VENV:-.venv}/bin  # make test PYTHON=python3.13: that interpreter's venv
 KAFKA=tools/kafka/kafka.sh
 
 started=""
