@@ -142,11 +142,23 @@ class Tracing:
         if trace_context is not None:
             target["trace"] = trace_context
 
+    def parent(self, stored: Any) -> Any:
+        """The context a stored trace field names; None (a new trace) when it does not parse.
+
+        The invocation must run whatever its row holds (a row written by
+        another version, a hand-made command): tracing never stops it.
+        """
+        if not isinstance(stored, dict):
+            return None
+        try:
+            return self.propagator.extract(stored)
+        except (TypeError, ValueError, AttributeError):
+            return None
+
     # -- spans -----------------------------------------------------------------
     async def attempt(self, rec: dict[str, Any], run: Coroutine[Any, Any, executor.Outcome]) -> executor.Outcome:
         """Run one attempt of ``rec`` (the actor's coroutine ``run``) in its span."""
-        stored = rec.get("trace")
-        parent = self.propagator.extract(stored) if isinstance(stored, dict) else None
+        parent = self.parent(rec.get("trace"))
         attributes: dict[str, Any] = {
             "streamapp.invocation.id": rec["id"],
             "streamapp.service": rec["service"],

@@ -208,6 +208,16 @@ async def test_off__no_spans_no_trace_field_and_the_plain_context(spans: InMemor
     assert "trace" not in target
 
 
+async def test_attempt__a_stored_trace_that_does_not_parse_still_runs_as_a_new_trace(
+        spans: InMemorySpanExporter) -> None:
+    rig = Rig()
+    inv_id = rig.accept("Broken", trace={"traceparent": 7})
+    row = await rig.attempt(inv_id)
+    assert row["status"] == "retrying"  # the handler ran
+    [span] = named(spans, "invoke Shop/Broken")
+    assert span.parent is None
+
+
 def test_stamp__keeps_a_valid_traceparent_and_its_tracestate(spans: InMemorySpanExporter) -> None:
     assert tracing.active is not None
     target: dict[str, Any] = {"id": "inv_1", "service": "Shop", "handler": "Order"}
