@@ -50,6 +50,15 @@ async def Broken(ctx: ObjectContext) -> None:
     raise ConnectionError("backend down")
 
 
+def _declined() -> None:
+    raise ConnectionError("card service down")
+
+
+@shop.handler()
+async def StepFails(ctx: ObjectContext) -> None:
+    await ctx.run("charge", _declined)
+
+
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     exporter = InMemorySpanExporter()
@@ -192,6 +201,14 @@ async def test_retry__the_attempt_span_has_an_error_status_and_the_exception(spa
     _, second = named(spans, "invoke Shop/Broken")
     assert second.attributes is not None and second.attributes["streamapp.attempt"] == 2
     assert hex_ids(second) == (TRACE_ID, PARENT_ID)
+
+
+async def test_step__a_step_that_raises_has_an_error_status_and_the_exception(spans: InMemorySpanExporter) -> None:
+    rig = Rig()
+    await rig.attempt(rig.accept("StepFails"))
+    [step] = named(spans, "charge")
+    assert step.status.status_code == StatusCode.ERROR
+    assert [e.attributes["exception.type"] for e in step.events if e.attributes] == ["ConnectionError"]
 
 
 async def test_off__no_spans_no_trace_field_and_the_plain_context(spans: InMemorySpanExporter) -> None:
