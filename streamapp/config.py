@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import re
@@ -53,6 +54,9 @@ class Settings:
     ssl_key_file: Path | None = None
     # replicas of the topics a worker creates; None: min(3, brokers in the cluster), found at start-up
     replication_factor: int | None = None
+    # "otel": OpenTelemetry spans of invocations (the otel extra, runtime/tracing.py); "off": none, no cost
+    tracing: str = "off"
+    tracing_file: Path | None = None  # spans as JSON lines to this file (else the configured provider's exporter)
 
     @property
     def table_dir(self) -> Path:
@@ -99,6 +103,7 @@ class Settings:
             extra_services=tuple(s.strip() for s in env.get("STREAMAPP_SERVICES", "").split(",") if s.strip()),
             replication_factor=int(num("STREAMAPP_REPLICATION_FACTOR", 0, low=1)) or None,
             **_security(env),
+            **_tracing(env),
         )
 
 
@@ -172,6 +177,31 @@ def _security(env: Mapping[str, str]) -> _Security:
     if found["ssl_key_file"] is not None and found["ssl_cert_file"] is None:
         raise SystemExit("STREAMAPP_SSL_KEY_FILE is set without STREAMAPP_SSL_CERT_FILE (the client certificate)")
     return found
+
+
+class _Tracing(TypedDict):
+    tracing: str
+    tracing_file: Path | None
+
+
+def _tracing(env: Mapping[str, str]) -> _Tracing:
+    """STREAMAPP_TRACING (off | otel) and STREAMAPP_TRACING_FILE; otel needs the otel extra installed."""
+    mode = (env.get("STREAMAPP_TRACING") or "off").strip().lower()
+    if mode not in ("off", "otel"):
+        raise SystemExit(f"STREAMAPP_TRACING={env['STREAMAPP_TRACING']!r} must be off or otel")
+    file = env.get("STREAMAPP_TRACING_FILE") or None
+    if file is not None and mode != "otel":
+        raise SystemExit("STREAMAPP_TRACING_FILE is set but STREAMAPP_TRACING is off: set STREAMAPP_TRACING=otel")
+    if mode == "otel" and not _installed("opentelemetry.sdk"):
+        raise SystemExit("STREAMAPP_TRACING=otel needs OpenTelemetry: pip install 'streamapp[otel]'")
+    return _Tracing(tracing=mode, tracing_file=Path(file) if file else None)
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package missing (or stubbed out as None)
+        return False
 
 
 _APP_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")

@@ -195,8 +195,9 @@ def topic_id(topic: str) -> str:
     return run_async(go())  # type: ignore[no-any-return]
 
 
-def produce(topic: str, records: Iterable[tuple[bytes | str | None, bytes | str | None]]) -> None:
-    """Produce key/value records with a Python client and wait for the acks."""
+def produce(topic: str, records: Iterable[tuple[bytes | str | None, bytes | str | None]],
+            headers: list[tuple[str, bytes]] | None = None) -> None:
+    """Produce key/value records (each with ``headers``) with a Python client and wait for the acks."""
 
     def b(x: bytes | str | None) -> bytes | None:
         return x.encode() if isinstance(x, str) else x
@@ -205,7 +206,7 @@ def produce(topic: str, records: Iterable[tuple[bytes | str | None, bytes | str 
         producer = AIOKafkaProducer(bootstrap_servers=bootstrap(), acks="all", max_request_size=16 * 1024 * 1024)
         await producer.start()
         try:
-            futures = [await producer.send(topic, key=b(k), value=b(v)) for k, v in records]
+            futures = [await producer.send(topic, key=b(k), value=b(v), headers=headers) for k, v in records]
             await asyncio.gather(*futures)
         finally:
             await producer.stop()

@@ -53,6 +53,7 @@ class Parked:
 class Retry:
     error: str
     wake_at: float
+    exc: BaseException | None = dataclasses.field(default=None, compare=False, repr=False)  # for tracing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,7 @@ class Failed:
     error: str
     exhausted: bool = False  # True when retries ran out (policy may pause instead)
     status_code: int = 500   # for an HTTP caller waiting on the result
+    exc: BaseException | None = dataclasses.field(default=None, compare=False, repr=False)  # for tracing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,9 +88,10 @@ async def execute(
     state: Mapping[str, Any],
     sink: JournalSink,
     clock: Clock,
+    context: type[ObjectContext] = ObjectContext,
 ) -> Outcome:
-    """Run attempt number ``attempt`` (1-based) of one invocation."""
-    ctx = ObjectContext(
+    """Run attempt number ``attempt`` (1-based) of one invocation (``context``: a subclass observes steps)."""
+    ctx = context(
         service=handler.service,
         key=key,
         invocation_id=invocation_id,
@@ -126,15 +129,15 @@ async def _attempt(
     except Suspended as suspended:
         return Parked(suspended.wake_at)
     except TerminalError as exc:
-        return Failed(describe(exc), status_code=exc.status_code)
+        return Failed(describe(exc), status_code=exc.status_code, exc=exc)
     except Exception as exc:  # the one place a handler failure becomes a retry
         policy = handler.retry
         if attempt >= policy.max_attempts:
-            return Failed(f"{describe(exc)} (after {attempt} attempts)", exhausted=True)
+            return Failed(f"{describe(exc)} (after {attempt} attempts)", exhausted=True, exc=exc)
         delay = policy.backoff(attempt)
         if isinstance(exc, RetryableError) and exc.retry_after is not None:
             delay = exc.retry_after
-        return Retry(describe(exc), clock.now() + delay)
+        return Retry(describe(exc), clock.now() + delay, exc)
 
 
 def _fault_outcome(fault: NonDeterminismError | ConcurrentStepError) -> Outcome:

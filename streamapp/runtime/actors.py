@@ -20,7 +20,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 from streamapp.durable import executor
 from streamapp.durable.errors import CancelRequested, TooLargeError
 from streamapp.durable.service import Registry
-from streamapp.runtime import limits, operate
+from streamapp.runtime import limits, operate, tracing
 from streamapp.runtime.commands import object_key
 from streamapp.runtime.leadership import Leadership
 from streamapp.runtime.metrics import Metrics
@@ -129,7 +129,7 @@ class ActorPool:
         self.dead_letter = dead_letter
         self.max_running = max_running
         self.clock = WallClock()
-        self.tasks: dict[str, asyncio.Task[None]] = {}
+        self.tasks: dict[str, asyncio.Task[executor.Outcome]] = {}
         self.partition_of: dict[str, int] = {}
         self.sending: set[asyncio.Future[None]] = set()  # journal entries on their way to the log
         self.owns: Callable[[int, str], bool] = lambda p, epoch: True
@@ -169,13 +169,16 @@ class ActorPool:
         if len(self.tasks) >= self.max_running:
             self.ready[rec["id"]] = (p, epoch, rec, state)
             return
-        task = asyncio.get_running_loop().create_task(self._run(p, epoch, rec, state))
+        run = self._run(p, epoch, rec, state)
+        if tracing.active is not None:  # the one check tracing costs when off
+            run = tracing.active.attempt(rec, run)
+        task = asyncio.get_running_loop().create_task(run)
         self.tasks[rec["id"]] = task
         self.partition_of[rec["id"]] = p
         inv_id: str = rec["id"]
         task.add_done_callback(lambda t: self._done(inv_id, t))
 
-    def _done(self, inv_id: str, task: asyncio.Task[None]) -> None:
+    def _done(self, inv_id: str, task: asyncio.Task[executor.Outcome]) -> None:
         if self.tasks.get(inv_id) is task:
             del self.tasks[inv_id]
             self.partition_of.pop(inv_id, None)
@@ -225,7 +228,7 @@ class ActorPool:
             if task is not None:
                 task.cancel()
 
-    async def _run(self, p: int, epoch: str, rec: dict[str, Any], state: dict[str, Any]) -> None:
+    async def _run(self, p: int, epoch: str, rec: dict[str, Any], state: dict[str, Any]) -> executor.Outcome:
         method = f"{rec['service']}/{rec['handler']}"
         okey = object_key(rec["service"], rec["key"])
         inv_id = rec["id"]
@@ -237,7 +240,7 @@ class ActorPool:
             log.error("Invocation failed method=%s invocationID=%s error=%s", method, inv_id, error)
             await self.dead_letter(rec, error)
             await self.send(p, okey, {**base, "op": "fail", "error": error})
-            return
+            return executor.Failed(error)
         journal = list(rec["journal"])
         if not journal and attempt == 1:
             log.info("Handling invocation method=%s invocationID=%s", method, inv_id)
@@ -249,11 +252,12 @@ class ActorPool:
             outcome = await executor.execute(
                 handler, invocation_id=inv_id, key=rec["key"], payload=rec["payload"], attempt=attempt,
                 journal=journal, state=state, sink=_Sink(self, p, epoch, rec, journal), clock=self.clock,
+                context=tracing.context_class,
             )
         except CancelRequested:  # an operator's cancel: no dead letter, the partition ends it cancelled
             log.info("Invocation cancelled method=%s invocationID=%s", method, inv_id)
             await self.send(p, okey, {**base, "op": "fail", "error": operate.CANCELLED, "code": operate.CANCELLED_CODE})
-            return
+            return executor.Failed(operate.CANCELLED, status_code=operate.CANCELLED_CODE)
         try:
             if isinstance(outcome, executor.Completed):
                 self._check_completion(rec, journal, state, outcome)
@@ -303,6 +307,8 @@ class ActorPool:
             log.error("Invocation failed method=%s invocationID=%s error=%s", method, inv_id, error)
             await self.dead_letter(rec, error)
             await self.send(p, okey, {**base, "op": "fail", "error": error, "code": 500})
+            return executor.Failed(error, exc=exc)
+        return outcome
 
     def _check_completion(self, rec: dict[str, Any], journal: list[Any], state: dict[str, Any],
                           outcome: executor.Completed) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from streamapp.config import Settings
-from streamapp.runtime import cli
+from streamapp.runtime import cli, tracing
 from streamapp.runtime.app import Runtime
 from streamapp.services import registry
 
 settings = Settings.from_env()
+tracing.configure(settings)
 runtime = Runtime(settings, registry(settings))
 app = runtime.app
 cli.install(app)

@@ -47,6 +47,7 @@ class Invoke:
     payload: Any = None
     not_before: float | None = None
     source: Any = None
+    trace: Any = None  # W3C trace context {"traceparent": ..., "tracestate": ...} (runtime/tracing.py), or None
 
 
 @dataclass(slots=True)
@@ -177,7 +178,7 @@ FENCED = (Entry, Suspend, Retry, Complete, Fail, Fire)
 
 def _invoke(c: dict[str, Any]) -> Invoke:
     return Invoke(c["id"], c["service"], c["handler"], c["key"], c.get("payload"), c.get("not_before"),
-                  c.get("source"))
+                  c.get("source"), c.get("trace"))
 
 
 def _complete(c: dict[str, Any]) -> Complete:

@@ -160,6 +160,8 @@ def _invoke(st: PartitionState, pos: int, cmd: ops.Invoke, out: list[Action]) ->
         "not_before": cmd.not_before, "wake_at": None, "result": None, "error": None,
         "source": cmd.source,
     }
+    if cmd.trace:  # only when traced: an untraced row stays as it was
+        rec["trace"] = cmd.trace
     st.save(rec)
     if delayed:
         assert cmd.not_before is not None

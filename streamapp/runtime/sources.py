@@ -39,7 +39,7 @@ from faust.types import TP
 
 from streamapp.durable import codec, ids
 from streamapp.durable.errors import InvalidInputError
-from streamapp.runtime import faust_adapter
+from streamapp.runtime import faust_adapter, tracing
 from streamapp.runtime.topic_ids import TopicIds
 
 if TYPE_CHECKING:
@@ -208,6 +208,8 @@ class Ingest:
             inv_id = ids.for_record(self.runtime.settings.app_id, msg.topic, topic_id, msg.partition, msg.offset)
             target_cmd = {"id": inv_id, "service": service, "key": key, "handler": handler_name,
                           "payload": payload, "not_before": None}
+            if tracing.active is not None:
+                tracing.active.stamp(target_cmd, tracing.kafka_headers(msg.headers), tracing.source_attributes(coords))
             try:
                 await self.runtime.outbox.invoke(target_cmd, source=coords)
             except MessageSizeTooLargeError as exc:

@@ -40,7 +40,7 @@ from aiokafka.errors import MessageSizeTooLargeError
 from streamapp.durable import codec, ids
 from streamapp.durable.context import SharedContext
 from streamapp.durable.errors import InvalidInputError
-from streamapp.runtime import commands, openapi
+from streamapp.runtime import commands, openapi, tracing
 from streamapp.runtime.ingress import Ingress, NotDrivenError, RuntimeIngress
 from streamapp.runtime.operator_views import OperatorViews, not_found, view
 from streamapp.runtime.routes import FORWARDED, INVOCATION_HEADER, ROUTES, Route
@@ -92,7 +92,7 @@ class Views(OperatorViews, ProbeViews):
         if self.session is None:
             self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=CALL_TIMEOUT + 10))
         headers = {k: v for k, v in request.headers.items() if k.lower() in ("content-type", "idempotency-key",
-                                                                                 "authorization")}
+                                                                                 "authorization", *tracing.HEADERS)}
         headers[FORWARDED] = "1"
         try:
             async with self.session.request(request.method, base + request.path_qs, data=body,
@@ -167,6 +167,8 @@ class Views(OperatorViews, ProbeViews):
             else ids.random_id()
         target = {"id": inv_id, "service": service, "key": key, "handler": name, "payload": payload,
                   "not_before": time.time() + delay if delay > 0 else None}
+        if tracing.active is not None:
+            tracing.active.stamp(target, request.headers, {"streamapp.ingress": "http"})
         if send:
             await self.invoke_or_413(target, source={"http": idem} if idem else {"http": None})
             return web.json_response({"invocationId": inv_id, "status": "Accepted"}, status=202)

@@ -262,3 +262,19 @@ async def test_forward__owner_down_503_owner_dying_mid_call_504_and_the_answer_k
             resp = await client.request(method, path, json={"tag": "t"})
             body = await resp.json()
             assert resp.status == 503 and "retry" in body["error"], (path, body)
+
+
+async def test_forward__the_callers_trace_context_reaches_the_owner() -> None:
+    seen: list[dict[str, str]] = []
+
+    async def answers(request: web.Request) -> web.StreamResponse:
+        seen.append({k.lower(): v for k, v in request.headers.items()})
+        return web.json_response(1)
+
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    async with owner(answers) as url, serve(runtime_owned_by(url)) as client:
+        resp = await client.post("/Test/k/Nap", json={"tag": "t"},
+                                 headers={"traceparent": traceparent, "tracestate": "a=1"})
+        assert resp.status == 200
+    [headers] = seen
+    assert headers["traceparent"] == traceparent and headers["tracestate"] == "a=1"
