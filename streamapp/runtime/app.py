@@ -29,7 +29,7 @@ from faust.types import TP
 from streamapp.config import Settings
 from streamapp.durable import mute
 from streamapp.durable.service import Registry
-from streamapp.runtime import commands, connection, faust_adapter, limits, logformat, ops
+from streamapp.runtime import commands, connection, faust_adapter, limits, ops
 from streamapp.runtime.actors import ActorPool
 from streamapp.runtime.delivery import Delivery
 from streamapp.runtime.engine import Engine
@@ -336,7 +336,6 @@ class Runtime:
         @app.task
         async def scheduler() -> None:
             mute.install()  # after the worker configured logging
-            logformat.plain_when_not_a_terminal()
             await self.dead_letters.maybe_declare()
             await self.scheduler.run()
 

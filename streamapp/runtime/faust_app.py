@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import faust
 from faust.sensors import Sensor
 
-from streamapp.runtime import connection, faust_adapter
+from streamapp.runtime import connection, faust_adapter, logformat
 from streamapp.runtime.startup import (
     check_partitions,
     mark_clean_stop,
@@ -65,6 +65,7 @@ class StreamApp(faust.App):
 
 
     async def on_first_start(self) -> None:
+        logformat.plain_when_not_a_terminal()  # the worker configured logging before starting the app
         settings = self.runtime.settings
         prepare_table_dir(settings.table_dir)
         self.runtime.tables.positions.load(settings.table_dir)  # after a clean stop only: else dropped above
