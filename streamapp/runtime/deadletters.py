@@ -41,6 +41,10 @@ REPLAY_HEADER = "streamapp.replay.of"
 FILTERS = ("service", "handler", "key", "reason", "since", "until", "partition", "offset")
 
 
+NUMERIC = {"since": (float, "a time (epoch seconds)"), "until": (float, "a time (epoch seconds)"),
+           "partition": (int, "a whole number"), "offset": (int, "a whole number")}
+
+
 class BadFilterError(ValueError):
     """A filter that cannot be read (a time that is not a number): 400."""
 
@@ -59,20 +63,14 @@ class Filters:
     @classmethod
     def of(cls, query: Mapping[str, str]) -> Filters:
         values: dict[str, Any] = {name: query[name] for name in FILTERS if query.get(name)}
-        for name in ("since", "until"):
+        for name, (kind, what) in NUMERIC.items():
             if name in values:
                 try:
-                    values[name] = float(values[name])
+                    values[name] = kind(values[name])
                 except ValueError:
-                    raise BadFilterError(f"{name}={values[name]!r} is not a time (epoch seconds)") from None
+                    raise BadFilterError(f"{name}={values[name]!r} is not {what}") from None
                 if not math.isfinite(values[name]):
                     raise BadFilterError(f"{name} must be finite")
-        for name in ("partition", "offset"):
-            if name in values:
-                try:
-                    values[name] = int(values[name])
-                except ValueError:
-                    raise BadFilterError(f"{name}={values[name]!r} is not a whole number") from None
         return cls(**values)
 
     def empty(self) -> bool:
