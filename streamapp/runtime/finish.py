@@ -24,6 +24,7 @@ def finish(st: PartitionState, rec: dict[str, Any], out: list[Action]) -> None:
     })
     store.expiry[expiry_key(now, rec["id"])] = rec["id"]  # same apply: both reach the changelog
     del store.invocations[rec["id"]]
+    st.summary.pop(rec["id"], None)
     st.shared.recent.pop(rec["id"], None)
     st.drop_timer(rec["id"])
     out.append(Finished(rec))

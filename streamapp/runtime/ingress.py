@@ -17,7 +17,7 @@ from streamapp.config import Settings
 from streamapp.durable.errors import StreamAppError
 from streamapp.durable.service import Handler, Registry
 from streamapp.runtime import commands, deadletters, metrics
-from streamapp.runtime.store import Tables
+from streamapp.runtime.partition_state import SUMMARY
 
 if TYPE_CHECKING:
     from streamapp.runtime.app import Runtime
@@ -64,7 +64,8 @@ class Ingress(Protocol):
     def lookup(self, inv_id: str) -> tuple[Record, bool] | None:
         """The invocation held here (unfinished or finished) and whether it runs now."""
     def unfinished(self) -> list[tuple[Record, bool]]:
-        """Every unfinished invocation held here, with whether it runs now."""
+        """Every unfinished invocation held here, with whether it runs now: the fields a list shows
+        (``partition_state.SUMMARY``; ``lookup`` reads the whole row)."""
     async def operate(self, service: str, key: str, inv_id: str, action: str) -> None:
         """Make an operator action (resume, kill, cancel, purge) durable for the invocation's key."""
     async def dead_letters(self, filters: deadletters.Filters, limit: int) -> tuple[list[deadletters.Letter], bool]:
@@ -151,9 +152,9 @@ class RuntimeIngress:
     def unfinished(self) -> list[tuple[Record, bool]]:
         engine = self.rt.engine
         running = engine.running_ids()
-        return [(rec, inv_id in running)
+        return [({"id": inv_id, **dict(zip(SUMMARY, summary, strict=True))}, inv_id in running)
                 for p in sorted(engine.live_partitions())
-                for inv_id, rec in Tables.partition_items(self.rt.tables.invocations, p)]
+                for inv_id, summary in engine.part(p).summary.items()]
 
     async def operate(self, service: str, key: str, inv_id: str, action: str) -> None:
         okey = commands.object_key(service, key)

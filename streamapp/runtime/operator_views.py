@@ -86,6 +86,7 @@ def matches(row: dict[str, Any], filters: dict[str, str]) -> bool:
 # How a page of invocations is ordered: by creation, or by next wake-up (timers due soon first).
 SORTS = {"created": lambda r: (r["created"], r["id"]),
          "wakeAt": lambda r: (r["wakeAt"] if r["wakeAt"] is not None else math.inf, r["created"], r["id"])}
+FULL_VIEWS = 1000  # rows of a list read in full from the tables; a longer list shows their summaries
 REPLAY_LIMIT = 10_000  # dead letters one replay request acts on (the answer says when more matched)
 
 
@@ -112,6 +113,7 @@ class OperatorViews:
         order = SORTS[sort]
         rows = [row for rec, running in self.rt.unfinished()
                 if matches(row := view(rec, journal=False, running=running), filters)]
+        local = {row["id"] for row in rows}  # their views show a summary; a page's rows are read in full
         total = len(rows)
         silent: list[str] = []
         if not request.headers.get(FORWARDED):
@@ -124,7 +126,13 @@ class OperatorViews:
                     total += body.get("total", len(body["invocations"]))
         rows.sort(key=order)
         end = None if limit is None else offset + limit
-        return rows[offset:end], silent, total
+        page = rows[offset:end]
+        if len(page) <= FULL_VIEWS:  # read in full (error, result) unless a list is very long
+            for i, row in enumerate(page):
+                held = self.rt.lookup(row["id"]) if row["id"] in local else None
+                if held is not None and held[0].get("finished") is None:
+                    page[i] = view(held[0], journal=False, running=row["status"] == "running")
+        return page, silent, total
 
     async def invocations(self, request: web.Request) -> web.Response:
         query = request.query

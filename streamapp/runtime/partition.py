@@ -59,7 +59,7 @@ from streamapp.runtime.actions import (
 from streamapp.runtime.commands import object_key
 from streamapp.runtime.finish import finish
 from streamapp.runtime.limits import RowTooLargeError
-from streamapp.runtime.partition_state import IN_FLIGHT, ApplyError, PartitionState, started
+from streamapp.runtime.partition_state import IN_FLIGHT, ApplyError, PartitionState, started, summarize
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,7 @@ def _activate(st: PartitionState, pos: int, cmd: ops.Activate, out: list[Action]
     # the rest queue in arrival order.
     entries = sorted((rec for _, rec in store.partition_items(store.invocations, st.p)),
                      key=lambda rec: (not started(rec), rec["seq"]))
+    st.summary = {rec["id"]: summarize(rec) for rec in entries}
     rebuilt: list[Action] = []
     for rec in entries:
         okey = object_key(rec["service"], rec["key"])

@@ -8,6 +8,7 @@ progress. None of it is about leadership (``engine.py`` keeps that).
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -18,6 +19,21 @@ from streamapp.runtime.store import PartitionStore
 
 IN_FLIGHT = ("running", "sleeping", "retrying", "paused")
 RECENT_MAX = 20_000
+
+
+WAKING = ("sleeping", "retrying", "scheduled")
+
+
+def summarize(rec: dict[str, Any]) -> tuple[Any, ...]:
+    """What a list of unfinished invocations shows of one (``Summary`` fields): kept in memory per partition,
+    so a list reads no row (100,000 rows take seconds to decode)."""
+    status = rec["status"]
+    wake = (rec.get("wake_at") or rec.get("not_before")) if status in WAKING else None
+    return (sys.intern(status), sys.intern(rec["service"]), sys.intern(rec["handler"]), rec["key"], rec["attempt"],
+            rec["created"], wake, True if rec.get("cancel") is not None else None)
+
+
+SUMMARY = ("status", "service", "handler", "key", "attempt", "created", "wake_at", "cancel")
 
 
 def started(rec: dict[str, Any]) -> bool:
@@ -53,6 +69,8 @@ class PartitionState:
     queues: dict[str, deque[str]] = field(default_factory=dict)  # object key -> queued ids
     expired_to: tuple[str | None, str] | None = None  # (epoch, last expiry key dropped): where to seek
     expired_log: tuple[float, int] | None = None  # (last logged, dropped since)
+    # invocation id -> ``summarize(row)`` of every unfinished invocation (complete from its activation on)
+    summary: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
     def queued(self) -> int:
         return sum(len(q) for q in self.queues.values())
@@ -75,6 +93,7 @@ class PartitionState:
         rec["updated"] = time.time()
         self.shared.limits.check_row("invocations", rec["id"], rec, rec)
         self.shared.store.invocations[rec["id"]] = rec
+        self.summary[rec["id"]] = summarize(rec)
         recent = self.shared.recent
         # Records of invocations in progress stay in memory (the state machine is their only writer).
         if rec["status"] in ("pending", "running"):

@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streamapp.runtime.actions import Activated, ArmTimer, Finished, StartActor
+from streamapp.runtime.partition_state import summarize
 from tests.unit.partition_sim import NOW, Machine, fixed_clock, invoke, sleep_entry
 
 IDS = ["i0", "i1", "i2", "i3"]
@@ -118,6 +119,21 @@ def test_apply__any_prefix_applied_twice_equals_it_applied_once(cmds: list[dict[
     for offset, cmd in enumerate(cmds):
         again.apply(cmd, offset)
     assert again.rows() == once.rows()
+
+
+@SETTINGS
+@given(st.lists(commands_(), max_size=30).map(realistic))
+def test_summary__lists_every_unfinished_invocation_as_its_row_says(cmds: list[dict[str, Any]]) -> None:
+    """The in-memory summaries a list reads (no row decoded) agree with the rows, from an activation on."""
+    m = Machine()
+    m.apply({"op": "activate", "epoch": "e9"})
+    for cmd in cmds:
+        m.apply(cmd)
+    rows = m.rows()["invocations"]
+    assert m.state.summary == {inv_id: summarize(rec) for inv_id, rec in rows.items()}
+    m.restart()  # another process: its activation builds them from the rows
+    m.apply({"op": "activate", "epoch": "e10"})
+    assert m.state.summary == {inv_id: summarize(rec) for inv_id, rec in m.rows()["invocations"].items()}
 
 
 def test_resume__a_late_copy_after_the_invocation_paused_again_changes_nothing() -> None:
