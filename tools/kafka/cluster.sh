@@ -160,9 +160,22 @@ kill_node() {
     rm -f "$(node_dir "$n")/broker.pid"
 }
 
+# All nodes at once: a node stopped after the others finds no controller quorum
+# for its controlled shutdown and would wait until it is killed.
 cluster_down() {
-    local n
-    for ((n = BROKERS; n >= 1; n--)); do stop_node "$n"; done
+    local n pids=() pid
+    for ((n = 1; n <= BROKERS; n++)); do
+        if pid="$(node_pid "$n")"; then log "stopping node $n (pid $pid)"; kill -TERM "$pid"; pids+=("$pid"); fi
+    done
+    for _ in $(seq 1 60); do
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && break; pid=""; done
+        [ -z "${pid:-}" ] && break
+        sleep 0.5
+    done
+    for pid in "${pids[@]}"; do
+        if kill -0 "$pid" 2>/dev/null; then log "pid $pid did not stop in 30 s; killing it"; kill -KILL "$pid"; fi
+    done
+    for ((n = 1; n <= BROKERS; n++)); do rm -f "$(node_dir "$n")/broker.pid"; done
     log "cluster stopped; data stays in $KAFKA_DIR"
 }
 
