@@ -1,4 +1,4 @@
-"""The processes a chaos run owns: a private broker, the downstream backend, workers.
+"""The processes a chaos run owns: a private broker (or cluster), the downstream backend, workers.
 
 Every process is started by this module and stopped by its PID (the broker by
 the PID file ``tools/kafka/kafka.sh`` writes in its own data dir); nothing here
@@ -162,6 +162,109 @@ class Broker:
                 subprocess.run([str(KAFKA_SH), "down"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                cwd=ROOT, timeout=60)
         self.kill()
+
+
+class BrokerCluster:
+    """A local KRaft cluster of our own (``kafka.sh`` with ``KAFKA_BROKERS``): OS-chosen ports, a private data dir.
+
+    The same face as ``Broker`` for the driver: ``kill`` SIGKILLs one node (in
+    turn: 1, 2, 3, 1, ...), ``start`` restarts the node last killed (the whole
+    cluster the first time), so a broker fault takes one of the brokers away
+    while the others keep every partition's leader and two in-sync replicas.
+    """
+
+    def __init__(self, data_dir: Path, log_path: Path, brokers: int) -> None:
+        self.data_dir = data_dir
+        self.log_path = log_path
+        self.brokers = brokers
+        ports: list[int] = []
+        while len(ports) < 2 * brokers:
+            if (port := free_port()) not in ports:
+                ports.append(port)
+        self.ports, self.controller_ports = ports[:brokers], ports[brokers:]
+        self.env = dict(os.environ, KAFKA_BROKERS=str(brokers), KAFKA_PORTS=",".join(map(str, self.ports)),
+                        KAFKA_CONTROLLER_PORTS=",".join(map(str, self.controller_ports)),
+                        STREAMAPP_DATA_DIR=str(data_dir), KAFKA_START_WAIT="300", KAFKA_HEAP="320m")
+        self.starter: subprocess.Popen[bytes] | None = None
+        self.ever_started = False
+        self.kills = 0
+        self.down: int | None = None  # the node last killed, until it is started again
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    @property
+    def url(self) -> str:
+        return ";".join(f"kafka://127.0.0.1:{p}" for p in self.ports)
+
+    @property
+    def controller_port(self) -> str:
+        return ",".join(map(str, self.controller_ports))
+
+    def node_pid(self, node: int) -> int | None:
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((self.data_dir / "kafka-cluster" / f"node{node}" / "broker.pid").read_text().strip())
+            return pid if _alive(pid) else None
+        return None
+
+    def pid(self) -> int | None:
+        """The PID of the node the next ``kill`` takes, when it runs."""
+        return self.node_pid(self.kills % self.brokers + 1)
+
+    def start(self) -> None:
+        assert not self.starting(), "broker start already in progress"
+        args = ["start-node", str(self.down)] if self.down is not None else ["up"]
+        with self.log_path.open("ab") as log:
+            self.starter = subprocess.Popen([str(KAFKA_SH), *args], env=self.env, stdout=log,
+                                            stderr=subprocess.STDOUT, cwd=ROOT)
+        self.ever_started = True
+
+    def starting(self) -> bool:
+        if self.starter is None:
+            return False
+        rc = self.starter.poll()
+        if rc is None:
+            return True
+        self.starter = None
+        if rc != 0:
+            raise RuntimeError(f"kafka.sh failed with {rc}; see {self.log_path}")
+        self.down = None
+        return False
+
+    def wait_up(self, timeout: float = 360.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.starting():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"broker did not come up in {timeout:.0f}s; see {self.log_path}")
+            time.sleep(0.2)
+
+    def kill(self) -> int | None:
+        """SIGKILL the next node (a crash); returns its PID."""
+        node = self.kills % self.brokers + 1
+        self.kills += 1
+        pid = self.node_pid(node)
+        self.down = node
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        return pid
+
+    def stop(self) -> None:
+        if self.starter is not None and self.starter.poll() is None:
+            self.starter.kill()
+            self.starter.wait(timeout=30)
+        if not self.ever_started:
+            return
+        with self.log_path.open("ab") as log:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                subprocess.run([str(KAFKA_SH), "down"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                               cwd=ROOT, timeout=90)
+        for node in range(1, self.brokers + 1):
+            if (pid := self.node_pid(node)) is not None:
+                os.kill(pid, signal.SIGKILL)
 
 
 class Downstream:
