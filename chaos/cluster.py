@@ -104,6 +104,10 @@ class Broker:
         return f"kafka://{self.bootstrap}"
 
     @property
+    def controllers(self) -> str:
+        return str(self.controller_port)
+
+    @property
     def pid_file(self) -> Path:
         return self.data_dir / "kafka" / "broker.pid"
 
@@ -117,9 +121,12 @@ class Broker:
         """Spawn ``kafka.sh up`` (formats the data dir the first time); see ``starting``."""
         assert not self.starting(), "broker start already in progress"
         with self.log_path.open("ab") as log:
-            self.starter = subprocess.Popen([str(KAFKA_SH), "up"], env=self.env, stdout=log,
+            self.starter = subprocess.Popen([str(KAFKA_SH), *self.start_args()], env=self.env, stdout=log,
                                             stderr=subprocess.STDOUT, cwd=ROOT)
         self.ever_started = True
+
+    def start_args(self) -> list[str]:
+        return ["up"]
 
     def starting(self) -> bool:
         """True while ``kafka.sh up`` runs; raises if it failed."""
@@ -142,7 +149,10 @@ class Broker:
 
     def kill(self) -> int | None:
         """SIGKILL the broker (a crash: no shutdown, data dir as it is); returns its PID."""
-        pid = self.pid()
+        return self._sigkill(self.pid())
+
+    @staticmethod
+    def _sigkill(pid: int | None) -> int | None:
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + 30
@@ -160,11 +170,14 @@ class Broker:
         with self.log_path.open("ab") as log:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 subprocess.run([str(KAFKA_SH), "down"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                               cwd=ROOT, timeout=60)
+                               cwd=ROOT, timeout=90)
+        self.kill_all()
+
+    def kill_all(self) -> None:
         self.kill()
 
 
-class BrokerCluster:
+class BrokerCluster(Broker):
     """A local KRaft cluster of our own (``kafka.sh`` with ``KAFKA_BROKERS``): OS-chosen ports, a private data dir.
 
     The same face as ``Broker`` for the driver: ``kill`` SIGKILLs one node (in
@@ -174,19 +187,15 @@ class BrokerCluster:
     """
 
     def __init__(self, data_dir: Path, log_path: Path, brokers: int) -> None:
-        self.data_dir = data_dir
-        self.log_path = log_path
+        super().__init__(data_dir, log_path)
         self.brokers = brokers
         ports: list[int] = []
         while len(ports) < 2 * brokers:
             if (port := free_port()) not in ports:
                 ports.append(port)
         self.ports, self.controller_ports = ports[:brokers], ports[brokers:]
-        self.env = dict(os.environ, KAFKA_BROKERS=str(brokers), KAFKA_PORTS=",".join(map(str, self.ports)),
-                        KAFKA_CONTROLLER_PORTS=",".join(map(str, self.controller_ports)),
-                        STREAMAPP_DATA_DIR=str(data_dir), KAFKA_START_WAIT="300", KAFKA_HEAP="320m")
-        self.starter: subprocess.Popen[bytes] | None = None
-        self.ever_started = False
+        self.env.update(KAFKA_BROKERS=str(brokers), KAFKA_PORTS=",".join(map(str, self.ports)),
+                        KAFKA_CONTROLLER_PORTS=",".join(map(str, self.controller_ports)), KAFKA_HEAP="320m")
         self.kills = 0
         self.down: int | None = None  # the node last killed, until it is started again
 
@@ -199,7 +208,7 @@ class BrokerCluster:
         return ";".join(f"kafka://127.0.0.1:{p}" for p in self.ports)
 
     @property
-    def controller_port(self) -> str:
+    def controllers(self) -> str:
         return ",".join(map(str, self.controller_ports))
 
     def node_pid(self, node: int) -> int | None:
@@ -212,59 +221,26 @@ class BrokerCluster:
         """The PID of the node the next ``kill`` takes, when it runs."""
         return self.node_pid(self.kills % self.brokers + 1)
 
-    def start(self) -> None:
-        assert not self.starting(), "broker start already in progress"
-        args = ["start-node", str(self.down)] if self.down is not None else ["up"]
-        with self.log_path.open("ab") as log:
-            self.starter = subprocess.Popen([str(KAFKA_SH), *args], env=self.env, stdout=log,
-                                            stderr=subprocess.STDOUT, cwd=ROOT)
-        self.ever_started = True
+    def start_args(self) -> list[str]:
+        return ["start-node", str(self.down)] if self.down is not None else ["up"]
 
     def starting(self) -> bool:
-        if self.starter is None:
-            return False
-        rc = self.starter.poll()
-        if rc is None:
+        spawned = self.starter is not None
+        if super().starting():
             return True
-        self.starter = None
-        if rc != 0:
-            raise RuntimeError(f"kafka.sh failed with {rc}; see {self.log_path}")
-        self.down = None
+        if spawned:  # it finished, and well (or it raised): the node is back
+            self.down = None
         return False
-
-    def wait_up(self, timeout: float = 360.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.starting():
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"broker did not come up in {timeout:.0f}s; see {self.log_path}")
-            time.sleep(0.2)
 
     def kill(self) -> int | None:
         """SIGKILL the next node (a crash); returns its PID."""
-        node = self.kills % self.brokers + 1
+        self.down = self.kills % self.brokers + 1
         self.kills += 1
-        pid = self.node_pid(node)
-        self.down = node
-        if pid is not None:
-            os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 30
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-        return pid
+        return self._sigkill(self.node_pid(self.down))
 
-    def stop(self) -> None:
-        if self.starter is not None and self.starter.poll() is None:
-            self.starter.kill()
-            self.starter.wait(timeout=30)
-        if not self.ever_started:
-            return
-        with self.log_path.open("ab") as log:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                subprocess.run([str(KAFKA_SH), "down"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                               cwd=ROOT, timeout=90)
+    def kill_all(self) -> None:
         for node in range(1, self.brokers + 1):
-            if (pid := self.node_pid(node)) is not None:
-                os.kill(pid, signal.SIGKILL)
+            self._sigkill(self.node_pid(node))
 
 
 class Downstream:

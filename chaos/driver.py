@@ -113,7 +113,7 @@ class ChaosRun:
             self.broker = Broker(self.workdir / "broker", self.workdir / "broker.log")
         say(f"chaos: seed={self.seed} workdir={self.workdir} app_id={self.app_id} code={self.code_version}")
         say(f"chaos: starting a private broker{f' cluster of {a.brokers}' if a.brokers > 1 else ''} on "
-            f"{self.broker.bootstrap} (controller {self.broker.controller_port})")
+            f"{self.broker.bootstrap} (controller {self.broker.controllers})")
         self.broker.start()
         self.broker.wait_up()
         create_topics(self.broker.bootstrap, [self.source_topic, self.dead_letter_topic], replicas=min(3, a.brokers))
