@@ -309,9 +309,9 @@ if [ "$BROKERS" -gt 1 ]; then
         down) cluster_down; exit ;;
         status) cluster_status; exit ;;
         topics) cluster_topics; exit ;;
-        kill-node) kill_node "$(node_arg "${1:-}")"; exit ;;
-        stop-node) stop_node "$(node_arg "${1:-}")"; exit ;;
-        start-node) n="$(node_arg "${1:-}")"; fetch; launch_node "$n" && wait_nodes "$n"; exit ;;
+        kill-node) n="$(node_arg "${1:-}")" || exit 2; kill_node "$n"; exit ;;
+        stop-node) n="$(node_arg "${1:-}")" || exit 2; stop_node "$n"; exit ;;
+        start-node) n="$(node_arg "${1:-}")" || exit 2; fetch; launch_node "$n" && wait_nodes "$n"; exit ;;
     esac
 fi
 case "$cmd" in
