@@ -168,13 +168,15 @@ def test_cluster__topics_get_rf_3_and_min_insync_2__a_broker_killed_mid_run_lose
     leaders = Counter(leader for t in topics.values() for leader in t["leaders"])  # type: ignore[attr-defined]
     victim = leaders.most_common(1)[0][0]
 
-    harness.produce(app.source, events(0, 150, work=0.05))
-    harness.wait_for(lambda: len(appended(app)) >= 50, timeout=120, what="50 events processed",
+    # 0.2 s of work per event, 5 events a key in the first batch: a key takes a second or more, so the
+    # kill lands with most of the batch to go however fast the machine.
+    harness.produce(app.source, events(0, 150, work=0.2))
+    harness.wait_for(lambda: len(appended(app)) >= 30, timeout=120, what="30 events processed",
                      detail=worker.tail)
     cluster.kafka("kill-node", str(victim))
     done_at_kill = len(appended(app))
     assert done_at_kill < 150, "the kill came after the first batch was done: not mid-run"
-    harness.produce(app.source, events(150, 250, work=0.05))  # acks=all: 2 of 3 in sync
+    harness.produce(app.source, events(150, 250, work=0.2))  # acks=all: 2 of 3 in sync
     # Every partition keeps a leader on the two live brokers: the worker goes on while the broker is down.
     harness.wait_while_moving(lambda: len(appended(app)), lambda n: n >= 250, still=90,
                               what=f"progress with node {victim} down", detail=worker.tail)
