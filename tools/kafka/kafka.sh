@@ -84,6 +84,13 @@ BOOTSTRAP="127.0.0.1:$PORT"
 PID_FILE="$KAFKA_DIR/broker.pid"
 LOG_FILE="$KAFKA_DIR/logs/server.log"
 SEED_TOPICS=(social-media-posts package-location-updates)
+# The console tools' class and option names changed in Kafka 4.0.
+case "$KAFKA_VERSION" in
+    3.*) PRODUCER=kafka.tools.ConsoleProducer; READER_PROPERTY=--property
+         PRODUCER_CONFIG=--producer.config; CONSUMER_CONFIG=--consumer.config ;;
+    *) PRODUCER=org.apache.kafka.tools.ConsoleProducer; READER_PROPERTY=--reader-property
+       PRODUCER_CONFIG=--command-config; CONSUMER_CONFIG=--command-config ;;
+esac
 
 log() { echo "kafka: $*" >&2; }
 
@@ -323,13 +330,13 @@ case "$cmd" in
     producer)
         topic="${1:?usage: kafka.sh producer TOPIC}"; shift
         # shellcheck disable=SC2046
-        java_tool org.apache.kafka.tools.ConsoleProducer --bootstrap-server "$BOOTSTRAP" \
-            $(client_args --command-config) --topic "$topic" --reader-property parse.key=true --reader-property key.separator=: "$@" ;;
+        java_tool "$PRODUCER" --bootstrap-server "$BOOTSTRAP" $(client_args "$PRODUCER_CONFIG") \
+            --topic "$topic" "$READER_PROPERTY" parse.key=true "$READER_PROPERTY" key.separator=: "$@" ;;
     consumer)
         topic="${1:?usage: kafka.sh consumer TOPIC}"; shift
         # shellcheck disable=SC2046
         java_tool org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server "$BOOTSTRAP" \
-            $(client_args --command-config) --topic "$topic" --from-beginning --property print.key=true \
+            $(client_args "$CONSUMER_CONFIG") --topic "$topic" --from-beginning --property print.key=true \
             --property key.separator=: "$@" ;;
     # shellcheck disable=SC2046
     kafka-topics) java_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" \
