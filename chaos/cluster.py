@@ -128,6 +128,10 @@ class Broker:
     def start_args(self) -> list[str]:
         return ["up"]
 
+    def started(self) -> str:
+        """What the last start brought up, for the run's log."""
+        return f"pid {self.pid()}"
+
     def starting(self) -> bool:
         """True while ``kafka.sh up`` runs; raises if it failed."""
         if self.starter is None:
@@ -198,6 +202,7 @@ class BrokerCluster(Broker):
                         KAFKA_CONTROLLER_PORTS=",".join(map(str, self.controller_ports)), KAFKA_HEAP="320m")
         self.kills = 0
         self.down: int | None = None  # the node last killed, until it is started again
+        self.restarted: int | None = None  # the node the last start-node brought back
 
     @property
     def bootstrap(self) -> str:
@@ -229,8 +234,12 @@ class BrokerCluster(Broker):
         if super().starting():
             return True
         if spawned:  # it finished, and well (or it raised): the node is back
-            self.down = None
+            self.restarted, self.down = self.down, None
         return False
+
+    def started(self) -> str:
+        node = self.restarted
+        return f"node {node}, pid {self.node_pid(node)}" if node is not None else f"{self.brokers} nodes"
 
     def kill(self) -> int | None:
         """SIGKILL the next node (a crash); returns its PID."""

@@ -222,7 +222,7 @@ class ChaosRun:
         if self.broker.starter is not None:
             try:
                 if not self.broker.starting():
-                    self.log(f"broker up again (pid {self.broker.pid()})")
+                    self.log(f"broker up again ({self.broker.started()})")
             except RuntimeError as exc:
                 self.log(f"broker start failed ({exc}); starting it again")
                 self.broker.start()
