@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 KAFKA  := tools/kafka/kafka.sh
 export STREAMAPP_DATA_DIR ?= $(CURDIR)/data
 
-.PHONY: run test venv browser lint kafka-fetch kafka-up kafka-down topics producer consumer kafka-topics worker clean bench bench-smoke bench-anchor
+.PHONY: run test test-compat venv browser lint kafka-fetch kafka-up kafka-down topics producer consumer kafka-topics worker clean bench bench-smoke bench-anchor
 
 $(BIN)/.installed: pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ test: venv browser
 CHROMIUM ?= /usr/bin/chromium
 browser:
 	@test -x $(CHROMIUM) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
+## test-compat: the integration subset (tests/integration, tests/e2e) against another Apache Kafka release,
+## by default 3.9.1 (make test-compat KAFKA_COMPAT_VERSION=4.0.0); its own broker on KAFKA_PORT (9392) with its
+## data in data/kafka-<version>; the brokers tests start themselves (secured, cluster, chaos) run that release too.
+## Not part of make test (about as long as it).
+KAFKA_COMPAT_VERSION ?= 3.9.1
+test-compat: venv browser
+	KAFKA_VERSION=$(KAFKA_COMPAT_VERSION) KAFKA_PORT=$${KAFKA_PORT:-9392} tools/run-tests.sh tests/integration tests/e2e $(ARGS)
 
 lint: venv
 	$(BIN)/ruff check streamapp tests bench chaos

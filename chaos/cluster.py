@@ -1,4 +1,4 @@
-"""The processes a chaos run owns: a private broker, the downstream backend, workers.
+"""The processes a chaos run owns: a private broker (or cluster), the downstream backend, workers.
 
 Every process is started by this module and stopped by its PID (the broker by
 the PID file ``tools/kafka/kafka.sh`` writes in its own data dir); nothing here
@@ -104,6 +104,10 @@ class Broker:
         return f"kafka://{self.bootstrap}"
 
     @property
+    def controllers(self) -> str:
+        return str(self.controller_port)
+
+    @property
     def pid_file(self) -> Path:
         return self.data_dir / "kafka" / "broker.pid"
 
@@ -117,9 +121,16 @@ class Broker:
         """Spawn ``kafka.sh up`` (formats the data dir the first time); see ``starting``."""
         assert not self.starting(), "broker start already in progress"
         with self.log_path.open("ab") as log:
-            self.starter = subprocess.Popen([str(KAFKA_SH), "up"], env=self.env, stdout=log,
+            self.starter = subprocess.Popen([str(KAFKA_SH), *self.start_args()], env=self.env, stdout=log,
                                             stderr=subprocess.STDOUT, cwd=ROOT)
         self.ever_started = True
+
+    def start_args(self) -> list[str]:
+        return ["up"]
+
+    def started(self) -> str:
+        """What the last start brought up, for the run's log."""
+        return f"pid {self.pid()}"
 
     def starting(self) -> bool:
         """True while ``kafka.sh up`` runs; raises if it failed."""
@@ -142,7 +153,10 @@ class Broker:
 
     def kill(self) -> int | None:
         """SIGKILL the broker (a crash: no shutdown, data dir as it is); returns its PID."""
-        pid = self.pid()
+        return self._sigkill(self.pid())
+
+    @staticmethod
+    def _sigkill(pid: int | None) -> int | None:
         if pid is not None:
             os.kill(pid, signal.SIGKILL)
             deadline = time.monotonic() + 30
@@ -160,8 +174,82 @@ class Broker:
         with self.log_path.open("ab") as log:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 subprocess.run([str(KAFKA_SH), "down"], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                               cwd=ROOT, timeout=60)
+                               cwd=ROOT, timeout=90)
+        self.kill_all()
+
+    def kill_all(self) -> None:
         self.kill()
+
+
+class BrokerCluster(Broker):
+    """A local KRaft cluster of our own (``kafka.sh`` with ``KAFKA_BROKERS``): OS-chosen ports, a private data dir.
+
+    The same face as ``Broker`` for the driver: ``kill`` SIGKILLs one node (in
+    turn: 1, 2, 3, 1, ...), ``start`` restarts the node last killed (the whole
+    cluster the first time), so a broker fault takes one of the brokers away
+    while the others keep every partition's leader and two in-sync replicas.
+    """
+
+    def __init__(self, data_dir: Path, log_path: Path, brokers: int) -> None:
+        super().__init__(data_dir, log_path)
+        self.brokers = brokers
+        ports: list[int] = []
+        while len(ports) < 2 * brokers:
+            if (port := free_port()) not in ports:
+                ports.append(port)
+        self.ports, self.controller_ports = ports[:brokers], ports[brokers:]
+        self.env.update(KAFKA_BROKERS=str(brokers), KAFKA_PORTS=",".join(map(str, self.ports)),
+                        KAFKA_CONTROLLER_PORTS=",".join(map(str, self.controller_ports)), KAFKA_HEAP="320m")
+        self.kills = 0
+        self.down: int | None = None  # the node last killed, until it is started again
+        self.restarted: int | None = None  # the node the last start-node brought back
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{p}" for p in self.ports)
+
+    @property
+    def url(self) -> str:
+        return ";".join(f"kafka://127.0.0.1:{p}" for p in self.ports)
+
+    @property
+    def controllers(self) -> str:
+        return ",".join(map(str, self.controller_ports))
+
+    def node_pid(self, node: int) -> int | None:
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((self.data_dir / "kafka-cluster" / f"node{node}" / "broker.pid").read_text().strip())
+            return pid if _alive(pid) else None
+        return None
+
+    def pid(self) -> int | None:
+        """The PID of the node the next ``kill`` takes, when it runs."""
+        return self.node_pid(self.kills % self.brokers + 1)
+
+    def start_args(self) -> list[str]:
+        return ["start-node", str(self.down)] if self.down is not None else ["up"]
+
+    def starting(self) -> bool:
+        spawned = self.starter is not None
+        if super().starting():
+            return True
+        if spawned:  # it finished, and well (or it raised): the node is back
+            self.restarted, self.down = self.down, None
+        return False
+
+    def started(self) -> str:
+        node = self.restarted
+        return f"node {node}, pid {self.node_pid(node)}" if node is not None else f"{self.brokers} nodes"
+
+    def kill(self) -> int | None:
+        """SIGKILL the next node (a crash); returns its PID."""
+        self.down = self.kills % self.brokers + 1
+        self.kills += 1
+        return self._sigkill(self.node_pid(self.down))
+
+    def kill_all(self) -> None:
+        for node in range(1, self.brokers + 1):
+            self._sigkill(self.node_pid(node))
 
 
 class Downstream:

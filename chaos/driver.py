@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from chaos import checks, faults, logs
-from chaos.cluster import Broker, Downstream, Worker, http_json, snapshot_code
+from chaos.cluster import Broker, BrokerCluster, Downstream, Worker, http_json, snapshot_code
 from chaos.proxy import RecordingProxy
 from chaos.steps import Disturbance
 from chaos.topics import create_topics, read_topic
@@ -67,7 +67,7 @@ class ChaosRun:
         self.app_id = f"chaos-{self.seed}-{uuid.uuid4().hex[:6]}"
         self.source_topic = f"{self.app_id}-posts"
         self.dead_letter_topic = f"{self.app_id}-dead-letters"
-        self.broker: Broker | None = None
+        self.broker: Broker | BrokerCluster | None = None
         self.downstream: Downstream | None = None
         self.proxy: RecordingProxy | None = None
         self.producer: Producer | None = None
@@ -107,13 +107,16 @@ class ChaosRun:
         a = self.args
         code = self.workdir / "code"
         self.code_version = snapshot_code(code)
-        self.broker = Broker(self.workdir / "broker", self.workdir / "broker.log")
+        if a.brokers > 1:
+            self.broker = BrokerCluster(self.workdir / "broker", self.workdir / "broker.log", a.brokers)
+        else:
+            self.broker = Broker(self.workdir / "broker", self.workdir / "broker.log")
         say(f"chaos: seed={self.seed} workdir={self.workdir} app_id={self.app_id} code={self.code_version}")
-        say(f"chaos: starting a private broker on {self.broker.bootstrap} "
-            f"(controller {self.broker.controller_port})")
+        say(f"chaos: starting a private broker{f' cluster of {a.brokers}' if a.brokers > 1 else ''} on "
+            f"{self.broker.bootstrap} (controller {self.broker.controllers})")
         self.broker.start()
         self.broker.wait_up()
-        create_topics(self.broker.bootstrap, [self.source_topic, self.dead_letter_topic])
+        create_topics(self.broker.bootstrap, [self.source_topic, self.dead_letter_topic], replicas=min(3, a.brokers))
         self.downstream = Downstream(code, self.workdir / "downstream.log", "--pending-polls",
                                      str(a.pending_polls), "--journal", str(self.workdir / "downstream.jsonl")).start()
         self.proxy = RecordingProxy(self.downstream.url, self.workdir / "calls.jsonl").start()
@@ -180,10 +183,12 @@ class ChaosRun:
         if kind == "kill_broker":
             self.broker.wait_up()
             pid = self.broker.kill()
-            self.log(f"{label}: SIGKILL broker pid {pid}")
+            node = f" (node {self.broker.down})" if isinstance(self.broker, BrokerCluster) else ""
+            self.log(f"{label}: SIGKILL broker pid {pid}{node}")
         elif kind == "start_broker":
+            node = self.broker.down if isinstance(self.broker, BrokerCluster) else None
             self.broker.start()
-            self.log(f"{label}: kafka.sh up on the same data dir")
+            self.log(f"{label}: kafka.sh {f'start-node {node}' if node else 'up'} on the same data dir")
         elif worker is None:
             raise AssertionError(f"no worker slot {action.target}")
         elif kind == "kill_worker":
@@ -217,7 +222,7 @@ class ChaosRun:
         if self.broker.starter is not None:
             try:
                 if not self.broker.starting():
-                    self.log(f"broker up again (pid {self.broker.pid()})")
+                    self.log(f"broker up again ({self.broker.started()})")
             except RuntimeError as exc:
                 self.log(f"broker start failed ({exc}); starting it again")
                 self.broker.start()
@@ -460,7 +465,7 @@ def engine_functions(
         from streamapp.runtime.topic_ids import TopicIds  # the code snapshot's, imported above with the rest
 
         async def ask() -> str:
-            ids = TopicIds({"bootstrap_servers": [bootstrap]})
+            ids = TopicIds({"bootstrap_servers": bootstrap.split(",")})
             try:
                 return (await ids.lookup([topic]))[topic]
             finally:

@@ -50,6 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bad-records", type=int, default=0,
                    help="malformed records (bad JSON, no key, wrong type, invalid UTF-8, empty) interleaved with "
                         "the events; each must be dead-lettered once with its reason")
+    p.add_argument("--brokers", type=int, default=1, choices=range(1, 10), metavar="N",
+                   help="brokers: 1, or a KRaft cluster of N (3: RF 3, a broker fault kills one node)")
     p.add_argument("--workers", type=int, default=2, help="workers at the start")
     p.add_argument("--max-workers", type=int, default=3, help="worker slots (add_worker fills them)")
     p.add_argument("--partitions", type=int, default=8, help="STREAMAPP_PARTITIONS")

@@ -21,12 +21,15 @@ class Record:
     headers: dict[str, bytes]
 
 
-def create_topics(bootstrap: str, names: list[str], partitions: int = 1) -> None:
+def create_topics(bootstrap: str, names: list[str], partitions: int = 1, replicas: int = 1) -> None:
+    """Create ``names``; from 3 replicas on with min.insync.replicas = replicas - 1 (as the worker does)."""
+    configs = {"min.insync.replicas": str(replicas - 1)} if replicas >= 3 else {}
+
     async def go() -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
         await admin.start()
         try:
-            await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+            await admin.create_topics([NewTopic(n, partitions, replicas, topic_configs=configs) for n in names])
         finally:
             await admin.close()
 

@@ -78,10 +78,11 @@ class StreamApp(faust.App):
         faust_adapter.patient_bootstrap(settings.broker_wait)
         # Read by Faust when it declares each topic (after this returns); the
         # topics' min.insync.replicas follows it (faust_adapter.Transport).
-        replicas = self.conf.topic_replication_factor = await replication_factor(kafka, settings.replication_factor)
+        topic = self.runtime.internal.get_topic_name()
+        replicas = self.conf.topic_replication_factor = await replication_factor(
+            kafka, settings.replication_factor, topic)
         log.info("Topics this worker creates get replication_factor=%d%s", replicas,
                  "".join(f" {k}={v}" for k, v in connection.topic_config(replicas).items()))
-        topic = self.runtime.internal.get_topic_name()
         await check_partitions(kafka, topic, settings.partitions)
 
     async def on_stop(self) -> None:

@@ -85,9 +85,25 @@ async def cluster_size(kafka: Mapping[str, Any]) -> int:
         await admin.close()
 
 
-async def replication_factor(kafka: Mapping[str, Any], configured: int | None) -> int:
-    """The replication factor of the topics this worker creates (``connection.replication_factor``)."""
+async def replication_factor(kafka: Mapping[str, Any], configured: int | None, internal_topic: str) -> int:
+    """The replication factor of the topics this worker creates (``connection.replication_factor``).
+
+    The cluster's metadata lists the brokers that are up, not every broker it
+    has. A configured factor above that count is a mistake on a new app, but
+    on one whose internal topic exists it is a broker that is down (one of
+    three, with min.insync.replicas 2, is what RF 3 is for): the worker starts
+    on its existing topics and says so (a topic it still has to create cannot
+    be created until enough brokers are back).
+    """
     brokers = await faust_adapter.patiently(lambda: cluster_size(kafka), "describe the cluster")
+    if configured is not None and configured > brokers:
+        existing = await faust_adapter.patiently(lambda: existing_partitions(kafka, internal_topic),
+                                                 f"describe topic {internal_topic}")
+        if existing is not None:
+            log.warning("STREAMAPP_REPLICATION_FACTOR=%d but the cluster lists %d live broker(s): starting on the "
+                        "existing topics (a missing one cannot be created until enough brokers are up)",
+                        configured, brokers)
+            return configured
     return connection.replication_factor(configured, brokers)
 
 

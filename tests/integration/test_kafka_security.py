@@ -59,7 +59,9 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureBr
     up = subprocess.run([str(harness.KAFKA_SH), "up"], env=env, capture_output=True, text=True, timeout=180)
     try:
         assert up.returncode == 0, f"secure broker did not start:\n{up.stderr}"
-        yield SecureBroker(port, mtls, password, base / "kafka-secure" / "tls", env)
+        # kafka-secure, or kafka-secure-<version> for another KAFKA_VERSION (make test-compat)
+        tls = next(base.glob("kafka-secure*/tls"))
+        yield SecureBroker(port, mtls, password, tls, env)
     finally:
         subprocess.run([str(harness.KAFKA_SH), "down"], env=env, capture_output=True, timeout=60)
 

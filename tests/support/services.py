@@ -207,6 +207,30 @@ async def Renamed(ctx: ObjectContext, req: NapRequest) -> dict[str, Any]:
     return {"tag": req.tag, "step": step}
 
 
+@dataclasses.dataclass
+class AppendRequest:
+    n: int
+    work: float = 0.0  # plain (non-durable) work before the append
+
+
+@test.handler()
+async def Append(ctx: ObjectContext, req: AppendRequest) -> list[int]:
+    """Appends ``n`` to the key's list ``seen``: the state shows every event once, in the order they ran."""
+    inv = ctx.invocation_id
+    if req.work:
+        await asyncio.sleep(req.work)
+    await ctx.run("append", lambda: record(event="append", key=ctx.key, n=req.n, inv=inv))
+    seen: list[int] = [*ctx.get("seen", []), req.n]
+    ctx.set("seen", seen)
+    return seen
+
+
+@test.handler(kind="shared")
+async def Seen(ctx: SharedContext) -> list[int]:
+    seen: list[int] = ctx.get("seen", [])
+    return seen
+
+
 @paused.handler()
 async def Stuck(ctx: ObjectContext, req: Fail) -> str:
     inv = ctx.invocation_id

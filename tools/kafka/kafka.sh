@@ -18,6 +18,21 @@
 # STREAMAPP_DATA_DIR (./data; the broker keeps its data in $STREAMAPP_DATA_DIR/kafka),
 # STREAMAPP_CACHE_DIR (~/.cache/streamapp), KAFKA_HEAP (512m).
 #
+# KAFKA_VERSION (default: <kafka.version> of tools/kafka/pom.xml, 4.4.0): another
+# Apache Kafka release, say 3.9.1; its jars go to $STREAMAPP_CACHE_DIR/kafka-<version>
+# and its data to kafka-<version> (kafka-secure-<version>, kafka-cluster-<version>).
+#
+# KAFKA_BROKERS=3 (2..9, plaintext only): a local KRaft cluster instead, each
+# node broker and controller, data, config, log and PID in
+# $STREAMAPP_DATA_DIR/kafka-cluster/node<i> (see tools/kafka/cluster.sh). Ports:
+# KAFKA_PORTS=p1,p2,p3 and KAFKA_CONTROLLER_PORTS=c1,c2,c3, else 9292, 9294,
+# 9296 (KAFKA_PORT+2(i-1)) and the next port for each controller; KAFKA_HEAP
+# (384m) per node. up, down, status (every node answers), topics (RF 3,
+# min.insync.replicas 2), producer, consumer, kafka-topics work on it, and:
+#   kafka.sh kill-node N           SIGKILL node N (a crash); its data stays
+#   kafka.sh stop-node N           SIGTERM node N (controlled shutdown)
+#   kafka.sh start-node N          start node N again, wait until it answers
+#
 # KAFKA_SECURITY=sasl_ssl: every command above works on a second, secured
 # broker instead, with its data in $STREAMAPP_DATA_DIR/kafka-secure (so it can
 # run beside the plain one on other ports; KAFKA_PORT then defaults to 9192):
@@ -34,16 +49,28 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
-KAFKA_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$HERE/pom.xml")"
+DEFAULT_VERSION="$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$HERE/pom.xml")"
+KAFKA_VERSION="${KAFKA_VERSION:-$DEFAULT_VERSION}"
 CACHE_DIR="${STREAMAPP_CACHE_DIR:-$HOME/.cache/streamapp}"
 LIBS="$CACHE_DIR/kafka-$KAFKA_VERSION/libs"
 DATA_DIR="${STREAMAPP_DATA_DIR:-$ROOT/data}"
 case "$DATA_DIR" in /*) ;; *) DATA_DIR="$ROOT/$DATA_DIR" ;; esac
+# Another Kafka version keeps its data apart: storage one version formatted is not for another.
+VERSION_SUFFIX=""
+[ "$KAFKA_VERSION" = "$DEFAULT_VERSION" ] || VERSION_SUFFIX="-$KAFKA_VERSION"
 SECURITY="${KAFKA_SECURITY:-plaintext}"
+BROKERS="${KAFKA_BROKERS:-1}"
 case "$SECURITY" in
-    plaintext) KAFKA_DIR="$DATA_DIR/kafka"; PORT="${KAFKA_PORT:-9092}" ;;
-    sasl_ssl) KAFKA_DIR="$DATA_DIR/kafka-secure"; PORT="${KAFKA_PORT:-9192}" ;;
+    plaintext) KAFKA_DIR="$DATA_DIR/kafka$VERSION_SUFFIX"; PORT="${KAFKA_PORT:-9092}" ;;
+    sasl_ssl) KAFKA_DIR="$DATA_DIR/kafka-secure$VERSION_SUFFIX"; PORT="${KAFKA_PORT:-9192}" ;;
     *) echo "kafka: KAFKA_SECURITY=$SECURITY must be plaintext or sasl_ssl" >&2; exit 2 ;;
+esac
+case "$BROKERS" in
+    1) ;;
+    [2-9])
+        [ "$SECURITY" = plaintext ] || { echo "kafka: KAFKA_BROKERS=$BROKERS is plaintext only" >&2; exit 2; }
+        KAFKA_DIR="$DATA_DIR/kafka-cluster$VERSION_SUFFIX"; PORT="${KAFKA_PORT:-9292}" ;;
+    *) echo "kafka: KAFKA_BROKERS=$BROKERS must be 1 to 9" >&2; exit 2 ;;
 esac
 CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-$((PORT + 1))}"
 MTLS_PORT="${KAFKA_MTLS_PORT:-$((PORT + 2))}"
@@ -57,6 +84,13 @@ BOOTSTRAP="127.0.0.1:$PORT"
 PID_FILE="$KAFKA_DIR/broker.pid"
 LOG_FILE="$KAFKA_DIR/logs/server.log"
 SEED_TOPICS=(social-media-posts package-location-updates)
+# The console tools' class and option names changed in Kafka 4.0.
+case "$KAFKA_VERSION" in
+    3.*) PRODUCER=kafka.tools.ConsoleProducer; READER_PROPERTY=--property
+         PRODUCER_CONFIG=--producer.config; CONSUMER_CONFIG=--consumer.config ;;
+    *) PRODUCER=org.apache.kafka.tools.ConsoleProducer; READER_PROPERTY=--reader-property
+       PRODUCER_CONFIG=--command-config; CONSUMER_CONFIG=--command-config ;;
+esac
 
 log() { echo "kafka: $*" >&2; }
 
@@ -64,7 +98,7 @@ fetch() {
     if [ -f "$LIBS/.complete" ]; then return 0; fi
     log "resolving Apache Kafka $KAFKA_VERSION from Maven Central into $LIBS"
     rm -rf "$LIBS" && mkdir -p "$LIBS"
-    mvn -q -B -Dstyle.color=never -f "$HERE/pom.xml" dependency:copy-dependencies \
+    mvn -q -B -Dstyle.color=never -f "$HERE/pom.xml" dependency:copy-dependencies -Dkafka.version="$KAFKA_VERSION" \
         -DincludeScope=runtime -DoutputDirectory="$LIBS"
     touch "$LIBS/.complete"
 }
@@ -209,14 +243,7 @@ up() {
             -c "$KAFKA_DIR/server.properties" "${scram[@]}") >/dev/null
     fi
     log "starting Apache Kafka $KAFKA_VERSION on $BOOTSTRAP (data: $KAFKA_DIR)"
-    : >"$LOG_FILE"
-    nohup java -Xms128m -Xmx"${KAFKA_HEAP:-512m}" -XX:+UseG1GC \
-        -Dlog4j2.configurationFile="$HERE/log4j2.properties" \
-        -Dkafka.logs.dir="$KAFKA_DIR/logs" -Dkafka.root.appender=FILE \
-        -Dkafka.root.level=info \
-        -cp "$LIBS/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
-        >"$KAFKA_DIR/logs/stdout.log" 2>&1 </dev/null &
-    echo $! >"$PID_FILE"
+    launch "$KAFKA_DIR" "${KAFKA_HEAP:-512m}"
     local wait_s="${KAFKA_START_WAIT:-60}"  # a broker killed mid-write recovers its logs first: slow on a busy box
     for _ in $(seq 1 $((wait_s * 2))); do
         if answers; then
@@ -232,6 +259,20 @@ up() {
     done
     log "broker did not answer within $wait_s s (KAFKA_START_WAIT); log: $LOG_FILE"
     return 1
+}
+
+# Start the broker configured in DIR/server.properties in the background; its PID goes to DIR/broker.pid.
+launch() {
+    local dir="$1" heap="$2"
+    mkdir -p "$dir/logs"
+    : >"$dir/logs/server.log"
+    nohup java -Xms128m -Xmx"$heap" -XX:+UseG1GC \
+        -Dlog4j2.configurationFile="$HERE/log4j2.properties" \
+        -Dkafka.logs.dir="$dir/logs" -Dkafka.root.appender=FILE \
+        -Dkafka.root.level=info \
+        -cp "$LIBS/*" kafka.Kafka "$dir/server.properties" \
+        >"$dir/logs/stdout.log" 2>&1 </dev/null &
+    echo $! >"$dir/broker.pid"
 }
 
 down() {
@@ -267,6 +308,19 @@ client_args() {
 }
 
 cmd="${1:-}"; shift || true
+if [ "$BROKERS" -gt 1 ]; then
+    # shellcheck source=tools/kafka/cluster.sh
+    source "$HERE/cluster.sh"
+    case "$cmd" in
+        up) cluster_up; exit ;;
+        down) cluster_down; exit ;;
+        status) cluster_status; exit ;;
+        topics) cluster_topics; exit ;;
+        kill-node) n="$(node_arg "${1:-}")" || exit 2; kill_node "$n"; exit ;;
+        stop-node) n="$(node_arg "${1:-}")" || exit 2; stop_node "$n"; exit ;;
+        start-node) n="$(node_arg "${1:-}")" || exit 2; fetch; launch_node "$n" && wait_nodes "$n"; exit ;;
+    esac
+fi
 case "$cmd" in
     fetch) fetch ;;
     up) up ;;
@@ -276,17 +330,17 @@ case "$cmd" in
     producer)
         topic="${1:?usage: kafka.sh producer TOPIC}"; shift
         # shellcheck disable=SC2046
-        java_tool org.apache.kafka.tools.ConsoleProducer --bootstrap-server "$BOOTSTRAP" \
-            $(client_args --command-config) --topic "$topic" --reader-property parse.key=true --reader-property key.separator=: "$@" ;;
+        java_tool "$PRODUCER" --bootstrap-server "$BOOTSTRAP" $(client_args "$PRODUCER_CONFIG") \
+            --topic "$topic" "$READER_PROPERTY" parse.key=true "$READER_PROPERTY" key.separator=: "$@" ;;
     consumer)
         topic="${1:?usage: kafka.sh consumer TOPIC}"; shift
         # shellcheck disable=SC2046
         java_tool org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server "$BOOTSTRAP" \
-            $(client_args --command-config) --topic "$topic" --from-beginning --property print.key=true \
+            $(client_args "$CONSUMER_CONFIG") --topic "$topic" --from-beginning --property print.key=true \
             --property key.separator=: "$@" ;;
     # shellcheck disable=SC2046
     kafka-topics) java_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" \
         $(client_args --command-config) "$@" ;;
     run) java_tool "$@" ;;
-    *) sed -n '2,32p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,/^set -euo/p' "$0" | sed '$d' >&2; exit 2 ;;
 esac
