@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import faust
 from faust.sensors import Sensor
 
-from streamapp.runtime import connection, faust_adapter
+from streamapp.runtime import connection, faust_adapter, membership
 from streamapp.runtime.startup import (
     check_partitions,
     mark_clean_stop,
@@ -54,6 +54,10 @@ class StreamApp(faust.App):
         """The broker refused a batch of staged rows (``faust_adapter.send_rows``)."""
         self.runtime.changelog_guard.refused(topic, exc)
 
+    def instance_fenced(self) -> None:
+        """Another process joined with this worker's group.instance.id (``faust_adapter.watch_fence``)."""
+        membership.fenced(self.runtime)
+
     def on_webserver_init(self, web: Any) -> None:
         # Faust calls this more than once for the same aiohttp app.
         if getattr(web.web_app, "_streamapp_routes", False):
@@ -80,6 +84,8 @@ class StreamApp(faust.App):
         replicas = self.conf.topic_replication_factor = await replication_factor(kafka, settings.replication_factor)
         log.info("Topics this worker creates get replication_factor=%d%s", replicas,
                  "".join(f" {k}={v}" for k, v in connection.topic_config(replicas).items()))
+        log.info("Group membership %s standby_replicas=%d", f"static instance_id={settings.instance_id}"
+                 if settings.instance_id else "dynamic", settings.standby_replicas)
         topic = self.runtime.internal.get_topic_name()
         await check_partitions(kafka, topic, settings.partitions)
 
