@@ -72,7 +72,6 @@ class Runtime:
             topic_replication_factor=1,  # settled at start-up from the cluster (StreamApp.on_first_start)
             table_standby_replicas=settings.standby_replicas,  # runtime/membership.py
             consumer_group_instance_id=settings.instance_id,  # static membership, off unless set
-            PartitionAssignor=faust_adapter.PartitionAssignor,
             consumer_auto_offset_reset="earliest",
             autodiscover=False,
             processing_guarantee="at_least_once",

@@ -56,6 +56,10 @@ and the consumer's coordinator dies of it. This one accepts the assignment
 and asks for a rejoin, whose changed metadata makes the group rebalance, so
 every worker learns where the partitions are served now.
 
+``TableManager.on_start`` — Faust's sleeps a second first (for tables
+declared late, at import time); the runtime declares every table before the
+app starts, and a restarted worker's first completion waits on this start.
+
 ``Producer.send_soon`` / ``Producer.flush`` — the complete flush
 (``runtime/flush.py``): Faust commits right after the producer's flush, and
 Faust's buffer flush can return with table rows still unsent. A flush first
@@ -103,6 +107,7 @@ from aiokafka.protocol.api import Request, RequestStruct
 from aiokafka.protocol.types import Int32, Schema, String
 from faust.assignor import PartitionAssignor as FaustPartitionAssignor
 from faust.assignor.client_assignment import ClientMetadata
+from faust.tables.manager import TableManager as FaustTableManager
 from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -340,6 +345,14 @@ class PartitionAssignor(FaustPartitionAssignor):
             log.warning("The group's assignment was made for this member at url=%s (a static member's previous "
                         "life); asking for a rebalance so peers learn url=%s", made_for, self._url)
             request_rejoin(self.app.consumer)
+
+
+class TableManager(FaustTableManager):
+    async def on_start(self) -> None:
+        # Faust's, without its first ``await self.sleep(1.0)``: the tables are declared before the app starts.
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
 
 
 class Consumer(faust_aiokafka.Consumer):

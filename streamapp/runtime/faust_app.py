@@ -39,6 +39,9 @@ class StreamApp(faust.App):
     """faust.App that lets the runtime add raw aiohttp routes."""
 
     def __init__(self, id: str, *, runtime: Runtime, **options: Any) -> None:
+        # Component classes that differ from Faust's (runtime/faust_adapter.py says how and why).
+        options.setdefault("PartitionAssignor", faust_adapter.PartitionAssignor)
+        options.setdefault("TableManager", faust_adapter.TableManager)
         super().__init__(id, **options)
         self.runtime = runtime
 
