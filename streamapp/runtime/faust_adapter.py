@@ -44,10 +44,10 @@ the same instance id, which replaces the other process in turn: both hold
 the same partitions, a second at a time, under one generation. With an
 instance id, heartbeats go out at version 3 with the id
 (``StaticHeartbeatRequest``), so the broker answers FENCED_INSTANCE_ID to
-the replaced member; on that answer (to a heartbeat, a JoinGroup or a
-SyncGroup) the coordinator is told nothing more (the request never returns:
-no rejoin, no error for Faust to handle) and the app's ``instance_fenced``
-runs on the worker's loop.
+the replaced member; from that answer on, the group protocol's requests
+never return (no rejoin, no error for Faust to handle), offset commits fail
+at once (a commit waiting on the fence would hold the stop), and the app's
+``instance_fenced`` runs on the worker's loop.
 
 ``PartitionAssignor`` — a static member restarted under another URL (another
 host or port) gets back the assignment the group made for its previous
@@ -101,7 +101,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from importlib import metadata
 from typing import Any, TypeVar
 
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, UnknownMemberIdError
+from aiokafka.protocol import commit as commit_protocol
 from aiokafka.protocol import group as group_protocol
 from aiokafka.protocol.api import Request, RequestStruct
 from aiokafka.protocol.types import Int32, Schema, String
@@ -278,12 +279,23 @@ def watch_fence(coordinator: Any, instance_id: str, fenced: Callable[[], None]) 
     member expired: the answer goes on, and the coordinator joins afresh).
     """
     plain = coordinator._send_req
+    out = False
 
     def heartbeat() -> StaticHeartbeatRequest:
         return StaticHeartbeatRequest(coordinator.group_id, coordinator.generation, coordinator.member_id,
                                       instance_id)
 
+    async def silent(request: Any) -> Any:
+        """A fenced member's request: offsets fail at once (Faust's commit, the stop's last one, goes
+        on without them); the group protocol's never answer (no rejoin), until the consumer stops."""
+        if isinstance(request, (commit_protocol.OffsetCommitRequest, commit_protocol.OffsetFetchRequest)):
+            raise UnknownMemberIdError(f"fenced: another process has group.instance.id={instance_id}")
+        return await asyncio.get_running_loop().create_future()
+
     async def send_req(request: Any) -> Any:
+        nonlocal out
+        if out:
+            return await silent(request)
         heartbeating = isinstance(request, group_protocol.HeartbeatRequest)
         response = await plain(heartbeat() if heartbeating else request)
         verdict = response
@@ -292,12 +304,12 @@ def watch_fence(coordinator: Any, instance_id: str, fenced: Callable[[], None]) 
                 verdict = await plain(heartbeat())
             except KafkaError:
                 pass  # the coordinator is away: the first answer goes on
-        if getattr(verdict, "error_code", None) == FENCED_INSTANCE_ID:
+        if getattr(verdict, "error_code", None) == FENCED_INSTANCE_ID and not out:
+            out = True
             log.critical("The group fenced this member: another process joined with group.instance.id=%s",
                          instance_id)
             fenced()
-            await asyncio.get_running_loop().create_future()  # never answers: the coordinator does nothing more
-        return response
+        return await silent(request) if out else response
 
     coordinator._send_req = send_req
 
