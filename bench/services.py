@@ -6,7 +6,7 @@ Each one is the smallest handler that exercises what its scenario measures:
     Step    one ``ctx.run`` + one state write                (throughput, latency "trivial")
     Three   three ``ctx.run`` steps + one state write        (latency "3-step")
     Timer   sleep until the wall time ``at``, then note how late it woke   (timers)
-    Gated   wait for the gate file, then one step + one write, noted once  (recovery)
+    Gated   wait for the gate file, then one step + one write, noted once with the time  (recovery, failover)
     Mem     (read-only) memory of the worker: RocksDB memtables and Python heap (timers)
 
 Notes go to the JSON-lines file named by ``BENCH_LEDGER``.
@@ -114,7 +114,7 @@ async def wait_for_gate() -> bool:
 @bench.handler()
 async def Gated(ctx: ObjectContext, req: StepRequest) -> int:
     await ctx.run("gate", wait_for_gate)
-    value = await ctx.run("work", lambda: note(i=req.i) or req.i)
+    value = await ctx.run("work", lambda: note(i=req.i, t=time.time()) or req.i)
     ctx.set("last", value)
     return value
 

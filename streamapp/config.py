@@ -57,6 +57,10 @@ class Settings:
     # "otel": OpenTelemetry spans of invocations (the otel extra, runtime/tracing.py); "off": none, no cost
     tracing: str = "off"
     tracing_file: Path | None = None  # spans as JSON lines to this file (else the configured provider's exporter)
+    # group.instance.id (KIP-345, static membership); None: a dynamic member (runtime/membership.py says why)
+    instance_id: str | None = None
+    # standby copies of each table partition kept warm on other workers (Faust's table_standby_replicas)
+    standby_replicas: int = 1
 
     @property
     def table_dir(self) -> Path:
@@ -102,6 +106,8 @@ class Settings:
             operator_token=env.get("STREAMAPP_OPERATOR_TOKEN") or None,
             extra_services=tuple(s.strip() for s in env.get("STREAMAPP_SERVICES", "").split(",") if s.strip()),
             replication_factor=int(num("STREAMAPP_REPLICATION_FACTOR", 0, low=1)) or None,
+            instance_id=_parse_instance_id(env.get("STREAMAPP_INSTANCE_ID") or None),
+            standby_replicas=int(num("STREAMAPP_STANDBY_REPLICAS", defaults.standby_replicas, high=10)),
             **_security(env),
             **_tracing(env),
         )
@@ -205,6 +211,18 @@ def _installed(module: str) -> bool:
 
 
 _APP_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+# Kafka's rule for group.instance.id (and topic names); 200, not 249: ``workers -n N`` appends "-<i>"
+_INSTANCE_ID = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+
+
+def _parse_instance_id(text: str | None) -> str | None:
+    if text is None:
+        return None
+    if not _INSTANCE_ID.match(text) or text in (".", ".."):
+        raise SystemExit(f"STREAMAPP_INSTANCE_ID={text!r} must be 1 to 200 letters, digits, '.', '_' or '-' "
+                         "(Kafka's group.instance.id), the same after every restart of this worker and "
+                         "different from every other worker's")
+    return text
 
 
 def _parse_advertised_url(text: str, web_port: int) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bench.common import Result, Run
-from bench.scenarios import expiry, hol, latency, recovery, scaleout, throughput, timers
+from bench.scenarios import expiry, failover, hol, latency, recovery, scaleout, throughput, timers
 
 SCENARIOS: dict[str, Callable[[Run, Result], None]] = {
     "head-of-line": hol.run,
@@ -13,6 +13,8 @@ SCENARIOS: dict[str, Callable[[Run, Result], None]] = {
     "latency": latency.run,
     "timers": timers.run,
     "recovery": recovery.run,
+    "recovery-static": recovery.run_static,
+    "failover": failover.run,
     "scale-out": scaleout.run,
     "expiry": expiry.run,
 }

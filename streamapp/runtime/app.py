@@ -71,7 +71,8 @@ class Runtime:
             canonical_url=str(advertised),  # what peers forward to (assignor metadata)
             topic_partitions=settings.partitions,
             topic_replication_factor=1,  # settled at start-up from the cluster (StreamApp.on_first_start)
-            table_standby_replicas=0,
+            table_standby_replicas=settings.standby_replicas,  # runtime/membership.py
+            consumer_group_instance_id=settings.instance_id,  # static membership, off unless set
             consumer_auto_offset_reset="earliest",
             autodiscover=False,
             processing_guarantee="at_least_once",
@@ -93,13 +94,10 @@ class Runtime:
             broker_session_timeout=settings.session_timeout,
             broker_heartbeat_interval=max(0.5, settings.session_timeout / 10),
         )
-        self.internal = self.app.topic(
-            f"{settings.app_id}-invocations", partitions=settings.partitions, internal=True,
-            key_serializer="raw", value_serializer="raw",
-        )
-        self.dead_letters = self.app.topic(
-            settings.dead_letter_topic, partitions=1, internal=True, key_serializer="raw", value_serializer="raw"
-        )
+        self.internal = self.app.topic(f"{settings.app_id}-invocations", partitions=settings.partitions,
+                                       internal=True, key_serializer="raw", value_serializer="raw")
+        self.dead_letters = self.app.topic(settings.dead_letter_topic, partitions=1, internal=True,
+                                           key_serializer="raw", value_serializer="raw")
         self.tables = Tables(self.app, settings.partitions)
         self.metrics = Metrics().attach(self)  # GET /metrics: the components count, the rest is read when scraped
         self.outbox = Outbox(self.app, self.internal, self.dead_letters, settings.partitions, self.metrics)
@@ -115,6 +113,7 @@ class Runtime:
         self.expire_turn = 0  # which live partition gets the first expire command of the next round
         self.recovering: asyncio.Future[None] | None = None
         self.stalled = False  # woke from a stall; no command is applied until the group reassigns
+        self.fenced_out = False  # another process took this worker's instance id (runtime/membership.py)
         self.ingest = Ingest(self)
         self.activation: asyncio.Future[None] | None = None
         self.reclaiming: asyncio.Future[None] | None = None

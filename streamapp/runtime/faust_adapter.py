@@ -36,6 +36,30 @@ been expelled without knowing it; this makes the group coordinator (on the
 consumer thread's loop) join again, so ownership comes from a fresh
 assignment, not from what the worker believed.
 
+``ConsumerThread`` — the static-membership fence (``runtime/membership.py``).
+aiokafka sends heartbeats at versions 0-1, which cannot carry the
+``group.instance.id``; a member replaced by another process with the same
+id then hears UNKNOWN_MEMBER_ID, resets its member id and joins again with
+the same instance id, which replaces the other process in turn: both hold
+the same partitions, a second at a time, under one generation. With an
+instance id, heartbeats go out at version 3 with the id
+(``StaticHeartbeatRequest``), so the broker answers FENCED_INSTANCE_ID to
+the replaced member; from that answer on, the group protocol's requests
+never return (no rejoin, no error for Faust to handle), offset commits fail
+at once (a commit waiting on the fence would hold the stop), and the app's
+``instance_fenced`` runs on the worker's loop.
+
+``PartitionAssignor`` — a static member restarted under another URL (another
+host or port) gets back the assignment the group made for its previous
+life, whose metadata names the old URL; Faust's assignor asserts they match
+and the consumer's coordinator dies of it. This one accepts the assignment
+and asks for a rejoin, whose changed metadata makes the group rebalance, so
+every worker learns where the partitions are served now.
+
+``TableManager.on_start`` — Faust's sleeps a second first (for tables
+declared late, at import time); the runtime declares every table before the
+app starts, and a restarted worker's first completion waits on this start.
+
 ``Producer.send_soon`` / ``Producer.flush`` — the complete flush
 (``runtime/flush.py``): Faust commits right after the producer's flush, and
 Faust's buffer flush can return with table rows still unsent. A flush first
@@ -82,7 +106,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from importlib import metadata
 from typing import Any, TypeVar
 
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError, UnknownMemberIdError
+from aiokafka.protocol import commit as commit_protocol
+from aiokafka.protocol import group as group_protocol
+from aiokafka.protocol.api import Request, RequestStruct
+from aiokafka.protocol.types import Int32, Schema, String
+from faust.assignor import PartitionAssignor as FaustPartitionAssignor
+from faust.assignor.client_assignment import ClientMetadata
+from faust.tables.manager import TableManager as FaustTableManager
 from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -204,6 +235,90 @@ class AdaptiveWait:
         return self.plain(assignment)
 
 
+FENCED_INSTANCE_ID = 82  # Kafka's error code: another process joined with this group.instance.id
+
+
+class StaticHeartbeatRequestV3(RequestStruct):
+    """Heartbeat v3: v1's fields and the group.instance.id (KIP-345); the response is v1's."""
+
+    API_KEY = 12
+    API_VERSION = 3
+    RESPONSE_TYPE = group_protocol.HeartbeatResponse_v1
+    SCHEMA = Schema(
+        ("group", String("utf-8")),
+        ("generation_id", Int32),
+        ("member_id", String("utf-8")),
+        ("group_instance_id", String("utf-8")),
+    )
+
+
+class StaticHeartbeatRequest(Request[StaticHeartbeatRequestV3]):
+    API_KEY = 12
+
+    def __init__(self, group: str, generation_id: int, member_id: str, group_instance_id: str) -> None:
+        self.fields = (group, generation_id, member_id, group_instance_id)
+
+    def build(self, request_struct_class: type[StaticHeartbeatRequestV3]) -> StaticHeartbeatRequestV3:
+        return request_struct_class(*self.fields)
+
+
+UNKNOWN_MEMBER_ID = 25
+
+
+def _unknown_member(response: Any) -> bool:
+    """Whether a response says UNKNOWN_MEMBER_ID (at the top, or for a partition of an OffsetCommit)."""
+    if getattr(response, "error_code", None) == UNKNOWN_MEMBER_ID:
+        return True
+    topics = getattr(response, "topics", None) if type(response).__name__.startswith("OffsetCommit") else None
+    return any(part[-1] == UNKNOWN_MEMBER_ID for _, parts in topics or () for part in parts)
+
+
+def watch_fence(coordinator: Any, instance_id: str, fenced: Callable[[], None]) -> None:
+    """Heartbeats of ``coordinator`` carry ``instance_id``; once fenced, call ``fenced()`` and go silent.
+
+    aiokafka's OffsetCommit and SyncGroup cannot carry the id either, so a
+    replaced member hears UNKNOWN_MEMBER_ID there too, and would reset its
+    member id and join again (replacing the other process). Before such an
+    answer reaches the coordinator, a v3 heartbeat asks the broker which it
+    is: FENCED_INSTANCE_ID (another process has the id: fenced) or not (the
+    member expired: the answer goes on, and the coordinator joins afresh).
+    """
+    plain = coordinator._send_req
+    out = False
+
+    def heartbeat() -> StaticHeartbeatRequest:
+        return StaticHeartbeatRequest(coordinator.group_id, coordinator.generation, coordinator.member_id,
+                                      instance_id)
+
+    async def silent(request: Any) -> Any:
+        """A fenced member's request: offsets fail at once (Faust's commit, the stop's last one, goes
+        on without them); the group protocol's never answer (no rejoin), until the consumer stops."""
+        if isinstance(request, (commit_protocol.OffsetCommitRequest, commit_protocol.OffsetFetchRequest)):
+            raise UnknownMemberIdError(f"fenced: another process has group.instance.id={instance_id}")
+        return await asyncio.get_running_loop().create_future()
+
+    async def send_req(request: Any) -> Any:
+        nonlocal out
+        if out:
+            return await silent(request)
+        heartbeating = isinstance(request, group_protocol.HeartbeatRequest)
+        response = await plain(heartbeat() if heartbeating else request)
+        verdict = response
+        if not heartbeating and _unknown_member(response):
+            try:
+                verdict = await plain(heartbeat())
+            except KafkaError:
+                pass  # the coordinator is away: the first answer goes on
+        if getattr(verdict, "error_code", None) == FENCED_INSTANCE_ID and not out:
+            out = True
+            log.critical("The group fenced this member: another process joined with group.instance.id=%s",
+                         instance_id)
+            fenced()
+        return await silent(request) if out else response
+
+    coordinator._send_req = send_req
+
+
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -215,6 +330,16 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         await super().on_start()
         if self._consumer is not None and getattr(self._consumer, "_fetcher", None) is not None:
             AdaptiveWait(self._consumer._fetcher)
+        instance_id = self.app.conf.consumer_group_instance_id
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if instance_id and coordinator is not None:
+            watch_fence(coordinator, instance_id, self._fenced)
+
+    def _fenced(self) -> None:
+        """On the consumer thread: tell the app, on the worker's loop."""
+        fenced = getattr(self.app, "instance_fenced", None)
+        if fenced is not None:
+            self.parent_loop.call_soon_threadsafe(fenced)
 
     def request_rejoin(self) -> bool:
         """Ask the group coordinator for a rejoin; False when the consumer is not running yet."""
@@ -223,6 +348,28 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
             return False
         self.thread_loop.call_soon_threadsafe(client._coordinator.request_rejoin)
         return True
+
+
+class PartitionAssignor(FaustPartitionAssignor):
+    def on_assignment(self, assignment: Any) -> None:
+        try:
+            super().on_assignment(assignment)
+        except AssertionError:
+            # The URL check is the last statement: everything else was taken in.
+            made_for = ClientMetadata.loads(self._decompress(assignment.user_data)).url
+            if made_for == str(self._url):
+                raise
+            log.warning("The group's assignment was made for this member at url=%s (a static member's previous "
+                        "life); asking for a rebalance so peers learn url=%s", made_for, self._url)
+            request_rejoin(self.app.consumer)
+
+
+class TableManager(FaustTableManager):
+    async def on_start(self) -> None:
+        # Faust's, without its first ``await self.sleep(1.0)``: the tables are declared before the app starts.
+        if not self.should_stop:
+            await self._update_channels()
+            await self.recovery.start()
 
 
 class Consumer(faust_aiokafka.Consumer):

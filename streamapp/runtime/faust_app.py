@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import faust
 from faust.sensors import Sensor
 
-from streamapp.runtime import connection, faust_adapter, logformat
+from streamapp.runtime import connection, faust_adapter, logformat, membership
 from streamapp.runtime.startup import (
     check_partitions,
     mark_clean_stop,
@@ -39,6 +39,9 @@ class StreamApp(faust.App):
     """faust.App that lets the runtime add raw aiohttp routes."""
 
     def __init__(self, id: str, *, runtime: Runtime, **options: Any) -> None:
+        # Component classes that differ from Faust's (runtime/faust_adapter.py says how and why).
+        options.setdefault("PartitionAssignor", faust_adapter.PartitionAssignor)
+        options.setdefault("TableManager", faust_adapter.TableManager)
         super().__init__(id, **options)
         self.runtime = runtime
 
@@ -53,6 +56,10 @@ class StreamApp(faust.App):
     def changelog_refused(self, topic: str, exc: BaseException) -> None:
         """The broker refused a batch of staged rows (``faust_adapter.send_rows``)."""
         self.runtime.changelog_guard.refused(topic, exc)
+
+    def instance_fenced(self) -> None:
+        """Another process joined with this worker's group.instance.id (``faust_adapter.watch_fence``)."""
+        membership.fenced(self.runtime)
 
     def on_webserver_init(self, web: Any) -> None:
         # Faust calls this more than once for the same aiohttp app.
@@ -83,6 +90,8 @@ class StreamApp(faust.App):
             kafka, settings.replication_factor, topic)
         log.info("Topics this worker creates get replication_factor=%d%s", replicas,
                  "".join(f" {k}={v}" for k, v in connection.topic_config(replicas).items()))
+        log.info("Group membership %s standby_replicas=%d", f"static instance_id={settings.instance_id}"
+                 if settings.instance_id else "dynamic", settings.standby_replicas)
         await check_partitions(kafka, topic, settings.partitions)
 
     async def on_stop(self) -> None:

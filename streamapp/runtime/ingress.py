@@ -147,7 +147,12 @@ class RuntimeIngress:
 
     def lookup(self, inv_id: str) -> tuple[Record, bool] | None:
         rec = self.rt.tables.invocations.get(inv_id) or self.rt.tables.results.get(inv_id)
-        return None if rec is None else (rec, self.rt.engine.is_running(inv_id))
+        # Only a driven partition's rows are an answer: a standby replica's copy
+        # (STREAMAPP_STANDBY_REPLICAS) of another worker's partition may be behind.
+        if rec is None or self._partition(commands.object_key(rec["service"], rec["key"])) \
+                not in self.rt.engine.live_partitions():
+            return None
+        return rec, self.rt.engine.is_running(inv_id)
 
     def unfinished(self) -> list[tuple[Record, bool]]:
         engine = self.rt.engine

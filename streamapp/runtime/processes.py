@@ -10,10 +10,15 @@ arrive at. Process ``i`` (from 0) gets
     STREAMAPP_DATA_DIR   <data dir>/proc<i>: its own RocksDB tables
                          (a process's tables are its own; after an unclean
                          stop they are restored from the changelogs)
+    STREAMAPP_INSTANCE_ID  <base>-<i> when STREAMAPP_INSTANCE_ID=<base> is set:
+                         a static member id per process slot, the same after
+                         each restart, so a crashed process gets its
+                         partitions back at once (runtime/membership.py)
 
 and everything else from the environment. The supervisor starts them,
 starts one again when it exits on its own (after 1 s, doubling up to 30 s
-while it keeps failing within a minute), and on SIGTERM or SIGINT stops all
+while it keeps failing within a minute; not one that exits with
+``EX_FENCED``: another process runs with its instance id), and on SIGTERM or SIGINT stops all
 (SIGTERM; SIGKILL after the grace period) and exits once they are gone.
 STREAMAPP_ADVERTISED_URL names one address, so it is refused with N > 1.
 """
@@ -31,6 +36,7 @@ from pathlib import Path
 from types import FrameType
 
 from streamapp.config import Settings
+from streamapp.runtime.membership import EX_FENCED, process_instance_id
 
 GRACE = 60.0  # seconds a stopping worker gets before SIGKILL (a clean stop commits and flushes)
 MAX_BACKOFF = 30.0
@@ -47,8 +53,15 @@ def environments(n: int, env: Mapping[str, str]) -> list[dict[str, str]]:
                          "its own port: leave it unset, or run each process yourself")
     if settings.web_port + n - 1 > 65535:
         raise SystemExit(f"STREAMAPP_WEB_PORT={settings.web_port} leaves no room for {n} processes")
-    return [{**env, "STREAMAPP_WEB_PORT": str(settings.web_port + i),
-             "STREAMAPP_DATA_DIR": str(settings.data_dir / f"proc{i}")} for i in range(n)]
+    envs = []
+    for i in range(n):
+        proc = {**env, "STREAMAPP_WEB_PORT": str(settings.web_port + i),
+                "STREAMAPP_DATA_DIR": str(settings.data_dir / f"proc{i}")}
+        instance_id = process_instance_id(settings.instance_id, i)
+        if instance_id is not None:
+            proc["STREAMAPP_INSTANCE_ID"] = instance_id
+        envs.append(proc)
+    return envs
 
 
 class Supervisor:
@@ -78,7 +91,13 @@ class Supervisor:
         while not self.stopping:
             now = time.monotonic()
             for i, proc in enumerate(self.procs):
-                if proc is not None and proc.poll() is not None:
+                if proc is not None and proc.poll() == EX_FENCED:
+                    print(f"streamapp workers: process {i} (pid {proc.pid}) was fenced: another process joined "
+                          f"with STREAMAPP_INSTANCE_ID={self.envs[i].get('STREAMAPP_INSTANCE_ID')}; not starting "
+                          "it again", file=sys.stderr, flush=True)
+                    self.procs[i] = None
+                    self.due[i] = float("inf")
+                elif proc is not None and proc.poll() is not None:
                     ran = now - self.started_at[i]
                     self.backoff[i] = 1.0 if ran > STABLE_AFTER else min(self.backoff[i] * 2, MAX_BACKOFF)
                     self.due[i] = now + (0.0 if ran > STABLE_AFTER else self.backoff[i])

@@ -16,6 +16,14 @@ def test_defaults_without_environment() -> None:
     assert s.data_dir == Path("data")
 
 
+def test_membership__dynamic_with_one_standby_by_default_and_read_from_the_environment() -> None:
+    s = Settings.from_env({})
+    assert (s.instance_id, s.standby_replicas) == (None, 1)
+    s = Settings.from_env({"STREAMAPP_INSTANCE_ID": "host-7.worker_a", "STREAMAPP_STANDBY_REPLICAS": "0"})
+    assert (s.instance_id, s.standby_replicas) == ("host-7.worker_a", 0)
+    assert Settings.from_env({"STREAMAPP_INSTANCE_ID": ""}).instance_id is None  # empty: unset
+
+
 def test_values_are_read_and_typed() -> None:
     s = Settings.from_env({
         "STREAMAPP_WEB_PORT": "0", "STREAMAPP_PARTITIONS": "3", "STREAMAPP_SESSION_TIMEOUT": "6.5",
@@ -42,6 +50,12 @@ def test_values_are_read_and_typed() -> None:
     ("STREAMAPP_SUBSCRIPTIONS", "topic-without-target", "must look like topic=Service/handler"),
     ("STREAMAPP_REPLICATION_FACTOR", "0", "at least 1"),
     ("STREAMAPP_REPLICATION_FACTOR", "two", "is not a valid int"),
+    ("STREAMAPP_STANDBY_REPLICAS", "-1", "between 0 and 10"),
+    ("STREAMAPP_STANDBY_REPLICAS", "one", "is not a valid int"),
+    ("STREAMAPP_INSTANCE_ID", "worker 1", "Kafka's group.instance.id"),
+    ("STREAMAPP_INSTANCE_ID", "w/1", "Kafka's group.instance.id"),
+    ("STREAMAPP_INSTANCE_ID", "..", "Kafka's group.instance.id"),
+    ("STREAMAPP_INSTANCE_ID", "x" * 201, "1 to 200 letters"),
     ("STREAMAPP_SECURITY_PROTOCOL", "TLS", "must be one of PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
     ("STREAMAPP_SASL_USERNAME", "alice", "SASL settings need SASL_PLAINTEXT or SASL_SSL"),
     ("STREAMAPP_SSL_CA_FILE", "/etc/hostname", "TLS files need SSL or SASL_SSL"),
