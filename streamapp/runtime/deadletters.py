@@ -63,6 +63,7 @@ class Filters:
     @classmethod
     def of(cls, query: Mapping[str, str]) -> Filters:
         values: dict[str, Any] = {name: query[name] for name in FILTERS if query.get(name)}
+        values.update({name: query[name] for name in NUMERIC if name in query})  # present but empty: refused
         for name, (kind, what) in NUMERIC.items():
             if name in values:
                 try:

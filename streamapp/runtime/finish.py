@@ -21,6 +21,7 @@ def finish(st: PartitionState, rec: dict[str, Any], out: list[Action]) -> None:
         "code": rec.get("code"), "attempt": rec["attempt"], "created": rec["created"], "finished": now,
         "source": rec.get("source"),
         "journal": rec["journal"], "wake_at": None, "payload": rec.get("payload"),
+        "at": store.positions.applying.get(st.p),  # the command that finished it (a purge reads it)
     })
     store.expiry[expiry_key(now, rec["id"])] = rec["id"]  # same apply: both reach the changelog
     del store.invocations[rec["id"]]

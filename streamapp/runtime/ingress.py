@@ -147,6 +147,8 @@ class RuntimeIngress:
 
     def lookup(self, inv_id: str) -> tuple[Record, bool] | None:
         rec = self.rt.tables.invocations.get(inv_id) or self.rt.tables.results.get(inv_id)
+        if rec is not None and rec.get("purged"):
+            return None  # an operator purged it: only a marker that deduplicates its id is left
         # Only a driven partition's rows are an answer: a standby replica's copy
         # (STREAMAPP_STANDBY_REPLICAS) of another worker's partition may be behind.
         if rec is None or self._partition(commands.object_key(rec["service"], rec["key"])) \

@@ -7,8 +7,10 @@
              (Restate's cancellation). An invocation with no step under way
              (queued, scheduled, sleeping, retrying, paused) ends at once.
     purge    a finished invocation's outcome is forgotten before its
-             retention ends (its ``results`` row and expiry index entry); a
-             record redelivered after that would run again
+             retention ends: its ``results`` row becomes a marker (no result,
+             no journal) that still deduplicates its id until the retention
+             drops it; lookups answer 404, a call repeating its idempotency
+             key 410
 
 A cancel of a running attempt is kept in its row (``cancel``: the command's
 position) and its actor is told (``StopAfterStep``; an actor started later
@@ -28,11 +30,12 @@ from streamapp.runtime.actions import Action, CancelActor, StartActor, StopAfter
 from streamapp.runtime.commands import object_key
 from streamapp.runtime.finish import finish
 from streamapp.runtime.partition_state import PartitionState
-from streamapp.runtime.store import expiry_key
 
 KILLED = "KilledError: killed by an operator"
 CANCELLED = "InvocationCancelledError: cancelled by an operator"
 CANCELLED_CODE = 409
+PURGED = "InvocationPurgedError: its outcome was purged by an operator"
+PURGED_CODE = 410  # a call repeating the purged invocation's idempotency key
 
 
 def resume(st: PartitionState, pos: int, cmd: ops.Resume, out: list[Action]) -> None:
@@ -78,12 +81,18 @@ def stop_if_cancelled(st: PartitionState, rec: dict[str, Any], out: list[Action]
 def purge(st: PartitionState, pos: int, cmd: ops.Purge, out: list[Action]) -> None:
     store = st.shared.store
     row = store.results.get(cmd.id)
-    if row is None:
+    if row is None or row.get("purged"):
         return  # unfinished (purge refuses those), expired, or purged already
-    del store.results[cmd.id]
-    index = expiry_key(row["finished"], cmd.id)
-    if store.expiry.get(index) is not None:
-        del store.expiry[index]
+    if row.get("at") is not None and row["at"] >= store.positions.applying[st.p]:
+        return  # finished after this purge in the log: the purge, read again after a restart, found it unfinished
+    # The outcome goes; a marker stays until the retention drops it (its expiry entry is kept). Without
+    # it an ``invoke`` of this id read again after a restart, from before the purge, would run again.
+    store.results[cmd.id] = {
+        "id": cmd.id, "service": row["service"], "handler": row["handler"], "key": row["key"],
+        "status": "failed", "error": PURGED, "code": PURGED_CODE, "result": None, "purged": True,
+        "attempt": row.get("attempt", 0), "created": row.get("created"), "finished": row["finished"],
+        "journal": [], "wake_at": None,
+    }
 
 
 def _end(st: PartitionState, rec: dict[str, Any], error: str, code: int | None, out: list[Action]) -> None:

@@ -64,6 +64,8 @@ class BadFilterError(ValueError):
 def filters_of(query: Mapping[str, str]) -> dict[str, str]:
     """The filters a request names (``FILTERS``); ``BadFilterError`` for a status no invocation can have."""
     found = {name: query[name] for name in FILTERS if query.get(name)}
+    if "status" in query:  # present but empty too: a status no invocation has
+        found["status"] = query["status"]
     if "status" in found and found["status"] not in STATUSES:
         raise BadFilterError(f"unknown status {found['status']!r}")
     return found
@@ -138,9 +140,9 @@ class OperatorViews:
         query = request.query
         try:
             filters = filters_of(query)
-            limit = int(query["limit"]) if query.get("limit") else None
-            offset = int(query.get("offset") or 0)
-            sort = query.get("sort") or "created"
+            limit = int(query["limit"]) if "limit" in query else None
+            offset = int(query["offset"]) if "offset" in query else 0
+            sort = query.get("sort", "created")
             if sort not in SORTS or offset < 0 or (limit is not None and limit < 0):
                 raise BadFilterError(f"sort is one of {sorted(SORTS)}; limit and offset are not negative")
         except (BadFilterError, ValueError) as exc:
@@ -173,7 +175,7 @@ class OperatorViews:
             filters = filters_of(request.query)
         except BadFilterError as exc:
             return json_error(400, str(exc), allowed=STATUSES)
-        if not filters and request.query.get("all") != "true":
+        if request.query.get("all", "true") != "true" or (not filters and "all" not in request.query):
             return json_error(400, f"name at least one filter ({', '.join(FILTERS)}), or all=true")
         rows, silent, _ = await self.unfinished(request, filters)
         statuses = BULK[action]
@@ -190,6 +192,8 @@ class OperatorViews:
         try:
             filters = deadletters.Filters.of(request.query)
             limit = int(request.query.get("limit", "1000"))
+            if limit < 0:
+                raise ValueError("limit must not be negative")
         except (deadletters.BadFilterError, ValueError) as exc:
             return json_error(400, str(exc))
         try:
@@ -203,7 +207,7 @@ class OperatorViews:
             filters = deadletters.Filters.of(request.query)
         except deadletters.BadFilterError as exc:
             return json_error(400, str(exc))
-        if filters.empty() and request.query.get("all") != "true":
+        if request.query.get("all", "true") != "true" or (filters.empty() and "all" not in request.query):
             return json_error(400, f"name at least one filter ({', '.join(deadletters.FILTERS)}), or all=true")
         try:
             letters, more = await self.rt.dead_letters(filters, REPLAY_LIMIT)

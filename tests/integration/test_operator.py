@@ -61,7 +61,7 @@ def test_cancel__a_sleeping_invocation_ends_at_once_and_a_call_waiting_for_it_ge
     assert worker.request("POST", "/Test/cs/Nap", {"tag": "next"}, timeout=60)[0] == 200
 
 
-def test_purge__forgets_a_finished_outcome_and_refuses_an_unfinished_one(workers):
+def test_purge__forgets_a_finished_outcome_keeps_its_id_deduplicated_and_refuses_an_unfinished_one(workers, app_env):
     worker = workers.new()
     _, body = worker.request("POST", "/Test/pg/Nap/send", {"tag": "sleeper", "seconds": 3600})
     sleeper = body["invocationId"]
@@ -74,6 +74,17 @@ def test_purge__forgets_a_finished_outcome_and_refuses_an_unfinished_one(workers
     assert worker.request("POST", f"/invocations/{inv}/purge")[0] == 202
     harness.wait_for(lambda: worker.request("GET", f"/invocations/{inv}")[0] == 404, timeout=30,
                      what="the outcome to be forgotten")
+    # Its id still deduplicates until the retention: the same idempotency key does not run it again.
+    key = {"idempotency-key": "purged-once"}
+    _, body = worker.request("POST", "/Test/pg3/Nap/send", {"tag": "keyed"}, headers=key)
+    keyed = body["invocationId"]
+    harness.wait_for(lambda: worker.invocation(keyed)["status"] == "completed", timeout=30, what="the keyed one")
+    assert worker.request("POST", f"/invocations/{keyed}/purge")[0] == 202
+    harness.wait_for(lambda: worker.request("GET", f"/invocations/{keyed}")[0] == 404, timeout=30, what="purge")
+    status, reply = worker.request("POST", "/Test/pg3/Nap", {"tag": "keyed"}, headers=key)
+    assert status == 410 and "purged" in reply["error"], (status, reply)
+    assert len([e for e in ledger(app_env["ledger"]) if e["tag"] == "keyed" and e["event"] == "after"]) == 1
+
     assert worker.invocation(sleeper)["status"] == "sleeping"
 
 

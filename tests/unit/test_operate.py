@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from streamapp.runtime.actions import CancelActor, EntryDecided, Finished, StartActor, StopAfterStep
-from streamapp.runtime.operate import CANCELLED, CANCELLED_CODE
+from streamapp.runtime.operate import CANCELLED, CANCELLED_CODE, PURGED, PURGED_CODE
 from tests.unit.partition_sim import Machine, fixed_clock, invoke, sleep_entry
 
 
@@ -75,12 +75,31 @@ def test_cancel__of_a_queued_or_sleeping_invocation_ends_it_at_once() -> None:
     assert m.apply({"op": "cancel", "id": "i1"}) == [], "finished already"
 
 
-def test_purge__forgets_a_finished_outcome_and_its_expiry_entry_and_refuses_unfinished_ones() -> None:
+def test_purge__forgets_a_finished_outcome_keeps_a_marker_that_deduplicates_and_refuses_unfinished_ones() -> None:
     m = running_machine()
     assert m.apply({"op": "purge", "id": "i1"}) == [] and "i1" in m.rows()["invocations"], "unfinished: kept"
     m.apply({"op": "complete", "id": "i1", "epoch": "e1", "attempt": 1, "result": 7})
-    assert "i1" in m.rows()["results"] and list(m.rows()["expiry"].values()) == ["i1"]
+    assert m.rows()["results"]["i1"]["result"] == 7 and list(m.rows()["expiry"].values()) == ["i1"]
     m.apply({"op": "purge", "id": "i1"})
-    assert "i1" not in m.rows()["results"] and m.rows()["expiry"] == {}
-    # Forgotten: the same id runs again if it arrives again (as after its retention).
-    assert started(m.apply(invoke("i1", key="other"))) == ["i1"]
+    marker = m.rows()["results"]["i1"]
+    assert marker["purged"] and marker["result"] is None and marker["journal"] == []
+    assert (marker["error"], marker["code"]) == (PURGED, PURGED_CODE)
+    assert list(m.rows()["expiry"].values()) == ["i1"], "the retention drops the marker"
+    # An invoke of the id read again (a restart replaying the log from before the purge) is still a duplicate.
+    assert m.apply(invoke("i1")) == [] and "i1" not in m.rows()["invocations"]
+    rows = m.rows()
+    assert m.apply({"op": "purge", "id": "i1"}) == [] and m.rows() == rows
+
+
+def test_purge__read_again_after_a_restart_does_not_purge_an_outcome_that_came_after_it() -> None:
+    # Found by the prefix property: a purge of an unfinished invocation changes nothing; replayed after a
+    # restart over tables where the invocation has finished since, it must still change nothing.
+    log = [{"op": "activate", "epoch": "e1"}, invoke("i0"), {"op": "purge", "id": "i0"},
+           {"op": "complete", "id": "i0", "epoch": "e1", "attempt": 1, "result": 0}]
+    m = Machine()
+    for offset, cmd in enumerate(log):
+        m.apply(cmd, offset)
+    m.restart()
+    for offset, cmd in enumerate(log):
+        m.apply(cmd, offset)
+    assert m.rows()["results"]["i0"]["status"] == "completed" and "purged" not in m.rows()["results"]["i0"]
