@@ -29,7 +29,7 @@ from faust.types import TP
 from streamapp.config import Settings
 from streamapp.durable import mute
 from streamapp.durable.service import Registry
-from streamapp.runtime import commands, connection, faust_adapter, limits, ops
+from streamapp.runtime import commands, connection, faust_adapter, faust_readers, limits, ops
 from streamapp.runtime.actors import ActorPool
 from streamapp.runtime.delivery import Delivery
 from streamapp.runtime.engine import Engine
@@ -312,7 +312,7 @@ class Runtime:
             def buffer_full() -> bool:
                 return bool(queue.full())
 
-            async for events in faust_adapter.take_ready(stream, 500, gather=0.005):
+            async for events in faust_readers.take_ready(stream, 500, gather=0.005):
                 await self.flow.admit(buffer_full)
                 events = await self.ingest.confirm(events)  # which topic incarnation the records are from
                 durable = False

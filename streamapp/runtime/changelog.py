@@ -115,7 +115,7 @@ class PositionedTable(faust.Table[str, Any]):
     for the changelog: per partition, the last value of each key, in the
     order of their last writes. ``take_staged`` encodes what is staged, and
     the producer's flush first sends that, one record batch per changelog
-    partition (``faust_adapter.send_rows``, ``runtime/flush.py``),
+    partition (``flush.send_rows``, ``runtime/flush.py``),
     so the rows of every command a commit passes are sent, and acknowledged,
     before it. An invocation that starts and finishes between two commits
     writes one tombstone for its row, not a record per change.
@@ -150,7 +150,7 @@ class PositionedTable(faust.Table[str, Any]):
         """What is staged, encoded as the changelog's records (net effect, in order of last writes), and forgotten.
 
         Per partition, one ``StagedRows``: the caller sends them as record
-        batches (``faust_adapter.send_rows``) and calls ``rows_sent`` once the
+        batches (``flush.send_rows``) and calls ``rows_sent`` once the
         broker has them.
         """
         staged, self.staged = self.staged, {}

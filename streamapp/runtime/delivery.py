@@ -30,7 +30,7 @@ Internal command, exactly once in effect:
   4. Faust's commit flushes the producer: the staged rows are queued as
      record batches, one per changelog partition (the net effect of the
      commands applied since the last flush, in the order of their last
-     writes; ``faust_adapter.send_rows``), and every record and batch queued
+     writes; ``flush.send_rows``), and every record and batch queued
      before the flush began is acknowledged (``runtime/flush.py``; Faust's
      own flush can return early), then commits the command's offset. A crash before the
      commit replays the command; applying is idempotent (ids, statuses,
@@ -55,7 +55,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.types import TP
 
-from streamapp.runtime import faust_adapter
+from streamapp.runtime import faust_readers
 from streamapp.runtime.offsets import OffsetGuard
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class Delivery:
 
     def forget_gap(self, tp: TP, start: int, last: int) -> None:
         """A hole the guard filled was read again and acked record by record: not a compaction gap."""
-        faust_adapter.forget_gap(self.app.consumer, tp, start, last + 1)
+        faust_readers.forget_gap(self.app.consumer, tp, start, last + 1)
 
     async def admin(self) -> AIOKafkaAdminClient:
         if self._admin is None:

@@ -1,4 +1,5 @@
-"""Every use of Faust and aiokafka internals, in one module, reached through Faust's transport registry.
+"""Faust and aiokafka internals, reached through Faust's transport registry (with ``faust_fence`` and
+``faust_readers``: the three ``faust_*`` modules hold every use of them, checked against ``TESTED``).
 
 Faust picks its transport by the scheme of the broker URL, from a plugin
 registry (``faust.transport.drivers.TRANSPORTS``: ``kafka`` is its aiokafka
@@ -36,18 +37,10 @@ been expelled without knowing it; this makes the group coordinator (on the
 consumer thread's loop) join again, so ownership comes from a fresh
 assignment, not from what the worker believed.
 
-``ConsumerThread`` — the static-membership fence (``runtime/membership.py``).
-aiokafka sends heartbeats at versions 0-1, which cannot carry the
-``group.instance.id``; a member replaced by another process with the same
-id then hears UNKNOWN_MEMBER_ID, resets its member id and joins again with
-the same instance id, which replaces the other process in turn: both hold
-the same partitions, a second at a time, under one generation. With an
-instance id, heartbeats go out at version 3 with the id
-(``StaticHeartbeatRequest``), so the broker answers FENCED_INSTANCE_ID to
-the replaced member; from that answer on, the group protocol's requests
-never return (no rejoin, no error for Faust to handle), offset commits fail
-at once (a commit waiting on the fence would hold the stop), and the app's
-``instance_fenced`` runs on the worker's loop.
+``ConsumerThread`` — the static-membership fence (``runtime/membership.py``):
+with an instance id its group coordinator's requests go through
+``faust_fence.watch_fence`` (aiokafka's heartbeat protocol, in a module of its
+own; checked against the same ``TESTED`` versions).
 
 ``PartitionAssignor`` — a static member restarted under another URL (another
 host or port) gets back the assignment the group made for its previous
@@ -65,7 +58,7 @@ app starts, and a restarted worker's first completion waits on this start.
 Faust's buffer flush can return with table rows still unsent. A flush first
 takes the table rows the app staged (``take_staged``; the tables write their
 changelogs as net effects, ``runtime/changelog.py``) and queues them as
-aiokafka record batches (``send_rows``), one future per batch instead of
+aiokafka record batches (``flush.send_rows``), one future per batch instead of
 Faust's message, future and callback per record.
 
 Patient start-up — ``wait_for_broker`` proves the broker answered once;
@@ -82,12 +75,9 @@ the worker creates, from its replication factor (``connection.topic_config``).
 by topic (``GET /metrics``): commands and dead letters in ``send``, the
 staged table rows as their batches are queued.
 
-``take_ready`` — Faust's ``Stream.take_events`` without its timer while
-nothing arrives (an idle worker woke 200 times a second for it).
-
-Readers of internals: ``forget_gap`` (the consumer's compaction-gap ranges),
-``mark_done`` (a message's ``acked`` flag under Faust's ack lock) and the
-RocksDB store's per-partition DBs (``open_partitions``, ``items``, ``keys``).
+The readers of Faust's internals the runtime uses elsewhere (acks, compaction
+gaps, the RocksDB stores' partitions, stream batches) are in
+``runtime/faust_readers.py``, checked against the same versions.
 
 Checked against the versions in ``TESTED``; ``check_versions`` refuses any
 other at start-up (``STREAMAPP_ALLOW_UNTESTED_FAUST=1`` turns that into a
@@ -97,30 +87,25 @@ warning, for whoever checks a new version).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from importlib import metadata
 from typing import Any, TypeVar
 
-from aiokafka.errors import KafkaConnectionError, KafkaError, UnknownMemberIdError
-from aiokafka.protocol import commit as commit_protocol
-from aiokafka.protocol import group as group_protocol
-from aiokafka.protocol.api import Request, RequestStruct
-from aiokafka.protocol.types import Int32, Schema, String
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from faust.assignor import PartitionAssignor as FaustPartitionAssignor
 from faust.assignor.client_assignment import ClientMetadata
 from faust.tables.manager import TableManager as FaustTableManager
 from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP
-from faust.types.tuples import ack_lock
 
 from streamapp.runtime.connection import topic_config
-from streamapp.runtime.flush import CompleteFlush
+from streamapp.runtime.faust_fence import watch_fence
+from streamapp.runtime.faust_readers import mark_done
+from streamapp.runtime.flush import CompleteFlush, refused_row, send_rows
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -235,90 +220,6 @@ class AdaptiveWait:
         return self.plain(assignment)
 
 
-FENCED_INSTANCE_ID = 82  # Kafka's error code: another process joined with this group.instance.id
-
-
-class StaticHeartbeatRequestV3(RequestStruct):
-    """Heartbeat v3: v1's fields and the group.instance.id (KIP-345); the response is v1's."""
-
-    API_KEY = 12
-    API_VERSION = 3
-    RESPONSE_TYPE = group_protocol.HeartbeatResponse_v1
-    SCHEMA = Schema(
-        ("group", String("utf-8")),
-        ("generation_id", Int32),
-        ("member_id", String("utf-8")),
-        ("group_instance_id", String("utf-8")),
-    )
-
-
-class StaticHeartbeatRequest(Request[StaticHeartbeatRequestV3]):
-    API_KEY = 12
-
-    def __init__(self, group: str, generation_id: int, member_id: str, group_instance_id: str) -> None:
-        self.fields = (group, generation_id, member_id, group_instance_id)
-
-    def build(self, request_struct_class: type[StaticHeartbeatRequestV3]) -> StaticHeartbeatRequestV3:
-        return request_struct_class(*self.fields)
-
-
-UNKNOWN_MEMBER_ID = 25
-
-
-def _unknown_member(response: Any) -> bool:
-    """Whether a response says UNKNOWN_MEMBER_ID (at the top, or for a partition of an OffsetCommit)."""
-    if getattr(response, "error_code", None) == UNKNOWN_MEMBER_ID:
-        return True
-    topics = getattr(response, "topics", None) if type(response).__name__.startswith("OffsetCommit") else None
-    return any(part[-1] == UNKNOWN_MEMBER_ID for _, parts in topics or () for part in parts)
-
-
-def watch_fence(coordinator: Any, instance_id: str, fenced: Callable[[], None]) -> None:
-    """Heartbeats of ``coordinator`` carry ``instance_id``; once fenced, call ``fenced()`` and go silent.
-
-    aiokafka's OffsetCommit and SyncGroup cannot carry the id either, so a
-    replaced member hears UNKNOWN_MEMBER_ID there too, and would reset its
-    member id and join again (replacing the other process). Before such an
-    answer reaches the coordinator, a v3 heartbeat asks the broker which it
-    is: FENCED_INSTANCE_ID (another process has the id: fenced) or not (the
-    member expired: the answer goes on, and the coordinator joins afresh).
-    """
-    plain = coordinator._send_req
-    out = False
-
-    def heartbeat() -> StaticHeartbeatRequest:
-        return StaticHeartbeatRequest(coordinator.group_id, coordinator.generation, coordinator.member_id,
-                                      instance_id)
-
-    async def silent(request: Any) -> Any:
-        """A fenced member's request: offsets fail at once (Faust's commit, the stop's last one, goes
-        on without them); the group protocol's never answer (no rejoin), until the consumer stops."""
-        if isinstance(request, (commit_protocol.OffsetCommitRequest, commit_protocol.OffsetFetchRequest)):
-            raise UnknownMemberIdError(f"fenced: another process has group.instance.id={instance_id}")
-        return await asyncio.get_running_loop().create_future()
-
-    async def send_req(request: Any) -> Any:
-        nonlocal out
-        if out:
-            return await silent(request)
-        heartbeating = isinstance(request, group_protocol.HeartbeatRequest)
-        response = await plain(heartbeat() if heartbeating else request)
-        verdict = response
-        if not heartbeating and _unknown_member(response):
-            try:
-                verdict = await plain(heartbeat())
-            except KafkaError:
-                pass  # the coordinator is away: the first answer goes on
-        if getattr(verdict, "error_code", None) == FENCED_INSTANCE_ID and not out:
-            out = True
-            log.critical("The group fenced this member: another process joined with group.instance.id=%s",
-                         instance_id)
-            fenced()
-        return await silent(request) if out else response
-
-    coordinator._send_req = send_req
-
-
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -420,7 +321,7 @@ class Producer(faust_aiokafka.Producer):
     async def _send_staged(self, take: Callable[[], list[Any]], previous: asyncio.Future[None] | None) -> None:
         if previous is not None and not previous.done():
             await asyncio.wait([previous])
-        refused = getattr(self.app, "changelog_refused", _refused)
+        refused = getattr(self.app, "changelog_refused", refused_row)
         staged = take()
         for rows in staged:
             self.sent[rows.topic] += len(rows.records)
@@ -430,58 +331,6 @@ class Producer(faust_aiokafka.Producer):
         producer = super()._new_producer(transactional_id)
         _patient_client(producer.client)
         return producer
-
-
-def _refused(topic: str, exc: BaseException) -> None:
-    log.critical("Changelog write refused topic=%s error=%r", topic, exc)
-
-
-async def send_rows(client: Any, staged: list[Any], track: Callable[[asyncio.Future[Any]], None],
-                    refused: Callable[[str, BaseException], None]) -> None:
-    """Queue staged changelog rows (``changelog.StagedRows``) as record batches, one or more per partition.
-
-    aiokafka's own batch API (``create_batch``/``send_batch``): one future per
-    batch, not a Faust message, a future and a callback per record. ``track``
-    gets each batch's delivery future (the flush waits for it); when a batch
-    is delivered, its table learns the offset of its last record (what
-    Faust's ``_on_changelog_sent`` records per row); when the broker refuses
-    one, ``refused(topic, error)``.
-    """
-    for rows in staged:
-        batch = client.create_batch()
-        count = 0
-        for key, value, headers in rows.records:
-            if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:  # full
-                await _send_batch(client, batch, rows, count, track, refused)
-                batch, count = client.create_batch(), 0
-                batch.append(timestamp=None, key=key, value=value, headers=headers)  # a first record always fits
-            count += 1
-        if count:
-            await _send_batch(client, batch, rows, count, track, refused)
-
-
-async def _send_batch(client: Any, batch: Any, rows: Any, count: int,
-                      track: Callable[[asyncio.Future[Any]], None],
-                      refused: Callable[[str, BaseException], None]) -> None:
-    try:
-        fut = await client.send_batch(batch, rows.topic, partition=rows.partition)
-    except asyncio.CancelledError:
-        raise
-    except Exception as exc:
-        refused(rows.topic, exc)
-        raise
-
-    def delivered(done: asyncio.Future[Any]) -> None:
-        if done.cancelled():
-            return
-        exc = done.exception()
-        if exc is not None:
-            refused(rows.topic, exc)
-        else:
-            rows.table.rows_sent(rows.partition, done.result().offset + count - 1)
-
-    fut.add_done_callback(delivered)
-    track(fut)
 
 
 class Transport(faust_aiokafka.Transport):
@@ -504,129 +353,3 @@ def request_rejoin(consumer: Any) -> bool:
     """Ask the group for a new assignment; False when the consumer cannot (not started, not ours)."""
     rejoin = getattr(consumer, "request_rejoin", None)
     return bool(rejoin()) if rejoin is not None else False
-
-
-def mark_done(message: Any) -> None:
-    """Done with this delivery, not acked: the commit stays below it and it is read again later."""
-    with ack_lock:
-        message.acked = True
-
-
-def forget_gap(consumer: Any, tp: TP, start: int, end: int) -> None:
-    """Drop ``[start, end)`` from the consumer's compaction gaps of ``tp``.
-
-    Faust counts a jump in offsets as a compaction gap that may be committed
-    without being acked; after a hole the offset guard filled, that range
-    was read again and is acked record by record.
-    """
-    gaps = getattr(consumer, "_gap", None)
-    if gaps is not None and tp in gaps:
-        gaps[tp].chop(start, end)
-
-
-def open_partitions(store: Any) -> list[int]:
-    """The partitions of a Faust RocksDB store with a local DB open."""
-    return list(store._dbs)
-
-
-def items(store: Any, partition: int, start: str | None = None) -> Iterator[tuple[str, Any]]:
-    """One partition's (key, value) pairs of a Faust RocksDB store, in key order, from ``start``.
-
-    Faust keeps one DB per partition; its public ``items()`` spans all
-    active partitions. Lazy: a value is read and decoded only when reached.
-    """
-    db = store._db_for_partition(partition)
-    from_key = None if start is None else store._encode_key(start)
-    for raw_key, raw_value in db.items(from_key=from_key):
-        if raw_key != store.offset_key:
-            yield store._decode_key(raw_key), store._decode_value(raw_value)
-
-
-def keys(store: Any, partition: int, start: str | None = None) -> Iterator[str]:
-    """One partition's keys of a Faust RocksDB store, in key order, from ``start``; no value is read."""
-    db = store._db_for_partition(partition)
-    from_key = None if start is None else store._encode_key(start)
-    # Faust stores these str keys JSON-encoded; its codec registry costs more
-    # than the RocksDB read, so decode with json when that is the encoding
-    # (checked on a probe key), else through the store.
-    decode = json.loads if store._encode_key('k/"') == json.dumps('k/"').encode() else store._decode_key
-    for raw_key in db.keys(from_key=from_key):
-        if raw_key != store.offset_key:
-            yield decode(raw_key)
-
-
-def take_ready(stream: Any, max_: int, gather: float) -> AsyncIterator[list[Any]]:
-    """Batches of a stream's events (``_take_ready``), tracked as Faust tracks ``take_events``.
-
-    Faust closes the buffering generators it tracks when the stream stops,
-    which acks what they consumed and detaches their processor.
-    """
-    agen = _take_ready(stream, max_, gather)
-    active = getattr(stream, "_active_agens", None)
-    if active is not None:
-        active.add(agen)
-    return agen
-
-
-async def _take_ready(stream: Any, max_: int, gather: float) -> AsyncIterator[list[Any]]:
-    """Like Faust's ``Stream.take_events``, without a timer while nothing arrives.
-
-    ``take_events(max_, within)`` wakes every ``within`` seconds to look at
-    its buffer, also when the topic is idle (200 wake-ups a second at 5 ms).
-    This waits for the first event with no timeout, then ``gather`` seconds
-    for what arrives with it (a fetch delivers a partition's records one by
-    one), or less if ``max_`` are in, and yields them. Acks as Faust does:
-    each event once the caller is done with the batch.
-    """
-    buffer: list[Any] = []
-    arrived = asyncio.Event()
-    full = asyncio.Event()
-    consumed = asyncio.Event()
-    consuming: asyncio.Future[None] | None = None
-    enable_acks = stream.enable_acks
-
-    async def add_to_buffer(value: Any) -> Any:
-        nonlocal consuming
-        if consuming is not None:
-            try:
-                await consuming
-            finally:
-                consuming = None
-        event = stream.current_event
-        if event is None:
-            raise RuntimeError("take_ready found current_event is None")
-        buffer.append(event)
-        arrived.set()
-        if len(buffer) >= max_:
-            full.set()
-            consumed.clear()
-            await stream.wait(consumed)  # never more than max_ in one batch
-        return value
-
-    stream.enable_acks = False
-    stream.add_processor(add_to_buffer)
-    stream._enable_passive(aiter(stream.channel))
-    try:
-        while not stream.should_stop:
-            await stream.wait_for_stopped(arrived)
-            if not full.is_set():
-                await stream.wait_for_stopped(full, timeout=gather)
-            if not buffer:
-                arrived.clear()
-                continue
-            consuming = asyncio.get_running_loop().create_future()
-            events = list(buffer)
-            try:
-                yield events
-            finally:
-                buffer.clear()
-                for event in events:
-                    await stream.ack(event)
-                arrived.clear()
-                full.clear()
-                if not consuming.done():
-                    consuming.set_result(None)
-                consumed.set()
-    finally:
-        stream.enable_acks = enable_acks
-        stream._processors.remove(add_to_buffer)

@@ -54,11 +54,11 @@ class StreamApp(faust.App):
         return self.runtime.tables.take_staged()
 
     def changelog_refused(self, topic: str, exc: BaseException) -> None:
-        """The broker refused a batch of staged rows (``faust_adapter.send_rows``)."""
+        """The broker refused a batch of staged rows (``flush.send_rows``)."""
         self.runtime.changelog_guard.refused(topic, exc)
 
     def instance_fenced(self) -> None:
-        """Another process joined with this worker's group.instance.id (``faust_adapter.watch_fence``)."""
+        """Another process joined with this worker's group.instance.id (``faust_fence.watch_fence``)."""
         membership.fenced(self.runtime)
 
     def on_webserver_init(self, web: Any) -> None:

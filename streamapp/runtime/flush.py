@@ -22,12 +22,15 @@ commit under steady load is not postponed indefinitely. A record the broker
 refused fails the flush (Faust then does not commit; ``ChangelogGuard``
 stops the worker for a refused changelog record).
 
+``send_rows`` queues the table rows staged since the last flush as record
+batches (aiokafka's public batch API), each batch's future tracked here.
+
 Commit order, with this in place (``Consumer._commit_offsets``):
   1. Faust picks, per partition, the highest offset below which every
      command was acked (applied: its rows are staged by then);
   2. ``flush``: the rows staged so far are queued as record batches, the
      net effect of every command applied since the last flush
-     (``runtime/changelog.py``, ``faust_adapter.send_rows``; ``track``), and
+     (``runtime/changelog.py``, ``flush.send_rows``; ``track``), and
      every record and batch queued so far is acknowledged (acks=all);
   3. the offsets are committed.
 """
@@ -85,3 +88,55 @@ class CompleteFlush:
             fut.result()
         while self.unsent and self.unsent[0].done():
             self.unsent.popleft()
+
+
+def refused_row(topic: str, exc: BaseException) -> None:
+    log.critical("Changelog write refused topic=%s error=%r", topic, exc)
+
+
+async def send_rows(client: Any, staged: list[Any], track: Callable[[asyncio.Future[Any]], None],
+                    refused: Callable[[str, BaseException], None]) -> None:
+    """Queue staged changelog rows (``changelog.StagedRows``) as record batches, one or more per partition.
+
+    aiokafka's own batch API (``create_batch``/``send_batch``): one future per
+    batch, not a Faust message, a future and a callback per record. ``track``
+    gets each batch's delivery future (the flush waits for it); when a batch
+    is delivered, its table learns the offset of its last record (what
+    Faust's ``_on_changelog_sent`` records per row); when the broker refuses
+    one, ``refused(topic, error)``.
+    """
+    for rows in staged:
+        batch = client.create_batch()
+        count = 0
+        for key, value, headers in rows.records:
+            if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:  # full
+                await _send_batch(client, batch, rows, count, track, refused)
+                batch, count = client.create_batch(), 0
+                batch.append(timestamp=None, key=key, value=value, headers=headers)  # a first record always fits
+            count += 1
+        if count:
+            await _send_batch(client, batch, rows, count, track, refused)
+
+
+async def _send_batch(client: Any, batch: Any, rows: Any, count: int,
+                      track: Callable[[asyncio.Future[Any]], None],
+                      refused: Callable[[str, BaseException], None]) -> None:
+    try:
+        fut = await client.send_batch(batch, rows.topic, partition=rows.partition)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        refused(rows.topic, exc)
+        raise
+
+    def delivered(done: asyncio.Future[Any]) -> None:
+        if done.cancelled():
+            return
+        exc = done.exception()
+        if exc is not None:
+            refused(rows.topic, exc)
+        else:
+            rows.table.rows_sent(rows.partition, done.result().offset + count - 1)
+
+    fut.add_done_callback(delivered)
+    track(fut)

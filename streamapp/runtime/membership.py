@@ -20,7 +20,7 @@ base id into ``<base>-<i>``, one per process slot, stable across restarts.
 
 Two processes with one id (a duplicate started while the first runs): the
 broker gives the newcomer the member's place and fences the older one.
-``faust_adapter.watch_fence`` makes the fenced consumer hear so (heartbeat
+``faust_fence.watch_fence`` makes the fenced consumer hear so (heartbeat
 v3 carries the id) and go silent instead of joining again (which would
 fence the newcomer in turn, a flip every heartbeat); ``fenced`` below then
 stops the worker: no command is applied from that moment, actors and

@@ -52,7 +52,7 @@ from typing import Any
 
 from faust.types import TP
 
-from streamapp.runtime import faust_adapter
+from streamapp.runtime import faust_readers
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class OffsetGuard:
         if expected is None:
             found = await self._start_of(message)
             if found is None:  # a rebalance overtook this record: Faust delivers it again
-                faust_adapter.mark_done(message)
+                faust_readers.mark_done(message)
                 return False
             expected = self.next[tp] = found
         if offset == expected:
@@ -137,7 +137,7 @@ class OffsetGuard:
                         self.name, tp.partition, expected, offset)
             await self._seek_back(tp, hole)
         hole.last = max(hole.last, offset)
-        faust_adapter.mark_done(message)  # done with this delivery, but not acked: the commit stays below the hole
+        faust_readers.mark_done(message)  # done with this delivery, but not acked: the commit stays below the hole
         if time.monotonic() - hole.sought_at > RESEEK_AFTER:
             await self._seek_back(tp, hole)
         return False

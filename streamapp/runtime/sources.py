@@ -39,7 +39,7 @@ from faust.types import TP
 
 from streamapp.durable import codec, ids
 from streamapp.durable.errors import InvalidInputError
-from streamapp.runtime import faust_adapter, tracing
+from streamapp.runtime import faust_readers, tracing
 from streamapp.runtime.topic_ids import TopicIds
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ class Ingest:
         found = await self._current(topics, events)
         if found is None:  # a rebalance overtook the batch: Faust delivers it again
             for event in events:
-                faust_adapter.mark_done(event.message)
+                faust_readers.mark_done(event.message)
             return []
         await self._compare(found)
         # Changed now, or by ``watch`` while the lookup ran: either way the batch is of unknown incarnation.
@@ -114,7 +114,7 @@ class Ingest:
         kept = []
         for event in events:
             if event.message.topic in recreated:
-                faust_adapter.mark_done(event.message)
+                faust_readers.mark_done(event.message)
             else:
                 kept.append(event)
         return kept

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import faust
 from faust.types import TP
 
-from streamapp.runtime import changelog, faust_adapter
+from streamapp.runtime import changelog, faust_readers
 
 # One RocksDB per table and partition (6 tables x N partitions): Faust's
 # defaults (64 MB write buffers, a 2 GB block cache each) let memory grow with
@@ -107,7 +107,7 @@ class Tables:
         for table in self.all:
             store = table.data
             topic = table.changelog_topic.get_topic_name()
-            for partition in faust_adapter.open_partitions(store):
+            for partition in faust_readers.open_partitions(store):
                 tp = TP(topic, partition)
                 store.set_persisted_offset(tp, -1)
                 reset.append(tp)
@@ -117,12 +117,12 @@ class Tables:
     @staticmethod
     def partition_items(table: Any, partition: int, start: str | None = None) -> Iterator[tuple[str, Any]]:
         """Items of one partition's RocksDB store, in key order, from ``start`` (inclusive); lazy."""
-        return faust_adapter.items(table.data, partition, start)
+        return faust_readers.items(table.data, partition, start)
 
     @staticmethod
     def partition_keys(table: Any, partition: int, start: str | None = None) -> Iterator[str]:
         """Keys of one partition's RocksDB store, in key order, from ``start``; no value is read."""
-        return faust_adapter.keys(table.data, partition, start)
+        return faust_readers.keys(table.data, partition, start)
 
 
 def expiry_key(finished: float, inv_id: str) -> str:

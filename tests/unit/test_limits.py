@@ -270,7 +270,7 @@ def test_changelog_guard__other_topics_are_left_to_their_senders() -> None:
 
 
 def test_changelog_guard__a_refused_batch_of_staged_rows_stops_the_worker() -> None:
-    # Staged table rows go out as record batches (faust_adapter.send_rows), not through Faust's
+    # Staged table rows go out as record batches (flush.send_rows), not through Faust's
     # send: the app hands a refused batch to the same guard.
     exits: list[int] = []
     rt = Runtime(Settings(app_id="limits-test"), Registry())

@@ -1,4 +1,4 @@
-"""The static-membership fence (``faust_adapter.watch_fence``) against a fake group coordinator."""
+"""The static-membership fence (``faust_fence.watch_fence``) against a fake group coordinator."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from aiokafka.errors import UnknownMemberIdError
 from aiokafka.protocol.commit import OffsetCommitRequest, OffsetCommitResponse_v2
 from aiokafka.protocol.group import HeartbeatRequest, HeartbeatResponse_v1
 
-from streamapp.runtime import faust_adapter
-from streamapp.runtime.faust_adapter import FENCED_INSTANCE_ID, UNKNOWN_MEMBER_ID, StaticHeartbeatRequest
+from streamapp.runtime import faust_fence
+from streamapp.runtime.faust_fence import FENCED_INSTANCE_ID, UNKNOWN_MEMBER_ID, StaticHeartbeatRequest
 
 BROKER_VERSIONS = {12: (0, 4)}  # the Heartbeat versions Apache Kafka 4.x accepts
 
@@ -40,7 +40,7 @@ def commit_answer(code: int) -> OffsetCommitResponse_v2:
 
 def watched(coordinator: FakeCoordinator) -> list[str]:
     calls: list[str] = []
-    faust_adapter.watch_fence(coordinator, "inst-a", lambda: calls.append("fenced"))
+    faust_fence.watch_fence(coordinator, "inst-a", lambda: calls.append("fenced"))
     return calls
 
 
