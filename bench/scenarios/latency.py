@@ -33,14 +33,16 @@ def sizes(smoke: bool) -> dict[str, object]:
 
 
 async def measure(app_id: str, topic: str, partitions: int, rate: float, seconds: float
-                  ) -> tuple[list[float], int, float]:
-    """Send ``rate * seconds`` records; return (latencies in s, records sent, achieved send rate)."""
+                  ) -> tuple[list[float], int, float, dict[str, float]]:
+    """Send ``rate * seconds`` records; return (latencies in s, records sent, achieved send rate, ``gaps``)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=harness.bootstrap(), enable_auto_commit=False)
     producer = AIOKafkaProducer(bootstrap_servers=harness.bootstrap(), acks="all")
     await consumer.start()
     await producer.start()
     sent: dict[str, float] = {}  # invocation id -> t0
     done: dict[str, float] = {}  # invocation id -> receipt of its complete command
+    # invocation id -> the producer's timestamps (ms) of its commands: invoke, entries..., complete
+    stamps: dict[str, list[tuple[str, int]]] = {}
     stop = asyncio.Event()
     all_done = asyncio.Event()
     n = int(rate * seconds)
@@ -52,6 +54,7 @@ async def measure(app_id: str, topic: str, partitions: int, rate: float, seconds
             for msgs in batch.values():
                 for m in msgs:
                     for cmd in commands.unpack(json.loads(m.value)):  # a record can hold a batch
+                        stamps.setdefault(cmd.get("id", ""), []).append((cmd["op"], m.timestamp))
                         if cmd["op"] == "invoke" and "t0" in (cmd.get("payload") or {}):
                             sent[cmd["id"]] = cmd["payload"]["t0"]
                         elif cmd["op"] == "complete" and cmd["id"] in sent:
@@ -85,10 +88,32 @@ async def measure(app_id: str, topic: str, partitions: int, rate: float, seconds
         stop.set()
         await probing
         latencies = [done[k] - t0 for k, t0 in sent.items() if k in done]
-        return latencies, n, (n - 1) / (last - first) if last > first else 0.0
+        return latencies, n, (n - 1) / (last - first) if last > first else 0.0, gaps(sent, done, stamps)
     finally:
         await producer.stop()
         await consumer.stop()
+
+
+def gaps(sent: dict[str, float], done: dict[str, float], stamps: dict[str, list[tuple[str, int]]]
+         ) -> dict[str, float]:
+    """Where the latency goes: the median of each gap between an invocation's commands, in ms.
+
+    A command's time is its producer timestamp (the worker's clock, as is ``t0``'s
+    producer's: one machine), so ``t0 -> invoke`` is the source's delivery to the
+    worker, each ``-> entry`` or ``-> complete`` one step's round trip through the
+    log (its previous command made durable and read back, then the actor's
+    next step), and ``complete -> seen`` the probe's own fetch.
+    """
+    steps: dict[str, list[float]] = {}
+    for k, t0 in sent.items():
+        if k not in done:
+            continue
+        prev, prev_t = "t0", t0 * 1000
+        for op, ts in stamps.get(k, []):
+            steps.setdefault(f"{prev} -> {op}", []).append(ts - prev_t)
+            prev, prev_t = op, ts
+        steps.setdefault("complete -> seen", []).append(done[k] * 1000 - prev_t)
+    return {name: percentile(v, 50) for name, v in steps.items()}
 
 
 def run(r: Run, result: Result) -> None:
@@ -106,7 +131,8 @@ def run(r: Run, result: Result) -> None:
         for rate in rates:
             if worker.proc is not None and worker.proc.poll() is not None:
                 raise BenchError(f"worker exited:\n{worker.tail()}")
-            lat, n, achieved = harness.run_async(measure(factory.app_id, topics[name], partitions, rate, seconds))
+            lat, n, achieved, where = harness.run_async(
+                measure(factory.app_id, topics[name], partitions, rate, seconds))
             if len(lat) < n:
                 result.problems.append(f"{name} at {rate}/s: {n - len(lat)} of {n} invocations not completed")
             ms = [x * 1000 for x in lat]
@@ -115,5 +141,7 @@ def run(r: Run, result: Result) -> None:
             result.add(f"{label}: p50", percentile(ms, 50), "ms", target=p50)
             result.add(f"{label}: p95", percentile(ms, 95), "ms")
             result.add(f"{label}: p99", percentile(ms, 99), "ms", target=p99)
+            result.notes.append(f"{name} at {rate}/s, median gaps: "
+                                + ", ".join(f"{step} {ms_:.1f} ms" for step, ms_ in where.items()))
     result.notes.append("latency = produce -> the complete command received by a probe consumer on the "
                         "internal topic (durable completion)")

@@ -30,6 +30,7 @@ from streamapp.config import Settings
 from streamapp.durable import mute
 from streamapp.durable.service import Registry
 from streamapp.runtime import commands, connection, faust_adapter, faust_readers, limits, ops
+from streamapp.runtime.ackapply import AckApply
 from streamapp.runtime.actors import ActorPool
 from streamapp.runtime.delivery import Delivery
 from streamapp.runtime.engine import Engine
@@ -118,6 +119,8 @@ class Runtime:
         self.activation: asyncio.Future[None] | None = None
         self.reclaiming: asyncio.Future[None] | None = None
         self.delivery = Delivery(self.app, self.kafka)
+        self.ack_apply = AckApply(self, self.drives)
+        self.outbox.on_durable = self.ack_apply.on_durable
         self.generation: int | None = None  # the consumer generation of the last assignment
         self._reading_limits = asyncio.Lock()
         self._wire()
@@ -161,6 +164,7 @@ class Runtime:
         if skipped:
             log.warning("Rebalance skipped generations (now %s): restarting every partition", generation)
         self.delivery.forget(None if skipped else assigned)
+        self.ack_apply.forget()
         self.engine.release(self.engine.known_partitions() - kept)
 
     # -- rebalance -------------------------------------------------------------
@@ -214,6 +218,7 @@ class Runtime:
         if last is None or now - last <= self.engine.stall_limit:
             return
         self.delivery.forget()  # others may have read on meanwhile: start again from the group's commits
+        self.ack_apply.forget()
         live = self.engine.live_partitions()
         log.warning("Worker stalled for %.1fs (limit %.1fs): stopping partitions=%s until the group reassigns them",
                     now - last, self.engine.stall_limit, sorted(live))
@@ -380,22 +385,37 @@ class Runtime:
         is skipped (the record is dead-lettered with the reason) and the
         others are applied.
         """
+        cmds, reasons = self.parse_record(value)
+        self.apply_parsed(msg.partition, msg.offset, cmds)
+        return "; ".join(reasons) or None
+
+    @staticmethod
+    def parse_record(value: bytes) -> tuple[list[tuple[int, ops.Command]], list[str]]:
+        """The commands of an internal record that parse (with their index in it), and why the others do not."""
         try:
             cmds = commands.unpack(commands.decode(value))
         except ValueError:
-            return "undecodable command"
-        reasons = []
+            return [], ["undecodable command"]
+        parsed, reasons = [], []
         for index, cmd in enumerate(cmds):
             try:
                 if not isinstance(cmd, dict) or cmd.get("op") == commands.BATCH:
                     raise ops.InvalidCommandError("not a command")
-                command = ops.parse(cmd)
+                parsed.append((index, ops.parse(cmd)))
             except ops.InvalidCommandError as exc:
                 reasons.append(str(exc) if len(cmds) == 1 else f"command {index} of the batch: {exc}")
-                continue
+        return parsed, reasons
+
+    def apply_parsed(self, p: int, offset: int, cmds: list[tuple[int, ops.Command]]) -> None:
+        for index, command in cmds:
             try:
-                self.engine.apply(msg.partition, msg.offset, command, index)
+                self.engine.apply(p, offset, command, index)
             except Exception as exc:  # ApplyError, or a failure while failing an invocation
                 log.critical("Stopping the worker: could not apply %s", exc, exc_info=exc.__cause__ or exc)
                 raise SystemExit(EX_SOFTWARE) from exc
-        return "; ".join(reasons) or None
+
+    def drives(self, p: int) -> bool:
+        """Whether this worker may apply its own command for ``p`` at its ack (``runtime/ackapply.py``)."""
+        return (self.outbox.limits is not None and not self.fenced() and not self.fenced_out
+                and not self.app.rebalancing and self.app.flow_control.is_active()
+                and p in self.engine.leading)

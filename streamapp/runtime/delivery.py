@@ -22,6 +22,10 @@ Source record (topic subscribed to a handler), at least once:
 
 Internal command, exactly once in effect:
   1. admitted by the invocations agent's guard as above;
+     (or, for a command this worker wrote, taken at the broker's ack when
+     the guard expects its offset next and applied there: ``take``,
+     ``runtime/ackapply.py``; the copy read back is then skipped as
+     handled already and goes on to step 3);
   2. applied to the tables: its rows are written to the local stores and
      staged for the changelogs, each naming the command; a later write of
      the same row before the next flush replaces the staged one

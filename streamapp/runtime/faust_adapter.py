@@ -114,6 +114,8 @@ SCHEME = "streamapp"
 FETCH_MAX_WAIT_MS = 10  # while records flow
 IDLE_FETCH_WAIT_MS = 500  # at rest (aiokafka's own default)
 IDLE_AFTER = 1.0  # seconds without fetched records before the worker counts as at rest
+LINGER_WINDOW = 0.1  # seconds over which the producer's send rate is counted
+LINGER_ABOVE = 600  # records/s sent through ``Producer.send``: below this a record goes out at once
 # The versions whose internals this module was read against (distribution -> versions).
 TESTED = {"faust-streaming": ("0.15.3",), "aiokafka": ("0.14.0",)}
 ALLOW_UNTESTED = "STREAMAPP_ALLOW_UNTESTED_FAUST"
@@ -289,6 +291,36 @@ class Consumer(faust_aiokafka.Consumer):
         return isinstance(thread, ConsumerThread) and thread.request_rejoin()
 
 
+class AdaptiveLinger:
+    """The producer lingers (``producer_linger``) only while it sends many records a second.
+
+    Under load, lingering fills produce requests: fewer requests, and actors
+    woken together by one ack send their next commands together (one outbox
+    record). At a low rate it only adds its length to every step of every
+    invocation: then a record goes out at once (aiokafka still groups what
+    is appended while a request to the broker is in flight). The rate is
+    counted over ``LINGER_WINDOW``; the linger applies to batches begun after.
+    """
+
+    def __init__(self, linger: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.linger = linger
+        self.clock = clock
+        self.since = clock()
+        self.count = 0
+        self.current = 0.0
+
+    def sent(self, client: Any) -> None:
+        self.count += 1
+        now = self.clock()
+        if now - self.since < LINGER_WINDOW:
+            return
+        self.current = self.linger if self.count / (now - self.since) >= LINGER_ABOVE else 0.0
+        self.since, self.count = now, 0
+        accumulator = getattr(client, "_message_accumulator", None)
+        if accumulator is not None:
+            accumulator._linger_time = self.current  # read when a batch is begun
+
+
 class Producer(faust_aiokafka.Producer):
     _sending: asyncio.Future[None] | None = None  # the staged rows of the latest flush, being queued
 
@@ -296,11 +328,13 @@ class Producer(faust_aiokafka.Producer):
         super().__init__(*args, **kwargs)  # makes the buffer
         self.complete_flush = CompleteFlush(self.buffer.put, super().flush)
         self.sent: Counter[str] = Counter()  # records handed to the client, by topic (GET /metrics)
+        self.adaptive_linger = AdaptiveLinger(self.linger_ms / 1000)
 
     async def send(self, topic: str, key: bytes | None, value: bytes | None, partition: int | None,
                    timestamp: float | None, headers: Any, *, transactional_id: str | None = None) -> Any:
         # Commands and dead letters go through here; the staged table rows are counted in ``_send_staged``.
         self.sent[topic] += 1
+        self.adaptive_linger.sent(self._producer)
         return await super().send(topic, key, value, partition, timestamp, headers, transactional_id=transactional_id)
 
     def send_soon(self, fut: Any) -> None:

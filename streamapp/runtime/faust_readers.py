@@ -4,16 +4,21 @@
 ``forget_gap`` (the consumer's compaction-gap ranges), the RocksDB store's
 per-partition DBs (``open_partitions``, ``items``, ``keys``), and
 ``take_ready``: Faust's ``Stream.take_events`` without its timer while
-nothing arrives (an idle worker woke 200 times a second for it).
+nothing arrives (an idle worker woke 200 times a second for it), and
+``as_record_of``: the current event the tables read their partition from.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import weakref
 from collections.abc import AsyncIterator, Iterator
+from types import SimpleNamespace
 from typing import Any
 
+from faust import streams
 from faust.types import TP
 from faust.types.tuples import ack_lock
 
@@ -67,6 +72,49 @@ def keys(store: Any, partition: int, start: str | None = None) -> Iterator[str]:
             yield decode(raw_key)
 
 
+class _StandIn:
+    """An event as the tables read it: its ``message`` (weakly referenced, as Faust holds events)."""
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
+
+
+@contextlib.contextmanager
+def as_record_of(topic: str, partition: int, offset: int) -> Iterator[None]:
+    """Table reads and writes inside go to ``partition``, as in an agent's iteration over that record.
+
+    Faust's tables and RocksDB stores take the partition of a read or write
+    from the event being processed (``faust.streams.current_event``, a
+    context variable holding a weak reference); outside an agent there is
+    none. This sets a stand-in for the record at ``topic``/``partition``/``offset``.
+    """
+    event = _StandIn(SimpleNamespace(topic=topic, partition=partition, offset=offset))
+    token = streams._current_event.set(weakref.ref(event))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        streams._current_event.reset(token)
+
+
+QUIET_TURNS = 2  # turns of the event loop without a new event: the fetch was handed over
+
+
+async def _settle(buffer: list[Any], full: asyncio.Event, gather: float) -> None:
+    """Wait while the records of the fetch under way keep arriving, at most ``gather`` seconds.
+
+    Faust hands a fetch's records to the stream in a few turns of the event
+    loop; a fixed wait (Faust's ``within``) would add that wait to every
+    record's latency at low rates.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + gather
+    seen, quiet = len(buffer), 0
+    while quiet < QUIET_TURNS and not full.is_set() and loop.time() < deadline:
+        await asyncio.sleep(0)
+        quiet = quiet + 1 if len(buffer) == seen else 0
+        seen = len(buffer)
+
+
 def take_ready(stream: Any, max_: int, gather: float) -> AsyncIterator[list[Any]]:
     """Batches of a stream's events (``_take_ready``), tracked as Faust tracks ``take_events``.
 
@@ -85,10 +133,11 @@ async def _take_ready(stream: Any, max_: int, gather: float) -> AsyncIterator[li
 
     ``take_events(max_, within)`` wakes every ``within`` seconds to look at
     its buffer, also when the topic is idle (200 wake-ups a second at 5 ms).
-    This waits for the first event with no timeout, then ``gather`` seconds
-    for what arrives with it (a fetch delivers a partition's records one by
-    one), or less if ``max_`` are in, and yields them. Acks as Faust does:
-    each event once the caller is done with the batch.
+    This waits for the first event with no timeout, then for what arrives
+    with it (a fetch delivers a partition's records one by one): until the
+    buffer stops growing (``_settle``), ``max_`` are in, or ``gather``
+    seconds passed, and yields them. Acks as Faust does: each event once the
+    caller is done with the batch.
     """
     buffer: list[Any] = []
     arrived = asyncio.Event()
@@ -121,8 +170,7 @@ async def _take_ready(stream: Any, max_: int, gather: float) -> AsyncIterator[li
     try:
         while not stream.should_stop:
             await stream.wait_for_stopped(arrived)
-            if not full.is_set():
-                await stream.wait_for_stopped(full, timeout=gather)
+            await _settle(buffer, full, gather)
             if not buffer:
                 arrived.clear()
                 continue

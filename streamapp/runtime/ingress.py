@@ -183,6 +183,7 @@ class RuntimeIngress:
             "backlog": rt.flow.backlog(),
             "sleeping": rt.scheduler.total(),
             "waiters": sum(len(futs) for futs in engine.waiters.values()),  # HTTP calls awaiting a result
+            "applied_at_ack": rt.ack_apply.applied,  # command records applied before being read back
             **engine.finished,
         }
 

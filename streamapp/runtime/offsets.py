@@ -39,6 +39,13 @@ position past the range again (Faust then drops the re-read records as old).
 The owner drops the expectation of partitions this worker loses, and of all
 partitions when a rebalance skipped generations (this worker was out of the
 group, so another one may have consumed them meanwhile).
+
+``take`` lets the owner apply a record it wrote itself as soon as the broker
+acknowledges it, before the agent reads it back: only when it is the very
+record the guard expects next (no hole open, no probe under way), so nothing
+of the partition comes between. The guard then expects the one after it, and
+the copy read back later is skipped as handled already (and acked, so the
+commit moves past it as usual).
 """
 
 from __future__ import annotations
@@ -82,8 +89,22 @@ class OffsetGuard:
         self._on_close = on_close
         self.next: dict[TP, int] = {}
         self.holes: dict[TP, Hole] = {}
-        self.replayed = 0  # records skipped because they were handled already
+        self.replayed = 0  # records skipped because they were handled already (or taken: ``take``)
         self.real_holes = 0  # jumps the broker confirmed (nothing in between)
+        self.taken = 0  # records applied from the writer's ack, before they were read back
+        self._probing: set[TP] = set()  # partitions whose continuation the broker is being asked for
+
+    def take(self, tp: TP, offset: int) -> bool:
+        """Whether the record at ``offset`` may be handled now, ahead of its delivery; if so, expect the next.
+
+        True only when it is the next record expected (every earlier one was
+        handled), with no hole open and no probe under way for ``tp``.
+        """
+        if self.next.get(tp) != offset or tp in self.holes or tp in self._probing:
+            return False
+        self.next[tp] = offset + 1
+        self.taken += 1
+        return True
 
     def forget(self, tps: Iterable[TP] | None = None) -> None:
         """Drop what the guard expects of ``tps`` (all partitions when None)."""
@@ -168,7 +189,11 @@ class OffsetGuard:
 
         Returns the offset to expect now, and whether the broker answered.
         """
-        present = await self._probe_fn(tp, expected) if self._probe_fn is not None else None
+        self._probing.add(tp)
+        try:
+            present = await self._probe_fn(tp, expected) if self._probe_fn is not None else None
+        finally:
+            self._probing.discard(tp)
         if present is not None and present > expected:
             self.real_holes += 1
             log.info("Offset gap in the log agent=%s partition=%s from=%d to=%d",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
@@ -55,6 +56,8 @@ class Outbox:
         self._queued: dict[int, list[tuple[bytes, bytes, str, asyncio.Future[None]]]] = {}
         self._dead_lettering: set[asyncio.Future[None]] = set()
         self._sending: set[asyncio.Future[None]] = set()
+        # Told of every command record the broker acknowledged: (partition, offset, value, ops) (runtime/ackapply.py)
+        self.on_durable: Callable[[int, int, bytes, list[str]], None] | None = None
 
     async def send(self, p: int, okey: str, cmd: dict[str, Any]) -> None:
         """Produce a command to partition ``p`` and wait for the broker's ack (transient errors retried)."""
@@ -135,7 +138,7 @@ class Outbox:
                     self.extra.setdefault(p, deque()).append((offset, len(ops) - 1))
                 self.records += 1
                 self.commands += len(ops)
-                return
+                break
             except KafkaError as exc:
                 if not exc.retriable and not isinstance(exc, KafkaTimeoutError):
                     raise
@@ -143,6 +146,8 @@ class Outbox:
                             ops[0] if len(ops) == 1 else f"batch of {len(ops)}", delay, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+        if self.on_durable is not None:
+            self.on_durable(p, offset, value, ops)
 
     async def invoke(self, target: dict[str, Any], parent: str | None = None, source: Any = None) -> None:
         """Make an invocation durable in its key's inbox."""

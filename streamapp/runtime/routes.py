@@ -263,6 +263,9 @@ ROUTES: tuple[Route, ...] = (
                 "running": {"type": "integer"}, "pending": {"type": "integer"},
                 "backlog": {"type": "integer"}, "sleeping": {"type": "integer"},
                 "completed": {"type": "integer"}, "failed": {"type": "integer"},
+                "applied_at_ack": {"type": "integer", "description":
+                                   "Command records this worker wrote and applied at the broker's ack, "
+                                   "before reading them back."},
             },
             "additionalProperties": {"type": "integer"}})},
     }),

@@ -99,3 +99,24 @@ def test_shared_handler__answers_while_the_keys_exclusive_invocation_sleeps(work
     except TimeoutError:
         pytest.fail("the shared handler waited for the key's sleeping invocation: no answer in 60 s")
     assert worker.get("/health")["sleeping"] == 1
+
+
+def test_ack_apply__own_commands_apply_at_their_ack_and_every_step_runs_once_in_key_order(workers, app_env):
+    """The owner applies what it writes at the broker's ack (runtime/ackapply.py); the copies read back are skipped."""
+    worker = workers.new()
+    keys = [f"k{i}" for i in range(40)]
+    records = [(k, nap(f"{k}-{n}")) for n in range(5) for k in keys]
+    harness.produce(app_env["source"], records)
+    harness.wait_for(lambda: len(completed(app_env["ledger"])) >= 200, timeout=90,
+                     what="200 invocations to complete", detail=worker.tail)
+    steps = [e for e in ledger(app_env["ledger"]) if e["event"] in ("before", "after")]
+    assert len(steps) == 400, f"{len(steps)} step side effects for 200 invocations of 2 steps"
+    by_key: dict[str, list[str]] = defaultdict(list)
+    for e in completed(app_env["ledger"]):
+        by_key[e["key"]].append(e["tag"])
+    assert all(tags == [f"{k}-{n}" for n in range(5)] for k, tags in by_key.items()), "per-key order broken"
+    assert worker.request("GET", "/Test/k7/Count") == (200, 5)
+    status, health = worker.request("GET", "/health")
+    assert status == 200
+    # 200 invokes, 400 entries, 200 completes (fewer records: the outbox groups them): most at their ack.
+    assert health["applied_at_ack"] >= 20, health

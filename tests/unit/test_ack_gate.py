@@ -96,3 +96,22 @@ def test_fetch_wait__short_while_records_flow_long_at_rest() -> None:
     fetcher._get_actions_per_node(None)
     short, idle = faust_adapter.FETCH_MAX_WAIT_MS, faust_adapter.IDLE_FETCH_WAIT_MS
     assert fetcher.built == [short, idle, short, short, idle]
+
+
+def test_linger__only_while_the_producer_sends_many_records_a_second() -> None:
+    now = [0.0]
+    client = SimpleNamespace(_message_accumulator=SimpleNamespace(_linger_time=0.002))
+    linger = faust_adapter.AdaptiveLinger(0.002, clock=lambda: now[0])
+    window, above = faust_adapter.LINGER_WINDOW, faust_adapter.LINGER_ABOVE
+    lingers = []
+    for rate in (50, above * 2, above * 2, above / 2, above * 3):
+        n = int(rate * window)
+        for _ in range(n):  # ``rate`` records a second over one window
+            now[0] += window / n * 1.001
+            linger.sent(client)
+        lingers.append(client._message_accumulator._linger_time)
+    assert lingers == [0.0, 0.002, 0.002, 0.0, 0.002]
+    now[0] += 60  # quiet for a minute: the next record goes out at once
+    linger.sent(client)
+    assert client._message_accumulator._linger_time == 0.0
+    linger.sent(SimpleNamespace())  # a client not started yet has no accumulator: nothing to set
