@@ -18,9 +18,9 @@ from tests import harness
 
 async def produce_and_consume(topic: str, records: Sequence[tuple[bytes, bytes]]) -> tuple[float, float, int]:
     """Produce ``records`` to ``topic`` while consuming them; return (first produce, last receipt, received)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=harness.bootstrap(), enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**harness.kafka_options(), enable_auto_commit=False,
                                 max_partition_fetch_bytes=8 * 1024 * 1024)
-    producer = AIOKafkaProducer(bootstrap_servers=harness.bootstrap(), acks="all")
+    producer = AIOKafkaProducer(**harness.kafka_options(), acks="all")
     await consumer.start()
     await producer.start()
     try:

@@ -290,7 +290,7 @@ class Run:
             shutil.rmtree(self.base, ignore_errors=True)
 
     async def _delete_topics(self) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=harness.bootstrap())
+        admin = AIOKafkaAdminClient(**harness.kafka_options())
         await admin.start()
         try:
             existing = await admin.list_topics()

@@ -25,6 +25,9 @@ import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from streamapp.config import Settings
+from streamapp.runtime import connection
+
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SH = ROOT / "tools" / "kafka" / "kafka.sh"
 T = TypeVar("T")
@@ -37,6 +40,18 @@ def broker_url() -> str:
 
 def bootstrap() -> str:
     return broker_url().split("://", 1)[-1]
+
+
+def kafka_options() -> dict[str, Any]:
+    """Keyword arguments for the rig's own Kafka clients (tests, bench): the test broker, secured as the workers are.
+
+    The ``STREAMAPP_SECURITY_PROTOCOL``, ``STREAMAPP_SASL_*`` and
+    ``STREAMAPP_SSL_*`` variables of this process's environment, which the
+    workers it starts inherit, apply here too (``runtime/connection.py``).
+    """
+    security = {k: v for k, v in os.environ.items()
+                if k.startswith(("STREAMAPP_SECURITY_", "STREAMAPP_SASL_", "STREAMAPP_SSL_"))}
+    return {"bootstrap_servers": bootstrap(), **connection.security_options(Settings.from_env(security))}
 
 
 def ensure_broker() -> str:
@@ -81,7 +96,7 @@ def delete_created_topics(timeout: float = 60.0) -> int:
         return 0
 
     async def go() -> int:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap())
+        admin = AIOKafkaAdminClient(**kafka_options())
         await admin.start()
         try:
             topics = [t for t in await admin.list_topics()
@@ -142,7 +157,7 @@ def run_async(coro: Any) -> Any:
 # -- topics ---------------------------------------------------------------
 def create_topics(names: Iterable[str], partitions: int = 1) -> None:
     async def go() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap())
+        admin = AIOKafkaAdminClient(**kafka_options())
         await admin.start()
         try:
             await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
@@ -160,7 +175,7 @@ def recreate_topic(name: str, partitions: int = 1, timeout: float = 60.0,
     """
 
     async def go() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap())
+        admin = AIOKafkaAdminClient(**kafka_options())
         await admin.start()
         try:
             await admin.delete_topics([name])
@@ -186,7 +201,7 @@ def topic_id(topic: str) -> str:
     from streamapp.runtime.topic_ids import TopicIds
 
     async def go() -> str:
-        lookup = TopicIds({"bootstrap_servers": [bootstrap()]})
+        lookup = TopicIds(kafka_options())
         try:
             return (await lookup.lookup([topic]))[topic]
         finally:
@@ -203,7 +218,7 @@ def produce(topic: str, records: Iterable[tuple[bytes | str | None, bytes | str 
         return x.encode() if isinstance(x, str) else x
 
     async def go() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap(), acks="all", max_request_size=16 * 1024 * 1024)
+        producer = AIOKafkaProducer(**kafka_options(), acks="all", max_request_size=16 * 1024 * 1024)
         await producer.start()
         try:
             futures = [await producer.send(topic, key=b(k), value=b(v), headers=headers) for k, v in records]
@@ -264,13 +279,14 @@ async def assign_whole_topic(consumer: AIOKafkaConsumer, topic: str) -> list[Top
     return tps
 
 
-async def read_records(servers: str, topic: str, within: float, *, partial_ok: bool) -> list[Any]:
+async def read_records(servers: str, topic: str, within: float, *, partial_ok: bool,
+                       options: dict[str, Any] | None = None) -> list[Any]:
     """aiokafka records of every partition of ``topic`` below its end offsets when called.
 
     In partition/offset order. Past ``within`` seconds returns what was read when
     ``partial_ok``, raises TimeoutError otherwise.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=servers, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**(options or {"bootstrap_servers": servers}), enable_auto_commit=False,
                                 max_partition_fetch_bytes=16 * 1024 * 1024)
     await consumer.start()
     try:
@@ -300,7 +316,7 @@ def read_topic(topic: str, *, timeout: float = 60.0) -> list[Record]:
     get there in ``timeout``: an empty answer means the topic held nothing,
     never that the read was slow.
     """
-    raw = run_async(read_records(bootstrap(), topic, timeout, partial_ok=False))
+    raw = run_async(read_records(bootstrap(), topic, timeout, partial_ok=False, options=kafka_options()))
     return [Record(m.key, m.value, dict(m.headers), m.partition, m.offset) for m in raw]
 
 

@@ -71,7 +71,7 @@ def pick(values: Any, i: int) -> float | None:
 
 async def produce_to_each_partition(topic: str, partitions: int, value: dict[str, Any]) -> None:
     """One record on every partition (a warm-up proving each is consumed)."""
-    producer = AIOKafkaProducer(bootstrap_servers=harness.bootstrap(), acks="all")
+    producer = AIOKafkaProducer(**harness.kafka_options(), acks="all")
     await producer.start()
     try:
         for p in range(partitions):
@@ -130,7 +130,7 @@ def part_throughput(r: Run, inst: Installed, result: Result) -> None:
 # -- latency -----------------------------------------------------------------------------
 async def send_paced(topic: str, rate: float, seconds: float, first_i: int) -> tuple[dict[int, float], float]:
     """The latency scenario's open-loop producer (same pacing and keys): ({i: t0}, achieved send rate)."""
-    producer = AIOKafkaProducer(bootstrap_servers=harness.bootstrap(), acks="all")
+    producer = AIOKafkaProducer(**harness.kafka_options(), acks="all")
     await producer.start()
     sent: dict[int, float] = {}
     n = int(rate * seconds)

@@ -35,8 +35,8 @@ def sizes(smoke: bool) -> dict[str, object]:
 async def measure(app_id: str, topic: str, partitions: int, rate: float, seconds: float
                   ) -> tuple[list[float], int, float, dict[str, float]]:
     """Send ``rate * seconds`` records; return (latencies in s, records sent, achieved send rate, ``gaps``)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=harness.bootstrap(), enable_auto_commit=False)
-    producer = AIOKafkaProducer(bootstrap_servers=harness.bootstrap(), acks="all")
+    consumer = AIOKafkaConsumer(**harness.kafka_options(), enable_auto_commit=False)
+    producer = AIOKafkaProducer(**harness.kafka_options(), acks="all")
     await consumer.start()
     await producer.start()
     sent: dict[str, float] = {}  # invocation id -> t0

@@ -127,7 +127,7 @@ def run(r: Run, result: Result) -> None:
 
 async def topic_records(app_id: str) -> dict[str, int]:
     """Records in each topic of the app (summed end offsets), keyed by the name after the app id."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=harness.bootstrap(), enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**harness.kafka_options(), enable_auto_commit=False)
     await consumer.start()
     try:
         topics = [t for t in await consumer.topics() if t.startswith(app_id + "-")]

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiokafka.errors import KafkaConnectionError
 
 from tests import harness
 
@@ -118,6 +119,23 @@ def test_sasl_ssl_scram__seed_walkthrough_runs_end_to_end_and_the_password_is_ne
     for path, text in shown.items():
         assert secure_broker.password not in text, f"the SASL password shows in {path}"
     assert secure_broker.password not in log, "the SASL password shows in the worker log"
+
+
+def test_sasl_ssl_scram__the_rigs_own_clients_connect_with_the_workers_settings(secure_broker, monkeypatch):
+    """The bench's and the tests' clients (``harness.kafka_options``): admin, producer and reader over SASL_SSL."""
+    monkeypatch.setenv("STREAMAPP_TEST_BROKER", f"kafka://127.0.0.1:{secure_broker.port}")
+    for name, value in secure_broker.worker_env().items():
+        monkeypatch.setenv(name, value)
+    assert harness.kafka_options()["security_protocol"] == "SASL_SSL"
+    topic = harness.unique("rig-secure")
+    harness.create_topics([topic])
+    harness.produce(topic, [("k1", "v1"), ("k2", "v2")])
+    records = harness.read_topic(topic, timeout=60)
+    assert [(r.key, r.value) for r in records] == [(b"k1", b"v1"), (b"k2", b"v2")]
+    monkeypatch.setenv("STREAMAPP_SASL_PASSWORD", "not-" + secure_broker.password)
+    # The same settings, wrongly: refused (aiokafka logs the SASL failure and cannot bootstrap).
+    with pytest.raises(KafkaConnectionError, match="Unable to bootstrap"):
+        harness.produce(topic, [("k3", "v3")])
 
 
 def test_sasl_ssl_scram__wrong_password__worker_exits_at_once_with_a_clear_message(secure_broker, secure_workers):
