@@ -71,10 +71,23 @@ def measure(r: Run, result: Result, static: bool) -> None:
     restart = time.time()
     worker.start(wait=False)
     check = alive(worker)
-    ready = poll(lambda: bool((health.get() or {}).get("ready")), timeout=120, what="the restarted worker",
-                 interval=0.02, alive=check)
-    first = poll(lambda: totals([health])["completed"] >= 1, timeout=120, what="the first completion",
-                 interval=0.02, alive=check, detail=lambda: totals([health]))
+    # Both watched from the restart on: the first completion can come before every partition is
+    # driven again (the worker is ready only once all are), so it is not polled after readiness.
+    seen: dict[str, float] = {}
+
+    def watch(name: str) -> bool:
+        h = health.get() or {}
+        now = time.time()
+        if h.get("ready"):
+            seen.setdefault("ready", now)
+        if (h.get("completed") or 0) >= 1:
+            seen.setdefault("first", now)
+        return name in seen
+
+    first = poll(lambda: watch("first"), timeout=120, what="the first completion", interval=0.02, alive=check,
+                 detail=lambda: totals([health]))
+    ready = poll(lambda: watch("ready"), timeout=120, what="the restarted worker", interval=0.02, alive=check)
+    first, ready = seen["first"], seen["ready"]
     last = poll(lambda: totals([health])["completed"] >= n, timeout=120 + n / 20, what=f"{n} completions",
                 interval=0.05, alive=check, detail=lambda: totals([health]))
     h = totals([health])

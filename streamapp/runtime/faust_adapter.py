@@ -69,7 +69,10 @@ bootstrap of each client this transport makes (``Producer._new_producer``,
 are tried again every second after a transient failure.
 
 ``Transport._create_topic`` also sets ``min.insync.replicas`` on each topic
-the worker creates, from its replication factor (``connection.topic_config``).
+the worker creates, from its replication factor (``connection.topic_config``),
+and skips topics the cluster has (one metadata read answers for
+``EXISTING_FOR`` seconds; Faust asks for each changelog twice at start-up,
+with a round trip or two each time).
 
 ``Producer.send`` / ``Producer._send_staged`` — every record sent is counted
 by topic (``GET /metrics``): commands and dead letters in ``send``, the
@@ -114,6 +117,7 @@ SCHEME = "streamapp"
 FETCH_MAX_WAIT_MS = 10  # while records flow
 IDLE_FETCH_WAIT_MS = 500  # at rest (aiokafka's own default)
 IDLE_AFTER = 1.0  # seconds without fetched records before the worker counts as at rest
+EXISTING_FOR = 5.0  # seconds a read of the cluster's topics answers "does it exist" at start-up
 LINGER_WINDOW = 0.1  # seconds over which the producer's send rate is counted
 LINGER_ABOVE = 600  # records/s sent through ``Producer.send``: below this a record goes out at once
 # The versions whose internals this module was read against (distribution -> versions).
@@ -371,12 +375,27 @@ class Transport(faust_aiokafka.Transport):
     Consumer = Consumer
     Producer = Producer
 
+    _existing: tuple[float, set[str]] | None = None  # (when read, the cluster's topics)
+
     async def _create_topic(self, owner: Any, client: Any, topic: str, partitions: int, replication: int,
                             **kwargs: Any) -> None:
+        if not kwargs.get("ensure_created") and topic in await self._topics_now(client):
+            return  # Faust asks for each table's changelog twice at start-up, a round trip or two each
         create = super()._create_topic
         kwargs["config"] = {**topic_config(replication), **(kwargs.get("config") or {})}
         await patiently(lambda: create(owner, client, topic, partitions, replication, **kwargs),
                         f"create topic {topic}")
+
+
+    async def _topics_now(self, client: Any) -> set[str]:
+        """The cluster's topics, read once for the creations of ``EXISTING_FOR`` seconds (none if unreadable)."""
+        now = time.monotonic()
+        if self._existing is None or now - self._existing[0] > EXISTING_FOR:
+            try:
+                self._existing = (now, set((await client.fetch_all_metadata()).topics()))
+            except KafkaError:
+                return set()  # Faust's own creation finds out
+        return self._existing[1]
 
 
 drivers.TRANSPORTS[SCHEME] = f"{__name__}:Transport"
