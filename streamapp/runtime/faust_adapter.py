@@ -391,8 +391,11 @@ class Transport(faust_aiokafka.Transport):
         """The cluster's topics, read once for the creations of ``EXISTING_FOR`` seconds (none if unreadable)."""
         now = time.monotonic()
         if self._existing is None or now - self._existing[0] > EXISTING_FOR:
+            fetch = getattr(client, "fetch_all_metadata", None)
+            if fetch is None:
+                return set()
             try:
-                self._existing = (now, set((await client.fetch_all_metadata()).topics()))
+                self._existing = (now, set((await fetch()).topics()))
             except KafkaError:
                 return set()  # Faust's own creation finds out
         return self._existing[1]

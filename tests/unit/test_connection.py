@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -129,3 +130,26 @@ async def test_created_topics__get_min_insync_replicas_from_their_replication(
     transport = faust_adapter.Transport.__new__(faust_adapter.Transport)
     await transport._create_topic(None, None, "t", 4, replication, config={"cleanup.policy": "compact"})
     assert created == [{"topic": "t", "replicas": replication, "config": {**config, "cleanup.policy": "compact"}}]
+
+
+async def test_created_topics__a_topic_the_cluster_has_is_not_created_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    created: list[str] = []
+    reads: list[int] = []
+
+    async def create(self: Any, owner: Any, client: Any, topic: str, partitions: int, replicas: int,
+                     **kwargs: Any) -> None:
+        created.append(topic)
+
+    class Client:
+        async def fetch_all_metadata(self) -> Any:
+            reads.append(1)
+            return SimpleNamespace(topics=lambda: {"there"})
+
+    monkeypatch.setattr(faust_aiokafka.Transport, "_create_topic", create)
+    transport = faust_adapter.Transport.__new__(faust_adapter.Transport)
+    for topic in ("there", "new", "there"):
+        await transport._create_topic(None, Client(), topic, 4, 1)
+    assert created == ["new"]
+    assert reads == [1]  # one read answers for the start-up's creations
+    await transport._create_topic(None, Client(), "there", 4, 1, ensure_created=True)
+    assert created == ["new", "there"]  # asked to make sure: Faust's own creation decides
