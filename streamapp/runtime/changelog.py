@@ -42,6 +42,8 @@ import faust
 from faust.serializers import codecs as faust_codecs
 from faust.types import TP
 
+from streamapp.runtime import faust_readers
+
 log = logging.getLogger(__name__)
 
 HEADER = "streamapp.at"
@@ -130,15 +132,35 @@ class PositionedTable(faust.Table[str, Any]):
     positions: Positions
     staged: dict[int, dict[Any, tuple[Any, int | None]]]
 
-    def on_key_set(self, key: Any, value: Any) -> None:
-        self._stage(key, value)
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.put(key, value)
+
+    def put(self, key: Any, value: Any, raw: bytes | None = None) -> None:
+        """``table[key] = value``, encoded once for the store and the changelog (``raw``: the caller's encoding).
+
+        Faust's own path encodes the value for the store, and the staged row
+        is encoded again for the changelog; a caller that measured the row
+        (``limits.check_row``) has its encoding already. Both hold the same
+        bytes: a restore writes the changelog's records into the store as
+        they are.
+        """
+        dump_key, dump_value = self._row_codecs()
+        if raw is None:
+            raw = dump_value(value)
+        self._stage(key, raw)
+        self._sensor_on_set(self, key, value)
+        faust_readers.put_raw(self.data, dump_key(key), raw)
+
+    def on_key_set(self, key: Any, value: Any) -> None:  # ``update`` and other Faust paths
+        self._stage(key, self._row_codecs()[1](value))
         self._sensor_on_set(self, key, value)
 
     def on_key_del(self, key: Any) -> None:
         self._stage(key, DELETED)
         self._sensor_on_del(self, key)
 
-    def _stage(self, key: Any, value: Any) -> None:
+    def _stage(self, key: Any, value: bytes | object) -> None:
+        """Stage the row's encoded value (or ``DELETED``) for the next flush."""
         partition = self.partition_for_key(key)  # the partition of the command being applied
         if partition is None:
             raise TypeError(f"table {self.name} is written outside the invocations agent")
@@ -157,7 +179,7 @@ class PositionedTable(faust.Table[str, Any]):
         if not staged:
             return []
         topic = self.changelog_topic.get_topic_name()
-        dump_key, dump_value = self._row_codecs()
+        dump_key = self._row_codecs()[0]
         high = self.positions.high
         out = []
         for partition, rows in staged.items():
@@ -167,7 +189,7 @@ class PositionedTable(faust.Table[str, Any]):
                 headers = [] if at is None else [(HEADER, str(at).encode())]
                 if at is not None:
                     top = at
-                records.append((dump_key(key), None if value is DELETED else dump_value(value), headers))
+                records.append((dump_key(key), None if value is DELETED else value, headers))
             if top is not None:
                 # Its own writes count: a later restore of this partition skips records older than them.
                 tp = TP(topic, partition)

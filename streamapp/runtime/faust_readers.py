@@ -4,8 +4,9 @@
 ``forget_gap`` (the consumer's compaction-gap ranges), the RocksDB store's
 per-partition DBs (``open_partitions``, ``items``, ``keys``), and
 ``take_ready``: Faust's ``Stream.take_events`` without its timer while
-nothing arrives (an idle worker woke 200 times a second for it), and
-``as_record_of``: the current event the tables read their partition from.
+nothing arrives (an idle worker woke 200 times a second for it),
+``as_record_of``: the current event the tables read their partition from,
+and ``put_raw``: a store write of bytes already encoded.
 """
 
 from __future__ import annotations
@@ -70,6 +71,14 @@ def keys(store: Any, partition: int, start: str | None = None) -> Iterator[str]:
     for raw_key in db.keys(from_key=from_key):
         if raw_key != store.offset_key:
             yield decode(raw_key)
+
+
+def put_raw(store: Any, key: bytes, value: bytes) -> None:
+    """Write an encoded row into a RocksDB store (``Store.__setitem__`` without its encoding).
+
+    The partition is the current event's, as for any table write.
+    """
+    store._set(key, value)
 
 
 class _StandIn:

@@ -15,7 +15,7 @@ from streamapp.runtime.store import expiry_key
 def finish(st: PartitionState, rec: dict[str, Any], out: list[Action]) -> None:
     store = st.shared.store
     now = time.time()
-    store.results[rec["id"]] = st.shared.limits.fit_outcome(rec["id"], {
+    outcome, raw = st.shared.limits.fit_outcome(rec["id"], {
         "id": rec["id"], "service": rec["service"], "handler": rec["handler"], "key": rec["key"],
         "status": rec["status"], "result": rec.get("result"), "error": rec.get("error"),
         "code": rec.get("code"), "attempt": rec["attempt"], "created": rec["created"], "finished": now,
@@ -23,6 +23,7 @@ def finish(st: PartitionState, rec: dict[str, Any], out: list[Action]) -> None:
         "journal": rec["journal"], "wake_at": None, "payload": rec.get("payload"),
         "at": store.positions.applying.get(st.p),  # the command that finished it (a purge reads it)
     })
+    store.results.put(rec["id"], outcome, raw)
     store.expiry[expiry_key(now, rec["id"])] = rec["id"]  # same apply: both reach the changelog
     del store.invocations[rec["id"]]
     st.summary.pop(rec["id"], None)

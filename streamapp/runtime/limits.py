@@ -74,9 +74,13 @@ class CommandTooLargeError(MessageSizeTooLargeError):
         self.text = message
 
 
+def row_bytes(value: Any) -> bytes:
+    """``value`` as a table's changelog record (and its store) holds it: the tables' JSON codec."""
+    return codecs.dumps("json", value)
+
+
 def row_size(value: Any) -> int:
-    """Bytes of ``value`` as a table's changelog record holds it (the tables' JSON codec)."""
-    return len(codecs.dumps("json", value))
+    return len(row_bytes(value))
 
 
 def clip(error: str) -> str:
@@ -115,23 +119,37 @@ class Limits:
         return (f"{WHAT[table].format(key=key)} would be {size} bytes, over the {limit}-byte record limit "
                 f"of topic {self.topics.get(table)} (max.message.bytes)")
 
-    def check_row(self, table: str, key: str, value: Any, rec: dict[str, Any]) -> None:
-        """Raise ``RowTooLargeError`` if the changelog would refuse ``table[key] = value``."""
-        if table in self.rows and (error := self.row_error(table, key, row_size(value))) is not None:
+    def check_row(self, table: str, key: str, value: Any, rec: dict[str, Any]) -> bytes | None:
+        """Raise ``RowTooLargeError`` if the changelog would refuse ``table[key] = value``.
+
+        Returns the row's encoding, which the write can reuse (``PositionedTable.put``);
+        None when the table's limit is not known (nothing was encoded).
+        """
+        if table not in self.rows:
+            return None
+        raw = row_bytes(value)
+        if (error := self.row_error(table, key, len(raw))) is not None:
             raise RowTooLargeError(error, rec)
+        return raw
 
     def fits(self, table: str, key: str, value: Any) -> bool:
         return table not in self.rows or self.row_error(table, key, row_size(value)) is None
 
-    def fit_outcome(self, key: str, row: dict[str, Any]) -> dict[str, Any]:
-        """The outcome row itself, or, if the changelog would refuse it, without journal, payload, result."""
+    def fit_outcome(self, key: str, row: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
+        """The outcome row itself, or, if the changelog would refuse it, without journal, payload, result.
+
+        With the encoding of the row returned when it was measured (None otherwise).
+        """
         dropped: list[str] = []
         for name, empty in (("journal", []), ("payload", None), ("result", None)):
-            if self.fits("results", key, row):
-                break
+            if "results" not in self.rows:
+                return row, None
+            raw = row_bytes(row)
+            if self.row_error("results", key, len(raw)) is None:
+                return row, raw
             dropped.append(name)
             row = {**row, name: empty, "dropped": list(dropped)}
-        return row
+        return row, None
 
 
 async def read(admin: AIOKafkaAdminClient, topics: Mapping[str, str], cap: int) -> Limits:

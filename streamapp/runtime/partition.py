@@ -246,9 +246,9 @@ def _complete(st: PartitionState, pos: int, cmd: ops.Complete, out: list[Action]
                 state.pop(name, None)
             else:
                 state[name] = value
-        limits.check_row("state", okey, state, rec)  # before any write: a refusal leaves state as it was
+        raw = limits.check_row("state", okey, state, rec)  # before any write: a refusal leaves state as it was
         if state:
-            table[okey] = state
+            table.put(okey, state, raw)
         elif table.get(okey) is not None:
             del table[okey]
     rec["status"] = "completed"

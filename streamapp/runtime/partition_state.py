@@ -91,8 +91,8 @@ class PartitionState:
     def save(self, rec: dict[str, Any]) -> None:
         """Write the record (``RowTooLargeError``, nothing written, if its changelog would refuse it)."""
         rec["updated"] = time.time()
-        self.shared.limits.check_row("invocations", rec["id"], rec, rec)
-        self.shared.store.invocations[rec["id"]] = rec
+        raw = self.shared.limits.check_row("invocations", rec["id"], rec, rec)
+        self.shared.store.invocations.put(rec["id"], rec, raw)
         self.summary[rec["id"]] = summarize(rec)
         recent = self.shared.recent
         # Records of invocations in progress stay in memory (the state machine is their only writer).

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from streamapp.runtime import changelog, ops
+from streamapp.runtime import changelog, limits, ops
 from streamapp.runtime.engine import Engine
 
 
@@ -31,6 +31,11 @@ class FakeTable:
         assert self.rig.current is not None, "table written outside the agent's iteration"
         self.rows[key] = (self.rig.current, value)
         self.writes += 1
+
+    def put(self, key: str, value: Any, raw: bytes | None = None) -> None:
+        # The encoding a caller hands over must be the row's own (a stale one would reach the changelog).
+        assert raw is None or raw == limits.row_bytes(value), "put with an encoding of another value"
+        self[key] = value
 
     def __delitem__(self, key: str) -> None:
         assert self.rig.current is not None, "table written outside the agent's iteration"
