@@ -219,8 +219,8 @@ def produce(topic: str, records: Iterable[tuple[bytes | str | None, bytes | str 
 
     async def go() -> None:
         producer = AIOKafkaProducer(**kafka_options(), acks="all", max_request_size=16 * 1024 * 1024)
-        await producer.start()
         try:
+            await producer.start()  # inside: a start that fails (refused credentials) still closes the client
             futures = [await producer.send(topic, key=b(k), value=b(v), headers=headers) for k, v in records]
             await asyncio.gather(*futures)
         finally:

@@ -16,6 +16,7 @@ from tests import harness
 BOUND = 2_000
 RECORDS = 6 * BOUND
 KEYS = 20  # per-key serial work caps completions well below the ingest rate
+WORK = 0.03  # seconds per invocation: 20 keys complete at most ~650/s, ingest runs at thousands a second
 # Generous: the sources agent checks the bound once per batch (up to 500 records), so a worker
 # that keeps its bound stays near BOUND + 500; one that counts only what its consumer has fetched
 # reached 5,500 to 46,000 here. Only a design that does not hold the sources misses this.
@@ -78,7 +79,7 @@ def test_flood__six_times_the_bound_to_a_slow_handler_pauses_the_source_holds_pe
     })
     with Peaks(worker) as peaks:
         harness.produce(app_env["source"], (
-            (f"key{i % KEYS}", json.dumps({"n": i // KEYS, "work": 0.01})) for i in range(RECORDS)
+            (f"key{i % KEYS}", json.dumps({"n": i // KEYS, "work": WORK})) for i in range(RECORDS)
         ))
         harness.wait_while_moving(lambda: progress(worker), drained(RECORDS), still=STILL,
                                   what=f"{RECORDS} completions", detail=worker.tail)
