@@ -167,7 +167,7 @@ def part_latency(r: Run, inst: Installed, result: Result) -> None:
             harness.run_async(latency.measure(factory.app_id, topic, 8, 50, warmup))  # warm-up, not counted
             out = {}
             for rate in rates:
-                lat, n, _ = harness.run_async(latency.measure(factory.app_id, topic, 8, rate, seconds))
+                lat, n, _, _ = harness.run_async(latency.measure(factory.app_id, topic, 8, rate, seconds))
                 if len(lat) < n:
                     raise BenchError(f"at {rate}/s: {n - len(lat)} of {n} invocations not completed")
                 out[rate] = [x * 1000 for x in lat]
