@@ -49,6 +49,10 @@ and the consumer's coordinator dies of it. This one accepts the assignment
 and asks for a rejoin, whose changed metadata makes the group rebalance, so
 every worker learns where the partitions are served now.
 
+``Recovery._seek_offsets`` — a changelog partition whose start offset Faust
+could not work out (None) is read from its start instead of crashing the
+recovery (aiokafka refuses the seek).
+
 ``TableManager.on_start`` — Faust's sleeps a second first (for tables
 declared late, at import time); the runtime declares every table before the
 app starts, and a restarted worker's first completion waits on this start.
@@ -102,6 +106,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from faust.assignor import PartitionAssignor as FaustPartitionAssignor
 from faust.assignor.client_assignment import ClientMetadata
 from faust.tables.manager import TableManager as FaustTableManager
+from faust.tables.recovery import Recovery as FaustRecovery
 from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -271,7 +276,27 @@ class PartitionAssignor(FaustPartitionAssignor):
             request_rejoin(self.app.consumer)
 
 
+class Recovery(FaustRecovery):
+    async def _seek_offsets(self, consumer: Any, tps: Any, offsets: Any, title: str) -> None:
+        # Faust seeks each changelog partition to the offset it worked out; one it could not
+        # work out (None: no persisted offset and no earliest offset, its leader being elected
+        # again after a broker restart, a rebalance under way) made aiokafka refuse the seek and
+        # the recovery crash, and the worker with it (seen in a chaos run). Reading that
+        # partition from its start instead is always sound, only slower.
+        for tp in tps:
+            if not isinstance(offsets.get(tp), int) or offsets[tp] < -1:
+                log.warning("No start offset for changelog partition %s (%s): reading it from its start", tp, title)
+                offsets[tp] = -1
+        await super()._seek_offsets(consumer, tps, offsets, title)
+
+
 class TableManager(FaustTableManager):
+    @property
+    def recovery(self) -> Recovery:
+        if self._recovery is None:
+            self._recovery = Recovery(self.app, self, beacon=self.beacon, loop=self.loop)
+        return self._recovery  # type: ignore[return-value]
+
     async def on_start(self) -> None:
         # Faust's, without its first ``await self.sleep(1.0)``: the tables are declared before the app starts.
         if not self.should_stop:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -115,3 +116,18 @@ def test_linger__only_while_the_producer_sends_many_records_a_second() -> None:
     linger.sent(client)
     assert client._message_accumulator._linger_time == 0.0
     linger.sent(SimpleNamespace())  # a client not started yet has no accumulator: nothing to set
+
+
+async def test_recovery__a_changelog_partition_without_a_start_offset_is_read_from_its_start() -> None:
+    """Faust worked out None for a partition (its leader being elected): aiokafka refused the seek, recovery crashed."""
+    sought: list[dict[Any, int]] = []
+
+    class Consumer:
+        async def seek_wait(self, offsets: dict[Any, int]) -> None:
+            sought.append(dict(offsets))
+
+    recovery = faust_adapter.Recovery.__new__(faust_adapter.Recovery)
+    offsets: Counter[str] = Counter({"a": 41, "b": -1})
+    offsets["c"] = None  # type: ignore[assignment]
+    await recovery._seek_offsets(Consumer(), {"a", "b", "c", "d"}, offsets, "standby")
+    assert sought == [{"a": 41, "b": 0, "c": 0, "d": 0}]  # -1, None and missing: from the start
