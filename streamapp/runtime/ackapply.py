@@ -84,7 +84,7 @@ class AckApply:
         pending = self.pending.setdefault(p, {})
         pending[offset] = value
         while (at := guard.next.get(tp)) is not None and at in pending:
-            cmds, reasons = rt.parse_record(pending[at])
+            cmds, reasons = commands.parse_record(pending[at])
             if reasons or not guard.take(tp, at):
                 break  # the agent reads it back (and dead-letters what does not parse)
             del pending[at]

@@ -385,26 +385,9 @@ class Runtime:
         is skipped (the record is dead-lettered with the reason) and the
         others are applied.
         """
-        cmds, reasons = self.parse_record(value)
+        cmds, reasons = commands.parse_record(value)
         self.apply_parsed(msg.partition, msg.offset, cmds)
         return "; ".join(reasons) or None
-
-    @staticmethod
-    def parse_record(value: bytes) -> tuple[list[tuple[int, ops.Command]], list[str]]:
-        """The commands of an internal record that parse (with their index in it), and why the others do not."""
-        try:
-            cmds = commands.unpack(commands.decode(value))
-        except ValueError:
-            return [], ["undecodable command"]
-        parsed, reasons = [], []
-        for index, cmd in enumerate(cmds):
-            try:
-                if not isinstance(cmd, dict) or cmd.get("op") == commands.BATCH:
-                    raise ops.InvalidCommandError("not a command")
-                parsed.append((index, ops.parse(cmd)))
-            except ops.InvalidCommandError as exc:
-                reasons.append(str(exc) if len(cmds) == 1 else f"command {index} of the batch: {exc}")
-        return parsed, reasons
 
     def apply_parsed(self, p: int, offset: int, cmds: list[tuple[int, ops.Command]]) -> None:
         for index, command in cmds:

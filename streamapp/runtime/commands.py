@@ -92,3 +92,20 @@ def invalid(cmd: dict[str, Any]) -> str | None:
     except ops.InvalidCommandError as exc:
         return str(exc)
     return None
+
+
+def parse_record(value: bytes) -> tuple[list[tuple[int, ops.Command]], list[str]]:
+    """The commands of an internal record that parse (with their index in it), and why the others do not."""
+    try:
+        cmds = unpack(decode(value))
+    except ValueError:
+        return [], ["undecodable command"]
+    parsed, reasons = [], []
+    for index, cmd in enumerate(cmds):
+        try:
+            if not isinstance(cmd, dict) or cmd.get("op") == BATCH:
+                raise ops.InvalidCommandError("not a command")
+            parsed.append((index, ops.parse(cmd)))
+        except ops.InvalidCommandError as exc:
+            reasons.append(str(exc) if len(cmds) == 1 else f"command {index} of the batch: {exc}")
+    return parsed, reasons

@@ -1,5 +1,6 @@
-"""Faust and aiokafka internals, reached through Faust's transport registry (with ``faust_fence`` and
-``faust_readers``: the three ``faust_*`` modules hold every use of them, checked against ``TESTED``).
+"""Faust and aiokafka internals, reached through Faust's transport registry (with ``faust_fence``,
+``faust_readers`` and ``faust_pacing``: the four ``faust_*`` modules hold every use of them, checked against
+``TESTED``).
 
 Faust picks its transport by the scheme of the broker URL, from a plugin
 registry (``faust.transport.drivers.TRANSPORTS``: ``kafka`` is its aiokafka
@@ -112,6 +113,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streamapp.runtime.connection import topic_config
 from streamapp.runtime.faust_fence import watch_fence
+from streamapp.runtime.faust_pacing import FETCH_MAX_WAIT_MS, AdaptiveLinger, AdaptiveWait
 from streamapp.runtime.faust_readers import mark_done
 from streamapp.runtime.flush import CompleteFlush, refused_row, send_rows
 
@@ -119,12 +121,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SCHEME = "streamapp"
-FETCH_MAX_WAIT_MS = 10  # while records flow
-IDLE_FETCH_WAIT_MS = 500  # at rest (aiokafka's own default)
-IDLE_AFTER = 1.0  # seconds without fetched records before the worker counts as at rest
 EXISTING_FOR = 5.0  # seconds a read of the cluster's topics answers "does it exist" at start-up
-LINGER_WINDOW = 0.1  # seconds over which the producer's send rate is counted
-LINGER_ABOVE = 600  # records/s sent through ``Producer.send``: below this a record goes out at once
 # The versions whose internals this module was read against (distribution -> versions).
 TESTED = {"faust-streaming": ("0.15.3",), "aiokafka": ("0.14.0",)}
 ALLOW_UNTESTED = "STREAMAPP_ALLOW_UNTESTED_FAUST"
@@ -207,30 +204,6 @@ def _patient_client(client: Any) -> None:
 
 
 # -- the transport -------------------------------------------------------------------
-class AdaptiveWait:
-    """Chooses each fetch request's wait: short while records flow, long at rest."""
-
-    def __init__(self, fetcher: Any, clock: Callable[[], float] = time.monotonic) -> None:
-        self.fetcher = fetcher
-        self.clock = clock
-        self.busy_at = clock()
-        self.plain = fetcher._get_actions_per_node
-        fetcher._get_actions_per_node = self.actions_per_node
-
-    def wait_ms(self) -> int:
-        now = self.clock()
-        # A fetch brought records a moment ago (those of partitions no agent reads, the
-        # table changelogs after their recovery, stay in the fetcher and age: they do not count).
-        if any(now - getattr(fetched, "_created", float("-inf")) <= IDLE_AFTER
-               for fetched in list(self.fetcher._records.values())):
-            self.busy_at = now
-        return FETCH_MAX_WAIT_MS if now - self.busy_at <= IDLE_AFTER else IDLE_FETCH_WAIT_MS
-
-    def actions_per_node(self, assignment: Any) -> Any:
-        self.fetcher._fetch_max_wait_ms = self.wait_ms()  # read when the fetch requests are built
-        return self.plain(assignment)
-
-
 class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -318,36 +291,6 @@ class Consumer(faust_aiokafka.Consumer):
     def request_rejoin(self) -> bool:
         thread = getattr(self, "_thread", None)
         return isinstance(thread, ConsumerThread) and thread.request_rejoin()
-
-
-class AdaptiveLinger:
-    """The producer lingers (``producer_linger``) only while it sends many records a second.
-
-    Under load, lingering fills produce requests: fewer requests, and actors
-    woken together by one ack send their next commands together (one outbox
-    record). At a low rate it only adds its length to every step of every
-    invocation: then a record goes out at once (aiokafka still groups what
-    is appended while a request to the broker is in flight). The rate is
-    counted over ``LINGER_WINDOW``; the linger applies to batches begun after.
-    """
-
-    def __init__(self, linger: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.linger = linger
-        self.clock = clock
-        self.since = clock()
-        self.count = 0
-        self.current = 0.0
-
-    def sent(self, client: Any) -> None:
-        self.count += 1
-        now = self.clock()
-        if now - self.since < LINGER_WINDOW:
-            return
-        self.current = self.linger if self.count / (now - self.since) >= LINGER_ABOVE else 0.0
-        self.since, self.count = now, 0
-        accumulator = getattr(client, "_message_accumulator", None)
-        if accumulator is not None:
-            accumulator._linger_time = self.current  # read when a batch is begun
 
 
 class Producer(faust_aiokafka.Producer):

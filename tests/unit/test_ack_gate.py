@@ -11,7 +11,7 @@ import faust
 import pytest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from streamapp.runtime import faust_adapter
+from streamapp.runtime import faust_adapter, faust_pacing
 
 
 @dataclass(eq=False)
@@ -82,7 +82,7 @@ class FakeFetcher:
 def test_fetch_wait__short_while_records_flow_long_at_rest() -> None:
     now = [100.0]
     fetcher = FakeFetcher()
-    faust_adapter.AdaptiveWait(fetcher, clock=lambda: now[0])
+    faust_pacing.AdaptiveWait(fetcher, clock=lambda: now[0])
     assert fetcher._get_actions_per_node(None) == "requests"  # just started: as if busy
     now[0] += 5
     stale = SimpleNamespace(_created=now[0] - 60)  # a changelog's records no agent reads
@@ -91,19 +91,19 @@ def test_fetch_wait__short_while_records_flow_long_at_rest() -> None:
     fetcher._records = {"changelog": stale, "tp": SimpleNamespace(_created=now[0])}  # a fetch brought records
     fetcher._get_actions_per_node(None)
     fetcher._records = {"changelog": stale}
-    now[0] += faust_adapter.IDLE_AFTER / 2  # consumed; records flowed a moment ago
+    now[0] += faust_pacing.IDLE_AFTER / 2  # consumed; records flowed a moment ago
     fetcher._get_actions_per_node(None)
-    now[0] += faust_adapter.IDLE_AFTER  # nothing since: at rest
+    now[0] += faust_pacing.IDLE_AFTER  # nothing since: at rest
     fetcher._get_actions_per_node(None)
-    short, idle = faust_adapter.FETCH_MAX_WAIT_MS, faust_adapter.IDLE_FETCH_WAIT_MS
+    short, idle = faust_pacing.FETCH_MAX_WAIT_MS, faust_pacing.IDLE_FETCH_WAIT_MS
     assert fetcher.built == [short, idle, short, short, idle]
 
 
 def test_linger__only_while_the_producer_sends_many_records_a_second() -> None:
     now = [0.0]
     client = SimpleNamespace(_message_accumulator=SimpleNamespace(_linger_time=0.002))
-    linger = faust_adapter.AdaptiveLinger(0.002, clock=lambda: now[0])
-    window, above = faust_adapter.LINGER_WINDOW, faust_adapter.LINGER_ABOVE
+    linger = faust_pacing.AdaptiveLinger(0.002, clock=lambda: now[0])
+    window, above = faust_pacing.LINGER_WINDOW, faust_pacing.LINGER_ABOVE
     lingers = []
     for rate in (50, above * 2, above * 2, above / 2, above * 3):
         n = int(rate * window)
