@@ -37,7 +37,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
                     help=f"run only these ({', '.join(SCENARIOS)})")
     ap.add_argument("--results", type=Path, default=None,
                     help="where the JSON files go (default bench/results, or bench/results/smoke with --smoke)")
-    ap.add_argument("--profile", action="store_true", help="py-spy the throughput worker; print where time goes")
+    ap.add_argument("--profile", action="store_true",
+                    help="py-spy the throughput worker and the restarted recovery worker; print where time goes")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (worker logs, ledgers)")
     ap.add_argument("--allow-dirty", action="store_true",
                     help="write full-size results from a tree with uncommitted changes (recorded as dirty: true)")

@@ -11,6 +11,7 @@ client I/O). Samples waiting in epoll are idle and left out of the shares.
 from __future__ import annotations
 
 import collections
+import subprocess
 import sys
 from pathlib import Path
 
@@ -37,6 +38,15 @@ RULES: list[tuple[str, tuple[str, ...]]] = [
     ("streamapp engine + actors", ("streamapp/runtime/",)),
     ("handler + executor + context", ("streamapp/durable/", "bench/services")),
 ]
+
+
+def record(pid: int, to: Path, seconds: float = DURATION) -> subprocess.Popen[bytes]:
+    """py-spy the process ``pid`` for ``seconds`` into ``to`` (raw format); the caller waits for it."""
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid), "-d", f"{seconds:g}",
+         "-r", str(SAMPLE_RATE), "-f", "raw", "-o", str(to)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
 
 
 def bucket(frames: list[str]) -> str:

@@ -20,6 +20,7 @@ import json
 import os
 import time
 
+from bench import profile
 from bench.common import Health, Result, Run, alive, poll, read_ledger, totals
 from streamapp.config import Settings
 from tests import harness
@@ -70,6 +71,8 @@ def measure(r: Run, result: Result, static: bool) -> None:
     (factory.base / "gate").touch()
     restart = time.time()
     worker.start(wait=False)
+    spied = r.base / f"recovery-{'static' if static else 'dynamic'}.pyspy.txt"
+    spy = profile.record(worker.proc.pid, spied, seconds=8) if r.profile else None  # type: ignore[union-attr]
     check = alive(worker)
     # Both watched from the restart on: the first completion can come before every partition is
     # driven again (the worker is ready only once all are), so it is not polled after readiness.
@@ -90,6 +93,9 @@ def measure(r: Run, result: Result, static: bool) -> None:
     first, ready = seen["first"], seen["ready"]
     last = poll(lambda: totals([health])["completed"] >= n, timeout=120 + n / 20, what=f"{n} completions",
                 interval=0.05, alive=check, detail=lambda: totals([health]))
+    if spy is not None:
+        spy.wait()
+        result.notes.extend(profile.summary(spied))
     h = totals([health])
     done = [e["i"] for e in read_ledger(factory.base / "ledger.jsonl")]
     lost = n - len(set(done))

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -64,11 +62,7 @@ def measure(r: Run, name: str, n: int, keys: int, workers: int, partitions: int,
          timeout=60, what="every partition to be live", interval=0.2, alive=alive(*started))
     spy = None
     if profile_to is not None:
-        spy = subprocess.Popen(
-            [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(started[0].proc.pid),  # type: ignore[union-attr]
-             "-d", "15", "-r", "250", "-f", "raw", "-o", str(profile_to)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        spy = profile.record(started[0].proc.pid, profile_to)  # type: ignore[union-attr]
     procs = [psutil.Process(w.proc.pid) for w in started]  # type: ignore[union-attr]
     with RssSampler([w.proc.pid for w in started]) as rss:  # type: ignore[union-attr]
         cpu_before = cpu_seconds(procs)

@@ -29,7 +29,7 @@ from faust.types import TP
 from streamapp.config import Settings
 from streamapp.durable import mute
 from streamapp.durable.service import Registry
-from streamapp.runtime import commands, connection, faust_adapter, faust_readers, limits, ops
+from streamapp.runtime import commands, connection, faust_adapter, faust_readers, faust_restore, limits, ops
 from streamapp.runtime.ackapply import AckApply
 from streamapp.runtime.actors import ActorPool
 from streamapp.runtime.delivery import Delivery
@@ -64,7 +64,7 @@ class Runtime:
             runtime=self,
             broker=faust_adapter.transport_url(self.kafka["bootstrap_servers"]),  # streamapp's transport
             broker_credentials=connection.faust_credentials(settings, tls),
-            store="rocksdb://",
+            store=f"{faust_restore.STORE_SCHEME}://",  # Faust's RocksDB store, without a needless gc per rebalance
             datadir=str(settings.table_dir),  # per app id: two apps never share table files
             web_bind=settings.web_host,
             web_host=str(advertised.host),

@@ -1,6 +1,6 @@
 """Faust and aiokafka internals, reached through Faust's transport registry (with ``faust_fence``,
-``faust_readers`` and ``faust_pacing``: the four ``faust_*`` modules hold every use of them, checked against
-``TESTED``).
+``faust_readers``, ``faust_pacing`` and ``faust_restore``: the five ``faust_*`` modules hold every use of
+them, checked against ``TESTED``).
 
 Faust picks its transport by the scheme of the broker URL, from a plugin
 registry (``faust.transport.drivers.TRANSPORTS``: ``kafka`` is its aiokafka
@@ -52,7 +52,8 @@ every worker learns where the partitions are served now.
 
 ``Recovery._seek_offsets`` — a changelog partition whose start offset Faust
 could not work out (None) is read from its start instead of crashing the
-recovery (aiokafka refuses the seek).
+recovery (aiokafka refuses the seek). Its restore loop takes the changelog
+records in batches (``faust_restore``).
 
 ``TableManager.on_start`` — Faust's sleeps a second first (for tables
 declared late, at import time); the runtime declares every table before the
@@ -107,7 +108,6 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from faust.assignor import PartitionAssignor as FaustPartitionAssignor
 from faust.assignor.client_assignment import ClientMetadata
 from faust.tables.manager import TableManager as FaustTableManager
-from faust.tables.recovery import Recovery as FaustRecovery
 from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -115,6 +115,7 @@ from streamapp.runtime.connection import topic_config
 from streamapp.runtime.faust_fence import watch_fence
 from streamapp.runtime.faust_pacing import FETCH_MAX_WAIT_MS, AdaptiveLinger, AdaptiveWait
 from streamapp.runtime.faust_readers import mark_done
+from streamapp.runtime.faust_restore import BatchedRestore
 from streamapp.runtime.flush import CompleteFlush, refused_row, send_rows
 
 log = logging.getLogger(__name__)
@@ -249,7 +250,7 @@ class PartitionAssignor(FaustPartitionAssignor):
             request_rejoin(self.app.consumer)
 
 
-class Recovery(FaustRecovery):
+class Recovery(BatchedRestore):
     async def _seek_offsets(self, consumer: Any, tps: Any, offsets: Any, title: str) -> None:
         # Faust seeks each changelog partition to the offset it worked out; one it could not
         # work out (None: no persisted offset and no earliest offset, its leader being elected
