@@ -11,7 +11,9 @@ import asyncio
 import logging
 import shutil
 import ssl
+import threading
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -166,6 +168,7 @@ async def wait_for_broker(settings: Settings, kafka: Mapping[str, Any], patience
 
 
 CLEAN_STOP = ".clean-stop"  # written by a worker that stopped cleanly, consumed by the next start
+DROPPED = ".dropped-"  # prefix of a sibling dir holding tables dropped after an unclean stop, being deleted
 
 
 def prepare_table_dir(table_dir: Path) -> bool:
@@ -180,6 +183,11 @@ def prepare_table_dir(table_dir: Path) -> bool:
     again). Without the mark of a clean stop, the tables are restored from
     the changelogs in full instead, as Kafka Streams does after an unclean
     shutdown.
+
+    The dropped tables are moved aside at once (one rename) and deleted by a
+    background thread: deleting some fifty RocksDB directories took a tenth
+    of a second of the restart. Leftovers of a process that died before its
+    sweep finished are swept by the next start.
     """
     table_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     marker = table_dir / CLEAN_STOP
@@ -188,13 +196,20 @@ def prepare_table_dir(table_dir: Path) -> bool:
     if dropped:
         log.warning("The last stop was not clean: local tables dropped, to be restored from the changelogs dir=%s",
                     table_dir)
+        aside = table_dir.parent / f"{DROPPED}{table_dir.name}-{uuid.uuid4().hex}"
+        aside.mkdir()
         for path in local:
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+            path.rename(aside / path.name)
     marker.unlink(missing_ok=True)
+    leftovers = sorted(table_dir.parent.glob(f"{DROPPED}{table_dir.name}-{'?' * 32}"))  # uuid4 hex: not another app's
+    if leftovers:
+        threading.Thread(target=_sweep, args=(leftovers,), name="dropped-tables-sweep", daemon=True).start()
     return dropped
+
+
+def _sweep(paths: list[Path]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def mark_clean_stop(table_dir: Path) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from streamapp.runtime.startup import CLEAN_STOP, mark_clean_stop, prepare_table_dir
+from streamapp.runtime.startup import CLEAN_STOP, DROPPED, mark_clean_stop, prepare_table_dir
 
 
 def local_tables(table_dir: Path) -> Path:
@@ -15,10 +16,32 @@ def local_tables(table_dir: Path) -> Path:
 
 
 def test_prepare_table_dir__tables_left_by_an_unclean_stop_are_dropped(tmp_path: Path) -> None:
-    db = local_tables(tmp_path)
-    assert prepare_table_dir(tmp_path) is True
+    table_dir = tmp_path / "app"
+    db = local_tables(table_dir)
+    assert prepare_table_dir(table_dir) is True
     assert not db.exists()
-    assert list(tmp_path.iterdir()) == []
+    assert list(table_dir.iterdir()) == []
+    # Moved aside at once, deleted in the background.
+    deadline = time.monotonic() + 10
+    while list(tmp_path.iterdir()) != [table_dir] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert list(tmp_path.iterdir()) == [table_dir]
+
+
+def test_prepare_table_dir__a_sweep_left_unfinished_is_finished_by_the_next_start(tmp_path: Path) -> None:
+    table_dir, other = tmp_path / "app", tmp_path / "app2"
+    local_tables(table_dir / f"{DROPPED}x")  # not under the dir's own prefix: kept
+    mark_clean_stop(table_dir)
+    leftover = tmp_path / f"{DROPPED}app-{'0' * 32}"
+    local_tables(leftover)
+    another_apps = tmp_path / f"{DROPPED}app-2-{'0' * 32}"  # another app id's (app-2), not this one's
+    local_tables(another_apps)
+    other.mkdir()
+    assert prepare_table_dir(table_dir) is False
+    deadline = time.monotonic() + 10
+    while leftover.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not leftover.exists() and another_apps.exists() and (table_dir / f"{DROPPED}x").exists()
 
 
 def test_prepare_table_dir__tables_left_by_a_clean_stop_are_kept_and_the_mark_is_consumed(tmp_path: Path) -> None:
