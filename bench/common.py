@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from tests import harness
@@ -299,6 +300,31 @@ class Run:
                 await admin.delete_topics(doomed)
         finally:
             await admin.close()
+
+
+async def _uncommitted(group: str, topics: list[str]) -> int:
+    """Records of ``topics`` past the consumer group's committed offsets (a partition never committed counts whole)."""
+    admin = AIOKafkaAdminClient(**harness.kafka_options())
+    consumer = AIOKafkaConsumer(**harness.kafka_options(), enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        await consumer.topics()
+        await consumer._client.force_metadata_update()  # topics() alone leaves partitions unknown
+        tps = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
+        if {tp.topic for tp in tps} != set(topics):
+            raise BenchError(f"topics not found: {sorted(set(topics) - {tp.topic for tp in tps})}")
+        ends = await consumer.end_offsets(tps)
+        committed = await admin.list_consumer_group_offsets(group, partitions=tps)
+        return sum(end - (committed[tp].offset if tp in committed and committed[tp].offset >= 0 else 0)
+                   for tp, end in ends.items())
+    finally:
+        await consumer.stop()
+        await admin.close()
+
+
+def uncommitted(group: str, topics: list[str]) -> int:
+    return harness.run_async(_uncommitted(group, topics))
 
 
 class FaustBaseline:

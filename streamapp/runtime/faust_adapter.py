@@ -1,6 +1,6 @@
 """Faust and aiokafka internals, reached through Faust's transport registry (with ``faust_fence``,
-``faust_readers``, ``faust_pacing`` and ``faust_restore``: the five ``faust_*`` modules hold every use of
-them, checked against ``TESTED``).
+``faust_readers``, ``faust_pacing``, ``faust_restore`` and ``faust_drain``: the six ``faust_*`` modules hold
+every use of them, checked against ``TESTED``).
 
 Faust picks its transport by the scheme of the broker URL, from a plugin
 registry (``faust.transport.drivers.TRANSPORTS``: ``kafka`` is its aiokafka
@@ -19,6 +19,9 @@ counts as processed and the next commit can pass it although no agent saw it
 ``ack_gate(message)`` first: a refused record is done with for this delivery
 (rebalances do not wait for it) but its offset never becomes committable; it
 is read again from the committed offset.
+
+``Consumer._drain_messages`` — Faust's delivery loop, without the four
+tasks it made for each record (``faust_drain``).
 
 ``ConsumerThread`` — fetch wait. Faust builds its aiokafka consumer with
 ``fetch_max_wait_ms=1500``; aiokafka keeps one fetch in flight per broker and
@@ -112,6 +115,7 @@ from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from streamapp.runtime.connection import topic_config
+from streamapp.runtime.faust_drain import DrainingConsumer
 from streamapp.runtime.faust_fence import watch_fence
 from streamapp.runtime.faust_pacing import FETCH_MAX_WAIT_MS, AdaptiveLinger, AdaptiveWait
 from streamapp.runtime.faust_readers import mark_done
@@ -278,7 +282,7 @@ class TableManager(FaustTableManager):
             await self.recovery.start()
 
 
-class Consumer(faust_aiokafka.Consumer):
+class Consumer(DrainingConsumer, faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
