@@ -343,7 +343,10 @@ class Worker:
             PYTHONUNBUFFERED="1",
         )
         with self.log_path.open("ab") as log:
-            log.write(f"==== chaos: starting {self.incarnation} at {time.time():.3f}\n".encode())
+            # A killed incarnation can leave its last line unfinished (a print cut short): the marker
+            # must start a line of its own, or the lines below it are not attributed to this incarnation.
+            newline = b"" if ends_a_line(self.log_path) else b"\n"
+            log.write(newline + f"==== chaos: starting {self.incarnation} at {time.time():.3f}\n".encode())
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "streamapp", "worker", "-l", "info"],
                 cwd=self.code_dir, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
@@ -407,3 +410,12 @@ class Worker:
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def ends_a_line(path: Path) -> bool:
+    """Whether the file is empty or its last byte ends a line."""
+    with path.open("rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"

@@ -21,7 +21,8 @@ from typing import Any
 from chaos.checks import Activation
 from chaos.steps import Disturbance, Entry, EpochStart
 
-START = re.compile(r"^==== chaos: starting (\S+) at ([\d.]+)$", re.M)
+# Not anchored at a line's start: a killed incarnation may have left its last line unfinished before it.
+START = re.compile(r"==== chaos: starting (\S+) at ([\d.]+)$", re.M)
 ACTIVATED = re.compile(
     r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3})\] \[(\d+)\] \[\w+\] Partition activated partition=(\d+)", re.M
 )

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from chaos import checks, faults, logs, workload
+from chaos import checks, cluster, faults, logs, workload
 from chaos.proxy import Call
 from chaos.steps import Disturbance, Entry, EpochStart
 
@@ -275,6 +275,24 @@ def test_activations_from_log__a_reused_pid_names_the_incarnation_that_logged_th
 def test_activations_from_log__a_line_of_a_pid_not_the_incarnations_is_not_attributed_to_it():
     log = f"==== chaos: starting w1.3 at {T0:.3f}\n" + log_line(T0 + 1, 999, "Partition activated partition=2 x") + "\n"
     assert [a.incarnation for a in logs.activations_from_log(log, "w1", {"w1.3": 1234})] == ["w1.pid999?"]
+
+
+def test_activations_from_log__a_marker_after_a_line_a_killed_incarnation_left_unfinished_still_counts(tmp_path):
+    # w0.1 was killed in the middle of a print: its last line has no newline, and the driver's marker
+    # for w0.2 was appended to it (seen in a chaos run: 48 of w0.2's own calls reported as stale).
+    log = (f"==== chaos: starting w0.1 at {T0:.3f}\n" + log_line(T0 + 1, 11, "Partition activated partition=0 x")
+           + "\nContent moderation for post 7548 is done" + f"==== chaos: starting w0.2 at {T0 + 9:.3f}\n"
+           + log_line(T0 + 10, 22, "Partition activated partition=0 x") + "\n")
+    acts = logs.activations_from_log(log, "w0", {"w0.1": 11, "w0.2": 22})
+    assert [a.incarnation for a in acts] == ["w0.1", "w0.2"]
+    # The driver now starts its marker on a line of its own.
+    torn = tmp_path / "w0.log"
+    torn.write_bytes(b"Content moderation for post 7548 is done")
+    assert not cluster.ends_a_line(torn)
+    torn.write_bytes(b"done\n")
+    assert cluster.ends_a_line(torn)
+    torn.write_bytes(b"")
+    assert cluster.ends_a_line(torn)
 
 
 # -- crashes, faults that took effect, re-run steps ----------------------------------
