@@ -324,7 +324,8 @@ async def _uncommitted(group: str, topics: list[str]) -> int:
 
 
 def uncommitted(group: str, topics: list[str]) -> int:
-    return harness.run_async(_uncommitted(group, topics))
+    count: int = harness.run_async(_uncommitted(group, topics))
+    return count
 
 
 class FaustBaseline:

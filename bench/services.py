@@ -114,7 +114,12 @@ async def wait_for_gate() -> bool:
 @bench.handler()
 async def Gated(ctx: ObjectContext, req: StepRequest) -> int:
     await ctx.run("gate", wait_for_gate)
-    value = await ctx.run("work", lambda: note(i=req.i, t=time.time()) or req.i)
+
+    def work() -> int:
+        note(i=req.i, t=time.time())
+        return req.i
+
+    value = await ctx.run("work", work)
     ctx.set("last", value)
     return value
 

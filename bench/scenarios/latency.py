@@ -113,7 +113,8 @@ def gaps(sent: dict[str, float], done: dict[str, float], stamps: dict[str, list[
             steps.setdefault(f"{prev} -> {op}", []).append(ts - prev_t)
             prev, prev_t = op, ts
         steps.setdefault("complete -> seen", []).append(done[k] * 1000 - prev_t)
-    return {name: percentile(v, 50) for name, v in steps.items()}
+    # Every list has an entry, so no median is None.
+    return {name: median for name, v in steps.items() if (median := percentile(v, 50)) is not None}
 
 
 def run(r: Run, result: Result) -> None:

@@ -90,7 +90,7 @@ def cpu_seconds(procs: list[psutil.Process]) -> float:
 
 def run(r: Run, result: Result) -> None:
     p = sizes(r.smoke)
-    result.parameters = p
+    result.parameters = dict(p)  # a copy: records_per_invocation, a dict, is added to it below
     n, keys = p["invocations"], p["keys"]
     profile_to = r.base / "throughput.pyspy.txt" if r.profile else None
     m = measure(r, "tput", n, keys, 1, p["internal_partitions"], profile_to)
