@@ -174,9 +174,13 @@ def backlog(rig: Rig, result: Result, n: int) -> None:
 def steady(rig: Rig, result: Result, rounds: int) -> None:
     """Rounds of ROUND finishes, each followed by the expire command that drops them."""
     took = []
+    began = time.perf_counter()
     for n in range(rounds):
         rig.finish(range(n * ROUND, (n + 1) * ROUND), "s")
         took.append(rig.apply({"op": "expire", "before": time.time() + 1}))
+        # At the command cadence, as the worker sends them: back to back, a fast machine finished more
+        # than EXPIRE_RATE a second and the rate limit (rightly) left outcomes for later commands.
+        time.sleep(max(0.0, began + (n + 1) * expiry_module.EXPIRE_EVERY - time.perf_counter()))
     left = rig.rows(rig.tables.results), rig.rows(rig.tables.expiry)
     if left != (0, 0):
         result.problems.append(f"steady state: {left[0]} outcomes and {left[1]} index rows left")
