@@ -8,10 +8,15 @@ from pathlib import Path
 import pytest
 
 from tests import harness
+from tests.support import fuzzrun
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Delete the topics this test process made (each xdist worker deletes its own)."""
+    """Judge the HTTP fuzz run over every test process; delete the topics this process made."""
+    why = fuzzrun.verdict(session.config)
+    if why is not None:
+        print(f"\nFAILED after the tests: {why}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     if not harness.CREATED:
         return
     try:
