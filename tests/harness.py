@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -362,10 +363,17 @@ class Worker:
         def ready() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
+            # A blocking client: polled while the worker's port is not open yet, an asyncio client
+            # left an unclosed transport now and then (a ResourceWarning that failed a later test).
+            conn = http.client.HTTPConnection("127.0.0.1", self.web_port, timeout=READ_TIMEOUT)
             try:
-                return bool(self.get("/health").get("ready"))
-            except (OSError, aiohttp.ClientError, ValueError):
+                conn.request("GET", "/health")
+                resp = conn.getresponse()
+                return resp.status == 200 and bool(json.loads(resp.read()).get("ready"))
+            except (OSError, http.client.HTTPException, ValueError):
                 return False
+            finally:
+                conn.close()
 
         wait_for(ready, timeout=timeout, what=f"worker {self.app_id} to be ready", detail=self.tail)
 
