@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -365,7 +366,8 @@ class Worker:
                 raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.tail()}")
             # A blocking client: polled while the worker's port is not open yet, an asyncio client
             # left an unclosed transport now and then (a ResourceWarning that failed a later test).
-            conn = http.client.HTTPConnection("127.0.0.1", self.web_port, timeout=READ_TIMEOUT)
+            where = urllib.parse.urlsplit(self.url)  # a subclass may serve another host
+            conn = http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port, timeout=READ_TIMEOUT)
             try:
                 conn.request("GET", "/health")
                 resp = conn.getresponse()
