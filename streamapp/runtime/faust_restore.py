@@ -80,24 +80,20 @@ class BatchedRestore(FaustRecovery):
             message = event.message
             tp, offset = message.tp, message.offset
             if tp in active_tps:
-                offsets = self.active_offsets
-                table = tp_to_table[tp]
-                size = sizes.get(tp)
-                if size is None:
-                    size = sizes[tp] = table.recovery_buffer_size
+                offsets, size_of = self.active_offsets, "recovery_buffer_size"
                 self._active_events_received_at[tp] = now
                 actives += 1
             elif tp in standby_tps:
-                offsets = self.standby_offsets
-                table = tp_to_table[tp]
-                size = sizes.get(tp)
-                if size is None:
-                    size = sizes[tp] = table.standby_buffer_size
+                offsets, size_of = self.standby_offsets, "standby_buffer_size"
                 self._standby_events_received_at.setdefault(tp, now)
             else:
                 log.warning("Changelog record of a partition this worker neither restores nor stands by for: "
                             "%s offset %s skipped", tp, offset)
                 continue
+            table = tp_to_table[tp]
+            size = sizes.get(tp)
+            if size is None:
+                size = sizes[tp] = getattr(table, size_of)
             seen = offsets.get(tp)
             if seen is not None and offset <= seen:
                 continue
