@@ -67,7 +67,7 @@ class Rig:
         self.tables = Tables(self.app, 1)
         self.changelog_records = 0
         self.changelog_bytes = 0
-        for name in ("invocations", "results", "expiry", "timers", "state", "meta"):
+        for name in ("invocations", "results", "timers", "state", "meta"):
             getattr(self.tables, name)._verified_source_topics_for_partitions.add(TOPIC)
         self.engine = Engine(self.tables, FakeActors(), FakeScheduler())  # type: ignore[arg-type]
         self.offset = -1
@@ -192,18 +192,11 @@ def steady(rig: Rig, result: Result, rounds: int) -> None:
 
 
 def sweep(rig: Rig, result: Result, n: int) -> None:
-    """Outcomes without index rows (a worker upgraded in place): indexed, a bounded step per command."""
+    """Outcomes without index rows (a worker upgraded in place, an index lost): indexed, a bounded step per command."""
     rig.finish(range(n), "u")
-    event = _Event(0)
-    token = _current_event.set(weakref.ref(event))  # type: ignore[arg-type]
-    try:
-        for key in list(Tables.partition_keys(rig.tables.expiry, 0)):
-            del rig.tables.expiry[key]
-        del rig.tables.meta["expiry/p0"]
-    finally:
-        _current_event.reset(token)
+    rig.tables.expiry.drop(0)  # the index of partition 0 is gone; its results rows stay
     # none past the retention yet: every one gets indexed
-    took, wall = rig.every_tick(0.0, lambda: rig.tables.meta.get("expiry/p0") == {"swept": True})
+    took, wall = rig.every_tick(0.0, lambda: rig.tables.index_swept(0) is True)
     indexed = rig.rows(rig.tables.expiry)
     if indexed != n:
         result.problems.append(f"sweep: {indexed} of {n} outcomes indexed")

@@ -82,18 +82,24 @@ class Positions:
         path.unlink()
 
 
-def header_offset(headers: Any) -> int | None:
-    """The ``streamapp.at`` offset of a changelog record's headers (a list of pairs or a mapping), if any."""
+def header_value(headers: Any, wanted: str) -> Any:
+    """The value of header ``wanted`` of a record's headers (a list of pairs or a mapping), if any."""
     if not headers:
         return None
     pairs = headers.items() if isinstance(headers, dict) else headers
     for name, value in pairs:
-        if name == HEADER:
-            try:
-                return int(value)
-            except (TypeError, ValueError):
-                return None
+        if name == wanted:
+            return value
     return None
+
+
+def header_offset(headers: Any) -> int | None:
+    """The ``streamapp.at`` offset of a changelog record's headers, if any."""
+    value = header_value(headers, HEADER)
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 DELETED = object()  # a staged row that is a deletion (a tombstone in the changelog)
@@ -135,8 +141,8 @@ class PositionedTable(faust.Table[str, Any]):
     """
 
     positions: Positions
-    # partition -> key -> (encoded value or DELETED, command offset, created since the last flush)
-    staged: dict[int, dict[Any, tuple[Any, int | None, bool]]]
+    # partition -> key -> (encoded value or DELETED, command offset, created since the last flush, headers)
+    staged: dict[int, dict[Any, tuple[Any, int | None, bool, list[tuple[str, bytes]]]]]
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.put(key, value)
@@ -157,26 +163,32 @@ class PositionedTable(faust.Table[str, Any]):
         dump_key, dump_value = self._row_codecs()
         if raw is None:
             raw = dump_value(value)
-        self._stage(key, raw, created)
+        self._stage(key, raw, created, self.row_headers(value))
         self._sensor_on_set(self, key, value)
         faust_readers.put_raw(self.data, dump_key(key), raw)
 
+    def row_headers(self, value: Any) -> list[tuple[str, bytes]]:
+        """Headers the changelog record of a row with ``value`` carries besides its offset (none here)."""
+        return []
+
     def on_key_set(self, key: Any, value: Any) -> None:  # ``update`` and other Faust paths
-        self._stage(key, self._row_codecs()[1](value))
+        self._stage(key, self._row_codecs()[1](value), False, self.row_headers(value))
         self._sensor_on_set(self, key, value)
 
     def on_key_del(self, key: Any) -> None:
         self._stage(key, DELETED)
         self._sensor_on_del(self, key)
 
-    def _stage(self, key: Any, value: bytes | object, created: bool = False) -> None:
+    def _stage(self, key: Any, value: bytes | object, created: bool = False,
+               headers: list[tuple[str, bytes]] | None = None) -> None:
         """Stage the row's encoded value (or ``DELETED``) for the next flush."""
         partition = self.partition_for_key(key)  # the partition of the command being applied
         if partition is None:
             raise TypeError(f"table {self.name} is written outside the invocations agent")
         rows = self.staged.setdefault(partition, {})
         earlier = rows.pop(key, None)  # re-inserted last: the order of last writes
-        rows[key] = (value, self.positions.applying.get(partition), created if earlier is None else earlier[2])
+        rows[key] = (value, self.positions.applying.get(partition), created if earlier is None else earlier[2],
+                     headers or [])
 
     def take_staged(self) -> list[StagedRows]:
         """What is staged, encoded as the changelog's records (net effect, in order of last writes), and forgotten.
@@ -196,12 +208,14 @@ class PositionedTable(faust.Table[str, Any]):
             records = []
             top = None
             last = len(rows) - 1
-            for i, (key, (value, at, created)) in enumerate(rows.items()):
+            for i, (key, (value, at, created, extra)) in enumerate(rows.items()):
                 if at is not None:
                     top = at
                 if created and value is DELETED and i != last:
                     continue  # created and deleted since the last flush: the changelog never had it
                 headers = [] if at is None else [(HEADER, str(at).encode())]
+                if extra and value is not DELETED:
+                    headers.extend(extra)
                 records.append((dump_key(key), None if value is DELETED else value, headers))
             if top is not None:
                 # Its own writes count: a later restore of this partition skips records older than them.
@@ -243,16 +257,21 @@ class PositionedTable(faust.Table[str, Any]):
                     continue
                 high[tp] = at
             kept.append(event)
+        self.before_restore(kept)
         super().apply_changelog_batch(kept)
+
+    def before_restore(self, events: list[Any]) -> None:
+        """Called with the changelog records about to be applied to the store (none of them yet)."""
 
 
 def _raw(key: Any) -> bytes:
     return key.encode() if isinstance(key, str) else bytes(key)
 
 
-def table(app: faust.App, positions: Positions, name: str, **kwargs: Any) -> PositionedTable:
-    """``app.Table(name, **kwargs)``, positioned."""
-    created = PositionedTable(app, name=name, beacon=app.tables.beacon, **kwargs)
+def table(app: faust.App, positions: Positions, name: str, cls: type[PositionedTable] = PositionedTable,
+          **kwargs: Any) -> Any:
+    """``app.Table(name, **kwargs)``, positioned (a ``cls``)."""
+    created = cls(app, name=name, beacon=app.tables.beacon, **kwargs)
     created.positions = positions
     created.staged = {}
     app.tables.add(created)

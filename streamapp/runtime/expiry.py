@@ -2,9 +2,10 @@
 
 Part of the partition state machine (``partition.py`` applies ``expire``
 commands with ``expire`` below), like every other command: it writes only
-the partition of the command being applied. The ``expiry``
-table indexes outcomes by finish time, so a command walks from the oldest
-and stops at the first one not yet due, with bounded work.
+the partition of the command being applied. The ``expiry`` index
+(``runtime/expiry_index.py``) holds outcomes by finish time, so a command
+walks from the oldest and stops at the first one not yet due, with bounded
+work.
 """
 
 from __future__ import annotations
@@ -39,8 +40,7 @@ def due(st: PartitionState, before: float) -> bool:
     partition costs no record on the internal topic.
     """
     store, p = st.shared.store, st.p
-    mark = store.meta.get(f"expiry/p{p}")
-    if mark is None or mark["swept"] is not True:
+    if store.index_swept(p) is not True:
         return True
     hint = st.expired_to
     start = hint[1] if hint is not None and hint[0] == st.epoch else None
@@ -95,18 +95,17 @@ def expire(st: PartitionState, before: float) -> None:
 
 
 def _sweep_unindexed(st: PartitionState, before: float, limit: int) -> tuple[int, int]:
-    """Index (or drop, if already past the retention) results rows written before the index.
+    """Index (or drop, if already past the retention) results rows the index did not see written.
 
-    Once per partition, ``limit`` rows per command, from a cursor kept in
-    ``meta`` (so a restart or another owner goes on from there). Returns
-    how many rows it visited and how many it dropped.
+    Once per partition of a new index (``runtime/expiry_index.py``), ``limit``
+    rows per command, from a cursor kept in the index (so a restart goes on
+    from there). Returns how many rows it visited and how many it dropped.
     """
     store, p = st.shared.store, st.p
-    mark_key = f"expiry/p{p}"
-    mark = store.meta.get(mark_key)
-    if limit <= 0 or (mark is not None and mark["swept"] is True):
+    mark = store.index_swept(p)
+    if limit <= 0 or mark is True:
         return 0, 0
-    cursor = None if mark is None else mark["swept"]
+    cursor = mark if isinstance(mark, str) else None
     visited = dropped = 0
     for inv_id, rec in store.partition_items(store.results, p, cursor):
         if inv_id == cursor:
@@ -123,8 +122,8 @@ def _sweep_unindexed(st: PartitionState, before: float, limit: int) -> tuple[int
         elif key not in store.expiry:
             store.expiry[key] = inv_id
         if visited == limit:
-            store.meta[mark_key] = {"swept": cursor}
+            store.set_index_swept(p, cursor)
             return visited, dropped
-    store.meta[mark_key] = {"swept": True}
+    store.set_index_swept(p, True)
     log.info("Expiry index covers every outcome partition=%s", p)
     return visited, dropped

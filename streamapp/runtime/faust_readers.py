@@ -73,6 +73,17 @@ def keys(store: Any, partition: int, start: str | None = None) -> Iterator[str]:
             yield decode(raw_key)
 
 
+def get_raw(store: Any, partition: int, key: bytes) -> bytes | None:
+    """The encoded row under the encoded ``key`` (a changelog record's) in one partition's RocksDB (None: no row)."""
+    value = store._db_for_partition(partition).get(key)
+    return None if value is None else bytes(value)
+
+
+def decode_key(store: Any, key: bytes) -> Any:
+    """A changelog record's key as the table's (the store's key codec)."""
+    return store._decode_key(key)
+
+
 def put_raw(store: Any, key: bytes, value: bytes) -> None:
     """Write an encoded row into a RocksDB store (``Store.__setitem__`` without its encoding).
 

@@ -64,6 +64,7 @@ class FakeTables:
         self.timers = FakeTable(self)
         self.state = FakeTable(self)
         self.meta = FakeTable(self)
+        self.swept: dict[int, str | bool] = {}  # the expiry index's sweep cursors (local to a worker, no table)
 
     @staticmethod
     def partition_items(table: Any, partition: int, start: str | None = None) -> Iterator[tuple[str, Any]]:
@@ -72,6 +73,12 @@ class FakeTables:
     @staticmethod
     def partition_keys(table: Any, partition: int, start: str | None = None) -> Iterator[str]:
         return (key for key, _ in table.items_of(partition, start))
+
+    def index_swept(self, partition: int) -> str | bool | None:
+        return self.swept.get(partition)
+
+    def set_index_swept(self, partition: int, cursor: str | bool) -> None:
+        self.swept[partition] = cursor
 
 
 class FakeActors:

@@ -22,7 +22,8 @@ from faust.streams import _current_event
 from faust.types import TP
 
 from streamapp.runtime import changelog
-from streamapp.runtime.store import Tables
+from streamapp.runtime import store as store_module
+from streamapp.runtime.store import Tables, expiry_key
 
 TOPIC = "test-positions-invocations"
 
@@ -41,6 +42,7 @@ def tables(tmp_path: Path) -> Iterator[Tables]:
     for table in tables.all:
         for db in table.data._dbs.values():
             db.close()
+    tables.expiry.close()
     asyncio.set_event_loop(None)
     loop.close()
 
@@ -270,3 +272,38 @@ def test_distrust_local__every_table_is_restored_from_its_start(tables):
             table["k"] = {"v": 1}
     reset = tables.distrust_local()
     assert {tp.topic for tp in reset} == {t.changelog_topic.get_topic_name() for t in tables.all}
+
+
+def index_of(tables: Tables, partition: int) -> list[str]:
+    return list(Tables.partition_keys(tables.expiry, partition))
+
+
+def test_results_records_say_when_their_invocation_finished(tables):
+    with applying(tables, 0, 7):
+        tables.results.put("i1", {"id": "i1", "status": "completed", "finished": 1_000.25}, created=True)
+    send_staged(tables)
+    (_, _, _, headers), = tables.sent  # type: ignore[attr-defined]
+    assert dict(headers) == {changelog.HEADER: b"7", store_module.FINISHED: b"1000.25"}
+
+
+def test_restore__results_rows_applied_are_indexed_and_deleted_ones_leave_the_index(tables):
+    results = tables.results
+
+    def outcome(offset: int, inv_id: str, finished: float | None, header: bool = True) -> Any:
+        if finished is None:
+            return record(results, 0, offset, inv_id, None, at=offset)
+        event = record(results, 0, offset, inv_id, json.dumps({"id": inv_id, "finished": finished}).encode(),
+                       at=offset)
+        if header:  # as this version writes them; an earlier one's records carry no finish time
+            event.message.headers.append((store_module.FINISHED, repr(finished).encode()))
+        return event
+
+    results.apply_changelog_batch([outcome(0, "a", 1_000.0), outcome(1, "b", 1_001.0, header=False),
+                                   outcome(2, "c", 1_002.0)])
+    assert index_of(tables, 0) == [expiry_key(1_000.0, "a"), expiry_key(1_001.0, "b"), expiry_key(1_002.0, "c")]
+    # "a" expired on its owner (a tombstone); "c" finished again later (expired, then run again);
+    # "d" came and went within the batch.
+    results.apply_changelog_batch([outcome(3, "a", None), outcome(4, "c", 2_000.0), outcome(5, "d", 2_001.0),
+                                   outcome(6, "d", None)])
+    assert index_of(tables, 0) == [expiry_key(1_001.0, "b"), expiry_key(2_000.0, "c")]
+    assert sorted(rows(results, 0)) == ["b", "c"]

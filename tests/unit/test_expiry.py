@@ -1,6 +1,6 @@
 """Broker-free tests of results expiry (``expire`` commands, streamapp/runtime/engine.py).
 
-Outcomes are indexed by finish time in the ``expiry`` table; each command
+Outcomes are indexed by finish time in the ``expiry`` index; each command
 drops the oldest ones up to the retention, with bounded work.
 """
 
@@ -131,12 +131,12 @@ def test_expire__outcomes_written_before_the_index_are_swept_in_bounded_steps(cl
         del rig.tables.expiry[key]
         rig.tables.current = None
 
-    assert rig.tables.meta.get(f"expiry/p{P}") is None
+    assert rig.tables.index_swept(P) is None
     reads = []
     for _ in range(4):
         reads.append(expire(rig, before=1_500.0)[1])
     assert max(reads) <= 4 + 1, reads
-    assert rig.tables.meta.get(f"expiry/p{P}") == {"swept": True}
+    assert rig.tables.index_swept(P) is True
     assert sorted(rig.tables.results.rows) == [f"new{i}" for i in range(5)]
     assert sorted(rig.tables.expiry.rows) == sorted(expiry_key(2_000.0, f"new{i}") for i in range(5))
     expire(rig, before=2_500.0)

@@ -32,12 +32,11 @@ def tables(tmp_path: Path) -> Iterator[Tables]:
                     web_enabled=False)
     tables = Tables(app, 2)
     app.producer.send_soon = lambda fut: None  # type: ignore[method-assign]  # the changelog is not under test
-    for table in (tables.expiry, tables.results):
-        table._verified_source_topics_for_partitions.add(TOPIC)
+    tables.results._verified_source_topics_for_partitions.add(TOPIC)
     yield tables
-    for table in (tables.expiry, tables.results):
-        for db in table.data._dbs.values():
-            db.close()
+    for db in tables.results.data._dbs.values():
+        db.close()
+    tables.expiry.close()
     asyncio.set_event_loop(None)
     loop.close()
 
@@ -55,12 +54,12 @@ def write(table: Any, partition: int, rows: dict[str, Any], deletes: tuple[str, 
         _current_event.reset(token)
 
 
-def test_partition_keys__one_partition_in_key_order_from_a_start_key_without_the_offset_key(tables):
+def test_partition_keys__one_partition_in_key_order_from_a_start_key_without_the_sweep_cursor(tables):
     index = tables.expiry
     late, early, same_ms = expiry_key(1_000.5, "b"), expiry_key(999.9995, "z"), expiry_key(1_000.5001, "a")
     write(index, 0, {late: "b", early: "z", same_ms: "a", expiry_key(2_000.0, "c"): "c"})
     write(index, 1, {expiry_key(1.0, "other"): "other"})
-    index.data.set_persisted_offset(TP(index.changelog_topic.get_topic_name(), 0), 41)
+    tables.set_index_swept(0, "some-id")
 
     keys = list(Tables.partition_keys(index, 0))
     assert keys == [early, same_ms, late, expiry_key(2_000.0, "c")]
@@ -76,3 +75,19 @@ def test_partition_items__decoded_values_from_a_start_key(tables):
         ("id-b", {"finished": 2.0}), ("id-c", {"finished": 3.0})]
     assert [k for k, _ in Tables.partition_items(tables.results, 1)] == ["id-a", "id-b", "id-c"]
     assert list(Tables.partition_items(tables.results, 0)) == []
+
+
+def test_partition_keys__the_offset_key_of_a_table_is_left_out(tables):
+    write(tables.results, 0, {"id-a": {"finished": 1.0}})
+    tables.results.data.set_persisted_offset(TP(tables.results.changelog_topic.get_topic_name(), 0), 41)
+    assert list(Tables.partition_keys(tables.results, 0)) == ["id-a"]
+
+
+def test_expiry_index__survives_a_close_and_a_dropped_partition_starts_anew(tables):
+    write(tables.expiry, 0, {expiry_key(5.0, "x"): "x"})
+    tables.set_index_swept(0, True)
+    tables.expiry.close()  # a clean stop: written without a WAL, flushed here
+    assert list(Tables.partition_keys(tables.expiry, 0)) == [expiry_key(5.0, "x")]
+    assert tables.index_swept(0) is True
+    tables.expiry.drop(0)
+    assert list(Tables.partition_keys(tables.expiry, 0)) == [] and tables.index_swept(0) is None
