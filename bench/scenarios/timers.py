@@ -1,16 +1,24 @@
-"""Timers: N invocations sleeping at once in one worker; RSS, then firing lateness.
+"""Timers: N invocations sleeping at once in one worker; RSS, then firing lateness, also beside a burst.
 
 Each invocation (its own key) sleeps until a wall time ``at`` carried in its
 payload, so the journaled wake time is exactly ``at``. The wake times are
 spread evenly over a window that starts after all N should be asleep (an
 estimate of the scheduling rate, checked and reported), at a firing rate the
 engine can sustain. Lateness = the time the handler runs again - ``at``.
+
+A quarter into the window, the throughput scenario's workload (a burst of
+``Bench/Step`` invocations over 1,000 keys, on a source topic of its own)
+goes to the same worker: the lateness of the timers due while it runs is a
+figure of its own (issue 12: "while the throughput workload runs"), beside
+the burst's rate.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
+import urllib.request
 from typing import Any
 
 from bench.common import Health, Result, Run, alive, percentile, poll, read_ledger, rss_mb, totals
@@ -22,8 +30,24 @@ TARGET_P99 = 100.0  # ms
 
 def sizes(smoke: bool) -> dict[str, float]:
     if smoke:
-        return {"invocations": 2_000, "schedule_rate_estimate": 500.0, "wake_rate": 200.0, "margin_s": 2.0}
-    return {"invocations": 100_000, "schedule_rate_estimate": 450.0, "wake_rate": 400.0, "margin_s": 10.0}
+        return {"invocations": 2_000, "schedule_rate_estimate": 500.0, "wake_rate": 200.0, "margin_s": 2.0,
+                "burst": 300, "burst_keys": 50, "burst_at": 0.25}
+    return {"invocations": 100_000, "schedule_rate_estimate": 450.0, "wake_rate": 400.0, "margin_s": 10.0,
+            "burst": 20_000, "burst_keys": 1_000, "burst_at": 0.25}
+
+
+_STEPS_DONE = re.compile(  # labels in either order
+    r'^streamapp_invocations_completed_total\{(?=[^}]*handler="Step")(?=[^}]*service="Bench")[^}]*\} (\S+)$', re.M)
+
+
+def steps_completed(worker: harness.Worker) -> int:
+    """``Bench/Step`` invocations the worker completed (its /metrics counter)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/metrics", timeout=10) as resp:
+            match = _STEPS_DONE.search(resp.read().decode())
+    except OSError:
+        return 0
+    return int(float(match.group(1))) if match else 0
 
 
 def memory(worker: harness.Worker) -> dict[str, Any]:
@@ -50,7 +74,8 @@ def run(r: Run, result: Result) -> None:
     result.parameters = p
     n = int(p["invocations"])
     src = r.topic("timers", 1)
-    factory = r.workers("timers", {src: "Bench/Timer"})
+    burst_src = r.topic("timers-burst", 8)
+    factory = r.workers("timers", {src: "Bench/Timer", burst_src: "Bench/Step"})
     worker = factory.new()
     pid = worker.proc.pid  # type: ignore[union-attr]
     health = [Health(worker)]
@@ -81,7 +106,15 @@ def run(r: Run, result: Result) -> None:
                         f"({n / (asleep_at - start):.0f}/s); first wake-up at +{first_at - start:.0f} s, "
                         f"wake-ups spread over {window:.0f} s ({p['wake_rate']:.0f}/s)")
 
-    end = poll(lambda: totals(health)["completed"] >= n, timeout=window + 600, what=f"{n} wake-ups",
+    # The throughput workload, while the timers fire.
+    burst = int(p["burst"])
+    time.sleep(max(0.0, first_at + window * p["burst_at"] - time.time()))
+    burst_start = time.time()
+    harness.produce(burst_src, [(f"k{i % int(p['burst_keys'])}", json.dumps({"i": i})) for i in range(burst)])
+    burst_end = poll(lambda: steps_completed(worker) >= burst, timeout=600, what=f"{burst} burst invocations",
+                     interval=0.1, alive=alive(worker), detail=lambda: totals(health))
+
+    end = poll(lambda: totals(health)["completed"] >= n + burst, timeout=window + 600, what=f"{n} wake-ups",
                interval=0.25, alive=alive(worker), detail=lambda: totals(health))
     rss_after = rss_mb(pid)
     mem_after = memory(worker)
@@ -92,6 +125,7 @@ def run(r: Run, result: Result) -> None:
     if len(woke) != n:
         result.problems.append(f"{n - len(woke)} of {n} timers never woke")
     late = [(e["woke"] - e["at"]) * 1000 for e in woke.values()]
+    late_in_burst = [(e["woke"] - e["at"]) * 1000 for e in woke.values() if burst_start <= e["at"] <= burst_end]
     result.notes.append(f"last wake-up {end - (first_at + window):.1f} s after the last intended one")
 
     result.add("worker RSS before (idle)", rss_before, "MB")
@@ -105,3 +139,10 @@ def run(r: Run, result: Result) -> None:
     result.add("wake-up lateness p50", percentile(late, 50), "ms")
     result.add("wake-up lateness p99", percentile(late, 99), "ms", target=TARGET_P99)
     result.add("wake-up lateness max", max(late) if late else None, "ms")
+    result.add(f"wake-up lateness p99 while a burst of {burst:,} ran", percentile(late_in_burst, 99), "ms",
+               target=TARGET_P99)
+    result.add("the burst beside the timers: invocations/s", burst / (burst_end - burst_start), "inv/s",
+               higher_is_better=True)
+    result.notes.append(f"burst of {burst:,} Bench/Step over {int(p['burst_keys']):,} keys from "
+                        f"+{burst_start - first_at:.0f} s into the wake-ups, {burst_end - burst_start:.1f} s; "
+                        f"{len(late_in_burst):,} timers were due meanwhile")
