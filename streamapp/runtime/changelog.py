@@ -126,12 +126,14 @@ class PositionedTable(faust.Table[str, Any]):
     partition (``flush.send_rows``, ``runtime/flush.py``),
     so the rows of every command a commit passes are sent, and acknowledged,
     before it. An invocation that starts and finishes between two commits
-    writes nothing for its row: a row created since the last flush (``put``
-    with ``created``: its writer knows the key had no row) and deleted
-    again never reached the changelog, so its tombstone is left out. The
-    last record of a partition's flush is always written, also such a
-    tombstone: its offset header is the flush's highest, which a restore
-    needs to skip a deposed writer's late records (below).
+    writes one tombstone for its row, not a record per change. The
+    tombstone is needed although the changelog may never have had the row:
+    a worker woken from a stall restores its tables from the start of the
+    changelogs over its local rows (``Tables.distrust_local``), and its
+    local copy of an invocation another worker created again and finished
+    meanwhile goes only if the changelog says so (leaving it out let a
+    woken worker run finished invocations again, in
+    ``test_pause_past_session__woken_worker_runs_no_step_of_invocations_taken_over``).
 
     The order keeps restores sound: within a partition the staged rows go out
     in the order of their last writes, so the offsets in their headers never
@@ -141,18 +143,14 @@ class PositionedTable(faust.Table[str, Any]):
     """
 
     positions: Positions
-    # partition -> key -> (encoded value or DELETED, command offset, created since the last flush, headers)
-    staged: dict[int, dict[Any, tuple[Any, int | None, bool, list[tuple[str, bytes]]]]]
+    # partition -> key -> (encoded value or DELETED, command offset, headers)
+    staged: dict[int, dict[Any, tuple[Any, int | None, list[tuple[str, bytes]]]]]
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self.put(key, value)
 
-    def put(self, key: Any, value: Any, raw: bytes | None = None, created: bool = False) -> None:
+    def put(self, key: Any, value: Any, raw: bytes | None = None) -> None:
         """``table[key] = value``, encoded once for the store and the changelog (``raw``: the caller's encoding).
-
-        ``created``: the caller knows ``key`` has no row (it just looked), so
-        if the row is deleted again before the next flush, nothing of it is
-        written to the changelog.
 
         Faust's own path encodes the value for the store, and the staged row
         is encoded again for the changelog; a caller that measured the row
@@ -163,7 +161,7 @@ class PositionedTable(faust.Table[str, Any]):
         dump_key, dump_value = self._row_codecs()
         if raw is None:
             raw = dump_value(value)
-        self._stage(key, raw, created, self.row_headers(value))
+        self._stage(key, raw, self.row_headers(value))
         self._sensor_on_set(self, key, value)
         faust_readers.put_raw(self.data, dump_key(key), raw)
 
@@ -172,23 +170,21 @@ class PositionedTable(faust.Table[str, Any]):
         return []
 
     def on_key_set(self, key: Any, value: Any) -> None:  # ``update`` and other Faust paths
-        self._stage(key, self._row_codecs()[1](value), False, self.row_headers(value))
+        self._stage(key, self._row_codecs()[1](value), self.row_headers(value))
         self._sensor_on_set(self, key, value)
 
     def on_key_del(self, key: Any) -> None:
         self._stage(key, DELETED)
         self._sensor_on_del(self, key)
 
-    def _stage(self, key: Any, value: bytes | object, created: bool = False,
-               headers: list[tuple[str, bytes]] | None = None) -> None:
+    def _stage(self, key: Any, value: bytes | object, headers: list[tuple[str, bytes]] | None = None) -> None:
         """Stage the row's encoded value (or ``DELETED``) for the next flush."""
         partition = self.partition_for_key(key)  # the partition of the command being applied
         if partition is None:
             raise TypeError(f"table {self.name} is written outside the invocations agent")
         rows = self.staged.setdefault(partition, {})
-        earlier = rows.pop(key, None)  # re-inserted last: the order of last writes
-        rows[key] = (value, self.positions.applying.get(partition), created if earlier is None else earlier[2],
-                     headers or [])
+        rows.pop(key, None)  # re-inserted last: the order of last writes
+        rows[key] = (value, self.positions.applying.get(partition), headers or [])
 
     def take_staged(self) -> list[StagedRows]:
         """What is staged, encoded as the changelog's records (net effect, in order of last writes), and forgotten.
@@ -207,15 +203,12 @@ class PositionedTable(faust.Table[str, Any]):
         for partition, rows in staged.items():
             records = []
             top = None
-            last = len(rows) - 1
-            for i, (key, (value, at, created, extra)) in enumerate(rows.items()):
-                if at is not None:
-                    top = at
-                if created and value is DELETED and i != last:
-                    continue  # created and deleted since the last flush: the changelog never had it
+            for key, (value, at, extra) in rows.items():
                 headers = [] if at is None else [(HEADER, str(at).encode())]
                 if extra and value is not DELETED:
                     headers.extend(extra)
+                if at is not None:
+                    top = at
                 records.append((dump_key(key), None if value is DELETED else value, headers))
             if top is not None:
                 # Its own writes count: a later restore of this partition skips records older than them.

@@ -62,7 +62,7 @@ class LocalIndex:
     def __setitem__(self, key: str, value: Any) -> None:
         self._db(_current_partition()).put(key.encode(), str(value).encode())
 
-    def put(self, key: str, value: Any, raw: bytes | None = None, created: bool = False) -> None:
+    def put(self, key: str, value: Any, raw: bytes | None = None) -> None:
         self[key] = value
 
     def __delitem__(self, key: str) -> None:

@@ -163,7 +163,7 @@ def _invoke(st: PartitionState, pos: int, cmd: ops.Invoke, out: list[Action]) ->
     }
     if cmd.trace:  # only when traced: an untraced row stays as it was
         rec["trace"] = cmd.trace
-    st.save(rec, created=True)  # no row for it: looked up above
+    st.save(rec)
     if delayed:
         assert cmd.not_before is not None
         store.timers[inv_id] = {"wake_at": cmd.not_before, "p": st.p}

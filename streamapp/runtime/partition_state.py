@@ -88,14 +88,11 @@ class PartitionState:
             rec = self.shared.store.invocations.get(inv_id)
         return dict(rec) if rec is not None else None
 
-    def save(self, rec: dict[str, Any], created: bool = False) -> None:
-        """Write the record (``RowTooLargeError``, nothing written, if its changelog would refuse it).
-
-        ``created``: the caller found no row for it (``PositionedTable.put``).
-        """
+    def save(self, rec: dict[str, Any]) -> None:
+        """Write the record (``RowTooLargeError``, nothing written, if its changelog would refuse it)."""
         rec["updated"] = time.time()
         raw = self.shared.limits.check_row("invocations", rec["id"], rec, rec)
-        self.shared.store.invocations.put(rec["id"], rec, raw, created)
+        self.shared.store.invocations.put(rec["id"], rec, raw)
         self.summary[rec["id"]] = summarize(rec)
         recent = self.shared.recent
         # Records of invocations in progress stay in memory (the state machine is their only writer).

@@ -32,7 +32,7 @@ class FakeTable:
         self.rows[key] = (self.rig.current, value)
         self.writes += 1
 
-    def put(self, key: str, value: Any, raw: bytes | None = None, created: bool = False) -> None:
+    def put(self, key: str, value: Any, raw: bytes | None = None) -> None:
         # The encoding a caller hands over must be the row's own (a stale one would reach the changelog).
         assert raw is None or raw == limits.row_bytes(value), "put with an encoding of another value"
         self[key] = value

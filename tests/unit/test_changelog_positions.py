@@ -205,8 +205,7 @@ def test_staged_writes__a_restore_of_what_the_flushes_sent_rebuilds_the_writers_
                     if state.get(key) is not None:
                         del state[key]
                 else:
-                    # ``created`` as the state machine says it: when it found no row
-                    state.put(key, {"v": rng.randint(0, 1000)}, created=state.get(key) is None)
+                    state[key] = {"v": rng.randint(0, 1000)}
         if rng.random() < 0.1:
             send_staged(tables)
     send_staged(tables)
@@ -226,46 +225,6 @@ def test_staged_writes__a_restore_of_what_the_flushes_sent_rebuilds_the_writers_
                 db.close()
 
 
-def test_staged_writes__a_row_created_and_deleted_between_two_flushes_is_not_written(tables):
-    inv = tables.invocations
-    with applying(tables, 0, 10):
-        inv.put("a", {"status": "pending"}, created=True)
-        inv.put("b", {"status": "pending"}, created=True)
-    with applying(tables, 0, 11):
-        inv["a"] = {"status": "pending", "journal": [1]}
-        inv.put("c", {"status": "pending"}, created=True)
-    with applying(tables, 0, 12):
-        del inv["a"]  # finished: neither its row nor its tombstone is written
-        inv["old"] = {"status": "sleeping"}  # a row from an earlier flush (not created here)
-    with applying(tables, 0, 13):
-        del inv["old"]  # a row the changelog has: its tombstone is written
-        del inv["c"]  # created and deleted, but the flush's last record: written, for its offset
-    assert send_staged(tables) == 3
-    assert [(k, v, at) for _, k, v, at in sent_rows(tables)] == [
-        ("b", b'{"status":"pending"}', 10), ("old", None, 13), ("c", None, 13)]
-
-
-def test_restore__after_a_flush_that_left_rows_out_a_deposed_writers_late_record_is_still_skipped(tables):
-    # The successor applied commands 5..9 again and went on; its flush left out
-    # the row of an invocation it created and finished. The deposed writer's
-    # late row for it (command 5) must not come back: the flush's last record
-    # carries the highest offset.
-    inv = tables.invocations
-    with applying(tables, 0, 5):
-        inv.put("x", {"status": "pending"}, created=True)
-    with applying(tables, 0, 9):
-        del inv["x"]
-        inv.put("y", {"status": "pending"}, created=True)
-    with applying(tables, 0, 10):
-        del inv["y"]
-    assert send_staged(tables) == 1  # "y"'s tombstone, at 10
-    sent = [record(inv, p, offset, key, value, at=a) for offset, (p, key, value, a) in enumerate(sent_rows(tables))]
-    late = record(inv, 0, len(sent), "x", b'{"status":"pending"}', at=5)
-    tables.positions.high.clear()  # as a new owner restoring from the start
-    inv.apply_changelog_batch([*sent, late])
-    assert rows(inv, 0) == {} and tables.positions.skipped == 1
-
-
 def test_distrust_local__every_table_is_restored_from_its_start(tables):
     with applying(tables, 0, 1):
         for table in tables.all:
@@ -280,7 +239,7 @@ def index_of(tables: Tables, partition: int) -> list[str]:
 
 def test_results_records_say_when_their_invocation_finished(tables):
     with applying(tables, 0, 7):
-        tables.results.put("i1", {"id": "i1", "status": "completed", "finished": 1_000.25}, created=True)
+        tables.results.put("i1", {"id": "i1", "status": "completed", "finished": 1_000.25})
     send_staged(tables)
     (_, _, _, headers), = tables.sent  # type: ignore[attr-defined]
     assert dict(headers) == {changelog.HEADER: b"7", store_module.FINISHED: b"1000.25"}
