@@ -221,10 +221,9 @@ class PositionedTable(faust.Table[str, Any]):
         """Key and value encoders, as Faust's own changelog sends encode (the table's serializers)."""
         codecs = self.__dict__.get("_codecs")
         if codecs is None:
-            # Faust's "raw" codec is ``want_bytes`` behind its codec chain: the same, called directly.
-            dump_key = _raw if self.key_serializer == "raw" else faust_codecs.get_codec(self.key_serializer).dumps
+            key_codec = faust_codecs.get_codec(self.key_serializer)
             value_codec = faust_codecs.get_codec(self.value_serializer)
-            codecs = self.__dict__["_codecs"] = (dump_key, value_codec.dumps)
+            codecs = self.__dict__["_codecs"] = (key_codec.dumps, value_codec.dumps)
         return codecs
 
     def rows_sent(self, partition: int, last_offset: int) -> None:
@@ -255,10 +254,6 @@ class PositionedTable(faust.Table[str, Any]):
 
     def before_restore(self, events: list[Any]) -> None:
         """Called with the changelog records about to be applied to the store (none of them yet)."""
-
-
-def _raw(key: Any) -> bytes:
-    return key.encode() if isinstance(key, str) else bytes(key)
 
 
 def table(app: faust.App, positions: Positions, name: str, cls: type[PositionedTable] = PositionedTable,
