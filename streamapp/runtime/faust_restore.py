@@ -147,9 +147,8 @@ class BatchedRestore(FaustRecovery):
 
 def without_wal() -> rocksdict.WriteOptions:
     options = rocksdict.WriteOptions()
-    # A property in rocksdict 0.3 (its stub says a method).
-    options.disable_wal = True  # type: ignore[method-assign,assignment]
-    if options.disable_wal is not True:  # type: ignore[comparison-overlap]  # a rocksdict whose API changed
+    options.disable_wal = True
+    if options.disable_wal is not True:  # a rocksdict whose WriteOptions changed shape
         raise RuntimeError("rocksdict.WriteOptions.disable_wal did not take")
     return options
 
