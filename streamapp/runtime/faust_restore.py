@@ -21,21 +21,11 @@ partition neither active nor standby (a rebalance took it) are skipped
 with a warning; Faust's loop applied them to the previous record's table.
 
 ``Store`` is Faust's RocksDB store (the scheme ``streamapp-rocksdb``, which
-the runtime's app uses), except:
-
-- a rebalance revoking none of a table's open partitions does not run the
-  garbage collector. Faust's runs ``gc.collect()`` for each table on every
-  rebalance (to close the databases of revoked partitions, whose handles it
-  only drops); with six tables that was a quarter of a second of a restart,
-  where nothing is open yet.
-- writes skip RocksDB's write-ahead log, as Kafka Streams' stores do: the
-  changelog is the durable copy. A WAL write costs a system call per row
-  (five rows an invocation), and what it protects is never used: after an
-  unclean stop the local tables are dropped and restored from the changelogs
-  (``startup.prepare_table_dir``), and a clean stop flushes every open
-  database's memtables to its files (``flush_all``, at ``stop`` and when a
-  rebalance revokes a partition) before the tables are marked trusted. A
-  worker that dies between the two leaves no mark, so its tables are dropped.
+the runtime's app uses), except that a rebalance revoking none of a table's
+open partitions does not run the garbage collector. Faust's runs
+``gc.collect()`` for each table on every rebalance (to close the databases of
+revoked partitions, whose handles it only drops); with six tables that was a
+quarter of a second of a restart, where nothing is open yet.
 """
 
 from __future__ import annotations
@@ -45,7 +35,6 @@ import logging
 from time import monotonic
 from typing import Any
 
-import rocksdict
 from faust import stores
 from faust.stores.rocksdb import Store as FaustStore
 from faust.tables.recovery import Recovery as FaustRecovery
@@ -145,34 +134,10 @@ class BatchedRestore(FaustRecovery):
             self.tables.on_standbys_ready()
 
 
-def without_wal() -> rocksdict.WriteOptions:
-    options = rocksdict.WriteOptions()
-    options.disable_wal = True
-    if options.disable_wal is not True:  # a rocksdict whose WriteOptions changed shape
-        raise RuntimeError("rocksdict.WriteOptions.disable_wal did not take")
-    return options
-
-
 class Store(FaustStore):
-    def _open_for_partition(self, partition: int) -> Any:
-        db = super()._open_for_partition(partition)
-        db.set_write_options(without_wal())
-        return db
-
-    def flush_all(self, partitions: Any = None) -> None:
-        """Write the memtables of the open databases (of ``partitions``; all by default) to their files."""
-        for partition, db in list(self._dbs.items()):
-            if partitions is None or partition in partitions:
-                db.flush(wait=True)
-
-    async def stop(self) -> None:
-        await super().stop()
-
     def revoke_partitions(self, table: Any, tps: Any) -> None:
         topics = table.changelog_topic.topics
-        revoked = {tp.partition for tp in tps if tp.topic in topics and tp.partition in self._dbs}
-        if revoked:
-            self.flush_all(revoked)
+        if any(tp.topic in topics and tp.partition in self._dbs for tp in tps):
             super().revoke_partitions(table, tps)
 
 

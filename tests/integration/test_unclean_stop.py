@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import rocksdict
 from aiokafka import AIOKafkaProducer
 
 from tests import harness
@@ -35,30 +34,6 @@ def test_restart_after_kill__tables_come_back_from_the_changelogs_and_after_a_cl
     assert worker.log().count(NOT_CLEAN) == before, "a clean stop must leave the tables trusted"
     harness.wait_for(lambda: ticks() == expected, timeout=60, what="state after a clean restart",
                      detail=lambda: str(ticks()))
-
-
-def test_clean_stop__every_row_is_in_the_table_files_and_no_write_ahead_log_was_written(workers):
-    # The stores skip RocksDB's WAL (the changelog is the durable copy): a
-    # clean stop must flush the memtables, or the next start would trust
-    # tables that lack their latest rows.
-    worker = workers.new()
-    for n in range(3):
-        assert worker.request("POST", "/Test/k/Tick", {"n": n}) == (200, n + 1)
-    # Rows written, the databases open: their write-ahead logs are empty.
-    tables = sorted(worker.data_dir.glob("**/tables/*.db"))
-    assert tables and sum(f.stat().st_size for db_dir in tables for f in db_dir.glob("*.log")) == 0
-    worker.stop()
-    assert worker.proc is not None and worker.proc.returncode == 0, worker.tail()
-    found = {}
-    for db_dir in sorted(worker.data_dir.glob("**/tables/state-*.db")):
-        db = rocksdict.Rdict(str(db_dir), options=rocksdict.Options(raw_mode=True),
-                             access_type=rocksdict.AccessType.read_only())
-        try:
-            found.update({bytes(k): bytes(v) for k, v in db.items() if not bytes(k).startswith(b"__")})
-        finally:
-            db.close()
-    # The store holds keys and values JSON-encoded.
-    assert {json.loads(k): json.loads(v) for k, v in found.items()} == {"Test/k": {"ticks": 3, "last": 2}}
 
 
 def produce_copy(topic: str, record: harness.Record) -> None:
