@@ -28,8 +28,8 @@ invocation. It is kept in step with the local ``results`` store instead:
 An entry without its results row (a tombstone applied while the index was
 not looking) is dropped by the next expire command that reaches it. The
 index lives under the table dir, so an unclean stop drops it with the
-tables, and the restore rebuilds both (2, 3). It is written without a
-write-ahead log, as the tables are, and flushed at a clean stop.
+tables, and the restore rebuilds both (2, 3). A clean stop flushes and
+closes it.
 """
 
 from __future__ import annotations
@@ -41,8 +41,6 @@ from typing import Any
 
 import rocksdict
 from faust import streams
-
-from streamapp.runtime.faust_restore import without_wal
 
 SWEPT = "~swept"  # sorts after every entry ("<digits>/<id>")
 
@@ -107,7 +105,6 @@ class LocalIndex:
             options.create_if_missing(True)
             options.set_write_buffer_size(1024 * 1024)  # small rows: a megabyte holds ~15,000 entries
             db = rocksdict.Rdict(str(self.directory / f"p{partition}"), options=options)
-            db.set_write_options(without_wal())
             self._dbs[partition] = db
         return db
 

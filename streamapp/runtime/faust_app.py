@@ -107,7 +107,7 @@ class StreamApp(faust.App):
         # Children (tables, producer) are stopped by now: every table write
         # was flushed to its changelog, so the next start may trust the tables.
         await super().on_shutdown()
-        self.runtime.tables.expiry.close()  # written without a WAL: its memtables go to its files now
+        self.runtime.tables.expiry.close()  # the expiry index's memtables to its files, before the mark
         self.runtime.tables.positions.save(self.runtime.settings.table_dir)
         mark_clean_stop(self.runtime.settings.table_dir)
 
