@@ -2,11 +2,19 @@
 
 An open-loop producer sends at a fixed rate (each record carries its send
 time ``t0``; keys rotate over many keys so nothing queues behind a key). A
-probe in the bench process reads the worker's internal topic: the ``invoke``
-command of an invocation carries the payload (so its ``t0``), and the time
-the probe receives its ``complete`` command is when the completion became
-durable and visible on the log, the same moment the worker's own agent sees
-it. Latency = receipt of ``complete`` - ``t0``.
+probe in the bench process reads the worker's internal topic and its
+``results`` changelog. Two ends are measured for each invocation:
+
+- ``finished``: the worker's own record of the completion, its clock when it
+  applied the durable ``complete`` command (the ``streamapp.finished`` header
+  of the outcome's changelog record). This is what Restate's
+  ``completed_at`` is (its server's clock when it applied the completion
+  from its log), so the anchor compares this one with Restate's.
+- ``seen``: the probe receiving the ``complete`` command from the internal
+  topic, the moment any consumer of the log can see it; this adds the
+  probe's own fetch (about a millisecond here) to ``finished``.
+
+The ``invoke`` command of an invocation carries the payload (so its ``t0``).
 """
 
 from __future__ import annotations
@@ -15,11 +23,13 @@ import asyncio
 import contextlib
 import json
 import time
+from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench.common import BenchError, Result, Run, percentile
 from streamapp.runtime import commands
+from streamapp.runtime.store import FINISHED
 from tests import harness
 
 HANDLERS = {"trivial": "Bench/Step", "3-step": "Bench/Three"}
@@ -32,38 +42,59 @@ def sizes(smoke: bool) -> dict[str, object]:
             "handlers": HANDLERS}
 
 
-async def measure(app_id: str, topic: str, partitions: int, rate: float, seconds: float
-                  ) -> tuple[list[float], int, float, dict[str, float]]:
-    """Send ``rate * seconds`` records; return (latencies in s, records sent, achieved send rate, ``gaps``)."""
+@dataclass
+class Measured:
+    seen: list[float]  # t0 -> the probe received the complete command, seconds, one per completed invocation
+    finished: list[float]  # t0 -> the worker's finish time of the invocation (the outcome's header)
+    sent: int  # records sent
+    rate: float  # achieved send rate
+    gaps: dict[str, float]  # median gap between an invocation's commands (``gaps``)
+
+
+async def measure(app_id: str, topic: str, partitions: int, rate: float, seconds: float) -> Measured:
+    """Send ``rate * seconds`` records and wait until each one's completion was seen and its finish time read."""
     consumer = AIOKafkaConsumer(**harness.kafka_options(), enable_auto_commit=False)
     producer = AIOKafkaProducer(**harness.kafka_options(), acks="all")
     await consumer.start()
     await producer.start()
+    internal, results = f"{app_id}-invocations", f"{app_id}-results-changelog"
     sent: dict[str, float] = {}  # invocation id -> t0
     done: dict[str, float] = {}  # invocation id -> receipt of its complete command
+    finished: dict[str, float] = {}  # invocation id -> its finish time on the worker's clock
     # invocation id -> the producer's timestamps (ms) of its commands: invoke, entries..., complete
     stamps: dict[str, list[tuple[str, int]]] = {}
     stop = asyncio.Event()
     all_done = asyncio.Event()
     n = int(rate * seconds)
 
+    def on_command(m: object, now: float) -> None:
+        for cmd in commands.unpack(json.loads(m.value)):  # type: ignore[attr-defined]  # a record can hold a batch
+            stamps.setdefault(cmd.get("id", ""), []).append((cmd["op"], m.timestamp))  # type: ignore[attr-defined]
+            if cmd["op"] == "invoke" and "t0" in (cmd.get("payload") or {}):
+                sent[cmd["id"]] = cmd["payload"]["t0"]
+            elif cmd["op"] == "complete" and cmd["id"] in sent:
+                done[cmd["id"]] = now
+
+    def on_outcome(m: object) -> None:
+        header = dict(m.headers or ()).get(FINISHED)  # type: ignore[attr-defined]
+        if header is not None and m.key is not None:  # type: ignore[attr-defined]
+            finished[m.key.decode()] = float(header)  # type: ignore[attr-defined]
+
     async def probe() -> None:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=50)
             now = time.time()
-            for msgs in batch.values():
+            for tp, msgs in batch.items():
                 for m in msgs:
-                    for cmd in commands.unpack(json.loads(m.value)):  # a record can hold a batch
-                        stamps.setdefault(cmd.get("id", ""), []).append((cmd["op"], m.timestamp))
-                        if cmd["op"] == "invoke" and "t0" in (cmd.get("payload") or {}):
-                            sent[cmd["id"]] = cmd["payload"]["t0"]
-                        elif cmd["op"] == "complete" and cmd["id"] in sent:
-                            done[cmd["id"]] = now
-            if len(done) >= n:
+                    if tp.topic == internal:
+                        on_command(m, now)
+                    else:
+                        on_outcome(m)
+            if len(done) >= n and all(k in finished for k in done):
                 all_done.set()
 
     try:
-        tps = [TopicPartition(f"{app_id}-invocations", p) for p in range(partitions)]
+        tps = [TopicPartition(t, p) for t in (internal, results) for p in range(partitions)]
         consumer.assign(tps)
         await consumer.seek_to_end(*tps)
         for tp in tps:
@@ -87,8 +118,10 @@ async def measure(app_id: str, topic: str, partitions: int, rate: float, seconds
             await asyncio.wait_for(all_done.wait(), timeout=30 + seconds)
         stop.set()
         await probing
-        latencies = [done[k] - t0 for k, t0 in sent.items() if k in done]
-        return latencies, n, (n - 1) / (last - first) if last > first else 0.0, gaps(sent, done, stamps)
+        return Measured(seen=[done[k] - t0 for k, t0 in sent.items() if k in done],
+                        finished=[finished[k] - t0 for k, t0 in sent.items() if k in done and k in finished],
+                        sent=n, rate=(n - 1) / (last - first) if last > first else 0.0,
+                        gaps=gaps(sent, done, stamps))
     finally:
         await producer.stop()
         await consumer.stop()
@@ -132,17 +165,25 @@ def run(r: Run, result: Result) -> None:
         for rate in rates:
             if worker.proc is not None and worker.proc.poll() is not None:
                 raise BenchError(f"worker exited:\n{worker.tail()}")
-            lat, n, achieved, where = harness.run_async(
-                measure(factory.app_id, topics[name], partitions, rate, seconds))
-            if len(lat) < n:
-                result.problems.append(f"{name} at {rate}/s: {n - len(lat)} of {n} invocations not completed")
-            ms = [x * 1000 for x in lat]
+            m = harness.run_async(measure(factory.app_id, topics[name], partitions, rate, seconds))
+            if len(m.seen) < m.sent:
+                result.problems.append(f"{name} at {rate}/s: {m.sent - len(m.seen)} of {m.sent} invocations "
+                                       "not completed")
+            if len(m.finished) < len(m.seen):
+                result.problems.append(f"{name} at {rate}/s: no finish time read for "
+                                       f"{len(m.seen) - len(m.finished)} completed invocations")
+            ms = [x * 1000 for x in m.seen]
             p50, p99 = TARGETS.get(rate, (None, None))
-            label = f"{name} handler at {rate}/s (sent {achieved:.0f}/s, n={n})"
+            label = f"{name} handler at {rate}/s (sent {m.rate:.0f}/s, n={m.sent})"
             result.add(f"{label}: p50", percentile(ms, 50), "ms", target=p50)
             result.add(f"{label}: p95", percentile(ms, 95), "ms")
             result.add(f"{label}: p99", percentile(ms, 99), "ms", target=p99)
+            fin = [x * 1000 for x in m.finished]
+            result.add(f"{label}, to the worker's finish time: p50", percentile(fin, 50), "ms")
+            result.add(f"{label}, to the worker's finish time: p99", percentile(fin, 99), "ms")
             result.notes.append(f"{name} at {rate}/s, median gaps: "
-                                + ", ".join(f"{step} {ms_:.1f} ms" for step, ms_ in where.items()))
+                                + ", ".join(f"{step} {ms_:.1f} ms" for step, ms_ in m.gaps.items()))
     result.notes.append("latency = produce -> the complete command received by a probe consumer on the "
-                        "internal topic (durable completion)")
+                        "internal topic (durable completion, seen on the log); 'to the worker's finish time' = "
+                        "produce -> the finish time the worker recorded when it applied the durable completion "
+                        "(as Restate's completed_at)")
