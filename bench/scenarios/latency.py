@@ -78,7 +78,7 @@ async def measure(app_id: str, topic: str, partitions: int, rate: float, seconds
     def on_outcome(m: object) -> None:
         header = dict(m.headers or ()).get(FINISHED)  # type: ignore[attr-defined]
         if header is not None and m.key is not None:  # type: ignore[attr-defined]
-            finished[m.key.decode()] = float(header)  # type: ignore[attr-defined]
+            finished[json.loads(m.key)] = float(header)  # type: ignore[attr-defined]  # the key as Faust encodes it
 
     async def probe() -> None:
         while not stop.is_set():
