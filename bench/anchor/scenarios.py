@@ -10,8 +10,8 @@ is a ``Figure`` with streamapp's value and Restate's as its ``baseline``.
                 peak RSS during the burst: the worker vs restate-server + the SDK process (summed)
     latency     open loop at 50/s and 200/s, ``Bench/Step``, 1,000 keys on a 1-partition source:
                 streamapp: produce -> the invocation's finish time, the worker's clock when it applied the
-                           durable ``complete`` command (``latency.measure``; also reported: the probe
-                           receiving that command from the log, without a Restate counterpart)
+                           durable ``complete`` command (``latency.measure``; also reported: a probe
+                           receiving that command from the log, which can come first; no Restate counterpart)
                 Restate:   produce (``t0`` in the record) -> the invocation's ``completed_at``, its
                            server's clock when it applied the completion from its log
     hol         K keys x 2 events x ``ctx.sleep(1 s)`` on one source partition (``Bench/Nap``):
@@ -215,7 +215,8 @@ def part_latency(r: Run, inst: Installed, result: Result) -> None:
                         "applied the durable complete command; the streamapp.finished header of its outcome "
                         "record); Restate = produce -> completed_at in sys_invocation (its server's clock when it "
                         "applied the completion, ms resolution); both after a 1 s warm-up at 50/s. The 'seen on "
-                        "the log' rows add a consumer's fetch of the complete command (no Restate counterpart)")
+                        "the log' rows: produce -> a separate consumer received the complete command (no Restate "
+                        "counterpart; it can come before the worker's own apply at the producer's ack)")
 
 
 # -- head-of-line --------------------------------------------------------------------------
