@@ -127,3 +127,32 @@ def test_retention__finished_outcomes_expire_and_an_expired_idempotency_key_runs
     # Past the retention the key is no longer deduplicated: it runs again (count 3: r, s, r).
     assert worker.request("POST", "/Test/ret/Nap", {"tag": "r"}, headers=hdr) == (200, {"tag": "r", "count": 3})
     assert worker.get("/state/Test/ret")["state"] == {"count": 3}
+
+
+RESTORED_RETENTION = 25  # long enough for the second worker to start and restore before the outcomes are due
+
+
+def test_retention__outcomes_restored_on_a_new_worker_expire_at_their_retention(workers):
+    """The expiry index is local to each worker: a worker that restored the outcomes rebuilds it."""
+    env = {"STREAMAPP_RESULTS_RETENTION": str(RESTORED_RETENTION)}
+    first = workers.new("a", env=env)
+    sent = [first.request("POST", f"/Test/rest{i}/Nap/send", {"tag": f"t{i}"})[1]["invocationId"] for i in range(6)]
+    finished = {inv: harness.wait_for(lambda inv=inv: (lambda info: info["status"] == "completed" and info)(
+        first.invocation(inv)), timeout=30, what=f"invocation {inv} to complete")["finished"] for inv in sent}
+    first.stop()  # a clean stop: it leaves the group, the new worker is assigned every partition at once
+    second = workers.new("b", env=env)  # its own, empty, data directory: every outcome comes from the changelogs
+    assert {inv: second.invocation(inv).get("finished") for inv in sent} == finished, "outcomes not restored"
+    last_seen: dict[str, float | None] = dict.fromkeys(sent, time.time())
+    while any(last_seen.values()):
+        for inv, seen in list(last_seen.items()):
+            if seen is None:
+                continue
+            if second.request("GET", f"/invocations/{inv}")[0] == 200:
+                last_seen[inv] = time.time()
+                assert time.time() < finished[inv] + RESTORED_RETENTION + 120, f"{inv} never expired"
+            else:
+                assert seen >= finished[inv] + RESTORED_RETENTION - 0.5, f"{inv} expired before its retention"
+                last_seen[inv] = None
+        time.sleep(0.2)
+    assert "Expired finished invocations" in second.log()
+    assert "Expired finished invocations" not in first.log()
