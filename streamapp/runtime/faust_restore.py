@@ -20,6 +20,17 @@ can never signal an end that a record in it had not reached. Records of a
 partition neither active nor standby (a rebalance took it) are skipped
 with a warning; Faust's loop applied them to the previous record's table.
 
+````BatchedRestore.on_recovery_completed`` is Faust's, except that it keeps
+the changelog records queued while it runs. Faust's ends with
+``flow_control.resume()``, which empties every queue it manages, the
+changelog queue included, although no changelog partition was sought since
+the standbys were: the standbys' records fetched meanwhile (the recovery's
+table callbacks and the seek of the streams are awaited in between) were
+dropped, their offsets never seen, and the standbys read on past them. A
+standby so missing tombstones later became active with invocations its
+changelog had finished, and ran them again (a 10-minute chaos run). The
+other empties stay: each follows a seek of the partitions it concerns.
+
 ``Store`` is Faust's RocksDB store (the scheme ``streamapp-rocksdb``, which
 the runtime's app uses), except that a rebalance revoking none of a table's
 open partitions does not run the garbage collector. Faust's runs
@@ -113,6 +124,15 @@ class BatchedRestore(FaustRecovery):
             while len(self._processing_times) > self.num_samples_required_for_estimate:
                 self._processing_times.popleft()
             self._last_active_event_processed_at = done
+
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        queue = self.tables.changelog_queue
+        flow = self.app.flow_control
+        flow._queues.discard(queue)  # mode's FlowControlEvent: the queues its resume() empties
+        try:
+            await super().on_recovery_completed(generation_id)
+        finally:
+            flow.manage_queue(queue)
 
     def _end_if_done(self) -> None:
         # Faust's ``_maybe_signal_recovery_end`` (a closure there); transactions are not used here

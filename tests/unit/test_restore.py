@@ -10,6 +10,7 @@ from typing import Any
 
 import faust
 import pytest
+from faust.tables.recovery import Recovery as FaustRecovery
 from faust.types import TP
 
 from streamapp.runtime import faust_restore
@@ -111,3 +112,43 @@ def test_store__no_gc_when_no_open_partition_is_revoked(tmp_path: Path, monkeypa
     store._dbs = {0: object()}
     store.revoke_partitions(table, {ACTIVE})
     assert collected == [1] and store._dbs == {}
+
+
+async def _noop(*args: Any) -> None:
+    return None
+
+
+def _completing_app(app: Any, delivered: list[Any]) -> Any:
+    """What ``on_recovery_completed`` uses of the app; the streams' seek delivers ``delivered`` meanwhile."""
+    queue = app.tables.changelog_queue
+
+    async def perform_seek() -> None:  # awaited between the standbys' resume and the end: the fetcher runs
+        for record in delivered:
+            queue.put_nowait(record)
+
+    consumer = SimpleNamespace(assignment=lambda: {TP("source", 0)}, resume_partitions=lambda tps: None,
+                               perform_seek=perform_seek, resume_flow=lambda: None)
+    return SimpleNamespace(on_rebalance_complete=SimpleNamespace(send=_noop), consumer=consumer,
+                           consumer_generation_id=0, flow_control=app.flow_control, conf=app.conf,
+                           _fetcher=SimpleNamespace(maybe_start=_noop), on_rebalance_end=lambda: None,
+                           assignor=SimpleNamespace(assigned_standbys=lambda: {STANDBY}))
+
+
+async def test_recovery_completed__keeps_the_standby_records_queued_meanwhile(restore: Any) -> None:
+    recovery, _, standby = restore
+    app = recovery.app
+    queue = app.tables.changelog_queue
+    records = [event(STANDBY, 2), event(STANDBY, 3)]
+    recovery.app = _completing_app(app, records)
+    # Faust's own drops them: its last flow_control.resume() empties the changelog queue.
+    await FaustRecovery.on_recovery_completed(recovery)
+    assert queue.empty()
+
+    await recovery.on_recovery_completed()
+    assert [queue.get_nowait() for _ in range(queue.qsize())] == records
+    await recovery._apply_batch(records)
+    assert recovery.standby_offsets[STANDBY] == 3 and standby.applied == [[(STANDBY, 2), (STANDBY, 3)]]
+    # The queue is managed again: a later resume (after a seek) empties it, as Faust means it to.
+    queue.put_nowait(event(STANDBY, 4))
+    app.flow_control.resume()
+    assert queue.empty()
