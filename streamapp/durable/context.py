@@ -38,7 +38,7 @@ class JournalSink(Protocol):
     """Where an invocation's journal entries and outgoing sends go (the runtime)."""
 
     async def append(self, entry: dict[str, Any]) -> None:
-        """Make ``entry`` durable; return only once it is."""
+        """Make ``entry`` durable: return once it is, or once queued if ``settle`` waits for it."""
 
     async def send(self, target: dict[str, Any]) -> None:
         """Durably enqueue a new invocation (``target`` has id, service, key, handler, payload, not_before)."""
@@ -159,8 +159,17 @@ class ObjectContext(SharedContext):
             raise error
         return entry
 
-    def _before_step(self) -> None:
-        """Let the runtime stop a live step it no longer owns (raises a BaseException)."""
+    async def _before_step(self) -> None:
+        """Wait until the previous step counts, then let the runtime stop a live step it no longer owns.
+
+        The runtime may return from ``append`` before the entry is durable
+        (``runtime/actors.py``): its ``settle`` waits for that, so no step's
+        function, sleep or send acts before the entries before it count.
+        Either may raise a BaseException that ends the attempt.
+        """
+        settle = getattr(self._sink, "settle", None)
+        if settle is not None:
+            await settle()
         check = getattr(self._sink, "before_step", None)
         if check is not None:
             check()
@@ -179,7 +188,7 @@ class ObjectContext(SharedContext):
         """Run ``fn(*args)`` once; its JSON result is journaled and replayed."""
         entry = self._replayed("run", name)
         if entry is None:
-            self._before_step()
+            await self._before_step()
             try:
                 result = fn(*args)
                 if inspect.isawaitable(result):
@@ -211,7 +220,7 @@ class ObjectContext(SharedContext):
         if entry is None:
             if not math.isfinite(seconds):
                 raise TerminalError(f"sleep of {seconds} seconds: the duration must be finite")
-            self._before_step()
+            await self._before_step()
             entry = {"t": "sleep", "name": "sleep", "wake_at": self._clock.now() + max(0.0, seconds)}
             await self._sink.append(entry)
             self._journal.append(entry)
@@ -228,7 +237,7 @@ class ObjectContext(SharedContext):
         if entry is None:
             if not math.isfinite(delay):
                 raise TerminalError(f"send with delay {delay}: the delay must be finite")
-            self._before_step()
+            await self._before_step()
             try:
                 payload = codec.storable(payload)
             except ValueError as exc:

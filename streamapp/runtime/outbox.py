@@ -16,7 +16,14 @@ as before, in a record of its own, with no wait added. Order holds where it
 matters: a key's commands are sent one after the other (each caller waits
 for its ack before the next), and within a record they are applied in
 their order in it. A batch the broker refuses as too large is sent again
-command by command, so only a command too large on its own fails.
+command by command, in order, so only a command too large on its own fails.
+
+Glued commands (``enqueue(..., after=...)``): an actor's outcome command,
+queued while its attempt's last journal entry still waits in this turn's
+queue, rides behind that entry in the same record and is never split from
+it, so the log holds both or neither, in that order (``runtime/actors.py``).
+When a refused record is sent again command by command, a glued command
+whose entry failed is not sent (it fails with the entry's error).
 """
 
 from __future__ import annotations
@@ -38,6 +45,16 @@ log = logging.getLogger(__name__)
 DEFAULT_RECORD_LIMIT = 1_000_000  # bytes: a batch record stays below Kafka's default max.message.bytes (1 MB)
 
 
+class _Queued:
+    """A command waiting for this turn's record of its partition, and the commands glued behind it."""
+
+    __slots__ = ("follows", "glued", "key", "op", "value", "waiter")
+
+    def __init__(self, key: bytes, value: bytes, op: str, waiter: asyncio.Future[None], follows: bool) -> None:
+        self.key, self.value, self.op, self.waiter, self.follows = key, value, op, waiter, follows
+        self.glued: list[_Queued] | None = None
+
+
 class Outbox:
     def __init__(self, app: Any, internal: Any, dead_letters: Any, partitions: int,
                  metrics: Metrics | None = None) -> None:
@@ -53,7 +70,8 @@ class Outbox:
         self.extra: dict[int, deque[tuple[int, int]]] = {}
         self.records = 0  # command records sent, and commands in them
         self.commands = 0
-        self._queued: dict[int, list[tuple[bytes, bytes, str, asyncio.Future[None]]]] = {}
+        self._queued: dict[int, list[_Queued]] = {}
+        self._open: dict[asyncio.Future[None], _Queued] = {}  # waiter -> its command, while it is queued
         self._dead_lettering: set[asyncio.Future[None]] = set()
         self._sending: set[asyncio.Future[None]] = set()
         # Told of every command record the broker acknowledged: (partition, offset, value, ops) (runtime/ackapply.py)
@@ -61,36 +79,64 @@ class Outbox:
 
     async def send(self, p: int, okey: str, cmd: dict[str, Any]) -> None:
         """Produce a command to partition ``p`` and wait for the broker's ack (transient errors retried)."""
+        op = str(cmd.get("op"))
+        if op in commands.BATCHABLE:
+            await self.enqueue(p, okey, cmd)  # type: ignore[misc]  # None only with ``after``
+            return
+        value = commands.encode(cmd)
+        key = okey.encode()
+        if self.limits is not None:
+            self.limits.check_command(key, value, op)
+        await self._send_record(p, key, value, [op])
+
+    def enqueue(self, p: int, okey: str, cmd: dict[str, Any],
+                after: asyncio.Future[None] | None = None) -> asyncio.Future[None] | None:
+        """Queue a ``BATCHABLE`` command for this turn's record of ``p``; the future resolves at its ack.
+
+        Raises ``CommandTooLargeError`` at once for a command over the limit.
+        With ``after`` (the future of a command queued before), the command
+        is glued behind that one (same record, right after it); None, and
+        nothing queued, when that command already left the queue.
+        """
         value = commands.encode(cmd)
         key = okey.encode()
         op = str(cmd.get("op"))
         if self.limits is not None:
             self.limits.check_command(key, value, op)
-        if op not in commands.BATCHABLE:
-            await self._send_record(p, key, value, [op])
-            return
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
+        if after is not None:
+            lead = self._open.get(after)
+            if lead is None:
+                return None
+            if lead.glued is None:
+                lead.glued = []
+            lead.glued.append(_Queued(key, value, op, waiter, True))
+            return waiter
         queued = self._queued.get(p)
         if queued is None:
             queued = self._queued[p] = []
             loop.call_soon(self._send_queued, p)  # after every caller of this turn of the loop
-        queued.append((key, value, op, waiter))
-        await waiter
+        item = _Queued(key, value, op, waiter, False)
+        queued.append(item)
+        self._open[waiter] = item
+        return waiter
 
     def _send_queued(self, p: int) -> None:
         queued = self._queued.pop(p, [])
         limit = self.limits.command if self.limits is not None else DEFAULT_RECORD_LIMIT
         budget = min(limit, DEFAULT_RECORD_LIMIT) - RECORD_OVERHEAD - len(commands.BATCH_KEY) - commands.BATCH_FRAMING
-        batch: list[tuple[bytes, bytes, str, asyncio.Future[None]]] = []
+        batch: list[_Queued] = []
         size = 0
         for item in queued:
-            item_size = len(item[1]) + 1
-            if batch and (size + item_size > budget or len(batch) >= commands.MAX_BATCH):
+            del self._open[item.waiter]
+            unit = [item] if item.glued is None else [item, *item.glued]  # never split
+            unit_size = sum(len(u.value) + 1 for u in unit)
+            if batch and (size + unit_size > budget or len(batch) + len(unit) > commands.MAX_BATCH):
                 self._start(self._send_batch(p, batch))
                 batch, size = [], 0
-            batch.append(item)
-            size += item_size
+            batch.extend(unit)
+            size += unit_size
         if batch:
             self._start(self._send_batch(p, batch))
 
@@ -99,32 +145,50 @@ class Outbox:
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send_batch(self, p: int, batch: list[tuple[bytes, bytes, str, asyncio.Future[None]]]) -> None:
+    async def _send_batch(self, p: int, batch: list[_Queued]) -> None:
         try:
             if len(batch) == 1:
-                key, value, op, _ = batch[0]
-                await self._send_record(p, key, value, [op])
+                item = batch[0]
+                await self._send_record(p, item.key, item.value, [item.op])
             else:
                 try:
-                    await self._send_record(p, commands.BATCH_KEY, commands.encode_batch([v for _, v, _, _ in batch]),
-                                            [op for _, _, op, _ in batch])
+                    await self._send_record(p, commands.BATCH_KEY, commands.encode_batch([i.value for i in batch]),
+                                            [i.op for i in batch])
                 except MessageSizeTooLargeError:  # the topic's limit is lower than read: one record each
                     log.warning("Batch of %d commands refused as too large; sending them one by one", len(batch))
-                    for item in batch:
-                        self._start(self._send_batch(p, [item]))
+                    await self._send_each(p, batch)
                     return
         except asyncio.CancelledError:
-            for _, _, _, waiter in batch:
-                waiter.cancel()
+            for item in batch:
+                item.waiter.cancel()
             raise
         except Exception as exc:
-            for _, _, _, waiter in batch:
-                if not waiter.done():
-                    waiter.set_exception(exc)
+            for item in batch:
+                if not item.waiter.done():
+                    item.waiter.set_exception(exc)
             return
-        for _, _, _, waiter in batch:
-            if not waiter.done():
-                waiter.set_result(None)
+        for item in batch:
+            if not item.waiter.done():
+                item.waiter.set_result(None)
+
+    async def _send_each(self, p: int, batch: list[_Queued]) -> None:
+        """Send ``batch``'s commands one record each, in order; a glued command fails with its entry."""
+        failed: Exception | None = None
+        for item in batch:
+            if item.follows and failed is not None:
+                if not item.waiter.done():
+                    item.waiter.set_exception(failed)
+                continue
+            failed = None
+            try:
+                await self._send_record(p, item.key, item.value, [item.op])
+            except Exception as exc:
+                failed = exc
+                if not item.waiter.done():
+                    item.waiter.set_exception(exc)
+                continue
+            if not item.waiter.done():
+                item.waiter.set_result(None)
 
     async def _send_record(self, p: int, key: bytes, value: bytes, ops: list[str]) -> None:
         delay = 0.1
