@@ -163,7 +163,7 @@ class ObjectContext(SharedContext):
         """Wait until the previous step counts, then let the runtime stop a live step it no longer owns.
 
         The runtime may return from ``append`` before the entry is durable
-        (``runtime/actors.py``): its ``settle`` waits for that, so no step's
+        (``runtime/step_sink.py``): its ``settle`` waits for that, so no step's
         function, sleep or send acts before the entries before it count.
         Either may raise a BaseException that ends the attempt.
         """

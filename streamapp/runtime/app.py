@@ -107,7 +107,7 @@ class Runtime:
         leadership = Leadership(stall_limit=settings.session_timeout * 0.8)
         self.actors = ActorPool(registry, self.outbox.send, self.outbox.invoke, self.outbox.dead_letter_invocation,
                                 settings.max_running, leadership, self.metrics)
-        self.actors.enqueue = self.outbox.enqueue  # steps pipelined by one (runtime/actors.py)
+        self.actors.enqueue = self.outbox.enqueue  # steps pipelined by one (runtime/step_sink.py)
         self.engine = Engine(self.tables, self.actors, self.scheduler, leadership, metrics=self.metrics,
                              on_dead_letter=self.outbox.dead_letter_soon, on_foreign_activation=self.reclaim)
         self.flow = FlowControl(self.engine, lambda tp: self.app.consumer.highwater(tp), self.internal.get_topic_name,

@@ -21,7 +21,7 @@ command by command, in order, so only a command too large on its own fails.
 Glued commands (``enqueue(..., after=...)``): an actor's outcome command,
 queued while its attempt's last journal entry still waits in this turn's
 queue, rides behind that entry in the same record and is never split from
-it, so the log holds both or neither, in that order (``runtime/actors.py``).
+it, so the log holds both or neither, in that order (``runtime/step_sink.py``).
 When a refused record is sent again command by command, a glued command
 whose entry failed is not sent (it fails with the entry's error).
 """
