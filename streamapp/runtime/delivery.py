@@ -17,10 +17,8 @@ Source record (topic subscribed to a handler), at least once:
      stream skipped around a rebalance too);
   5. Faust's commit flushes the producer and commits, per partition, the
      highest offset below which every record was acked. The sources agent
-     takes records in offset order, and although it sends a batch before
-     the one before it is durable, it marks batches handled, and Faust acks
-     them, strictly in order, and never one behind a batch that failed
-     (``sources.InFlight``), so the commit never passes an undurable record.
+     takes records in offset order, so the commit never passes an undurable
+     record.
 
 Internal command, exactly once in effect:
   1. admitted by the invocations agent's guard as above;
