@@ -41,7 +41,7 @@ from streamapp.runtime.leadership import Leadership
 from streamapp.runtime.metrics import Metrics
 from streamapp.runtime.outbox import Outbox
 from streamapp.runtime.scheduler import Scheduler
-from streamapp.runtime.sources import InFlight, Ingest
+from streamapp.runtime.sources import Ingest
 from streamapp.runtime.startup import advertised_url
 from streamapp.runtime.store import Tables
 
@@ -318,13 +318,10 @@ class Runtime:
             def buffer_full() -> bool:
                 return bool(queue.full())
 
-            # Batch N+1 is confirmed and sent while batch N awaits its acks; handled in order (InFlight).
-            inflight = InFlight(self.ingest, self.delivery.mark_handled, source_guard.forget)
-            async for batch in faust_readers.take_ready(stream, 500, gather=0.005):
-                inflight.check()  # a batch before failed: the agent restarts, as it did when that batch was awaited
+            async for events in faust_readers.take_ready(stream, 500, gather=0.005):
                 await self.flow.admit(buffer_full)
-                await inflight.room()
-                events = await self.ingest.confirm(batch)  # which topic incarnation the records are from
+                events = await self.ingest.confirm(events)  # which topic incarnation the records are from
+                durable = False
                 admitted = []
                 try:
                     for event in events:
@@ -332,10 +329,14 @@ class Runtime:
                             admitted.append(event)
                         elif not event.message.acked:
                             self.delivery.mark_handled(event.message)  # made durable before this rebalance
-                except BaseException:
-                    source_guard.forget({event.message.tp for event in admitted})  # read again from the commit
-                    raise
-                batch.after = inflight.launch(admitted)  # Faust acks the batch once it is handled
+                    await self.ingest.batch(admitted)
+                    durable = True
+                finally:
+                    if not durable:
+                        # Not durable (cancelled, failed): read these again from the commit, not as replays.
+                        source_guard.forget({event.message.tp for event in admitted})
+                for event in admitted:
+                    self.delivery.mark_handled(event.message)
 
         @app.task
         async def scheduler() -> None:

@@ -135,43 +135,7 @@ async def _settle(buffer: list[Any], full: asyncio.Event, gather: float) -> None
         seen = len(buffer)
 
 
-class Batch(list[Any]):
-    """A batch of events ``take_ready`` yields.
-
-    ``after``: set by the caller to a future its work on the batch ends
-    with; the batch is then acked once that future is done (and the batches
-    before it were acked), not as soon as the caller asks for the next one.
-    """
-
-    after: asyncio.Future[Any] | None = None
-
-
-_ACKING: set[asyncio.Future[None]] = set()  # held until done (the loop keeps only weak references to tasks)
-
-
-async def ack_batch(stream: Any, events: Batch, acking: asyncio.Future[None] | None) -> asyncio.Future[None] | None:
-    """Ack a batch the caller is done with: now, or once its ``after`` and the batches before it are done.
-
-    ``acking``: the acks of earlier batches still waiting; returns what the next batch's acks wait for.
-    """
-    if events.after is None and (acking is None or acking.done()):
-        for event in events:
-            await stream.ack(event)
-        return None
-    later = asyncio.ensure_future(_ack_after(stream, events, acking))
-    _ACKING.add(later)
-    later.add_done_callback(_ACKING.discard)
-    return later
-
-
-async def _ack_after(stream: Any, events: Batch, before: asyncio.Future[None] | None) -> None:
-    waiting = [fut for fut in (before, events.after) if fut is not None]
-    await asyncio.wait(waiting)
-    for event in events:
-        await stream.ack(event)
-
-
-def take_ready(stream: Any, max_: int, gather: float) -> AsyncIterator[Batch]:
+def take_ready(stream: Any, max_: int, gather: float) -> AsyncIterator[list[Any]]:
     """Batches of a stream's events (``_take_ready``), tracked as Faust tracks ``take_events``.
 
     Faust closes the buffering generators it tracks when the stream stops,
@@ -184,7 +148,7 @@ def take_ready(stream: Any, max_: int, gather: float) -> AsyncIterator[Batch]:
     return agen
 
 
-async def _take_ready(stream: Any, max_: int, gather: float) -> AsyncIterator[Batch]:
+async def _take_ready(stream: Any, max_: int, gather: float) -> AsyncIterator[list[Any]]:
     """Like Faust's ``Stream.take_events``, without a timer while nothing arrives.
 
     ``take_events(max_, within)`` wakes every ``within`` seconds to look at
@@ -193,11 +157,9 @@ async def _take_ready(stream: Any, max_: int, gather: float) -> AsyncIterator[Ba
     with it (a fetch delivers a partition's records one by one): until the
     buffer stops growing (``_settle``), ``max_`` are in, or ``gather``
     seconds passed, and yields them. Acks as Faust does: each event once the
-    caller is done with the batch (or, when the caller set its ``after``,
-    once that is done), batches in order.
+    caller is done with the batch.
     """
     buffer: list[Any] = []
-    acking: asyncio.Future[None] | None = None  # the acks of earlier batches still waiting for their ``after``
     arrived = asyncio.Event()
     full = asyncio.Event()
     consumed = asyncio.Event()
@@ -233,12 +195,13 @@ async def _take_ready(stream: Any, max_: int, gather: float) -> AsyncIterator[Ba
                 arrived.clear()
                 continue
             consuming = asyncio.get_running_loop().create_future()
-            events = Batch(buffer)
+            events = list(buffer)
             try:
                 yield events
             finally:
                 buffer.clear()
-                acking = await ack_batch(stream, events, acking)
+                for event in events:
+                    await stream.ack(event)
                 arrived.clear()
                 full.clear()
                 if not consuming.done():

@@ -48,22 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_KEY_BYTES = 1024
-DEPTH = 4  # source batches whose invoke commands may await their acks at once (``InFlight``)
-
-
-def _untail(tails: dict[Any, asyncio.Future[None]], key: Any) -> Callable[[asyncio.Future[None]], None]:
-    """A done callback: the key's chain is no longer its tail (unless a later one took its place)."""
-    def done(chain: asyncio.Future[None]) -> None:
-        if tails.get(key) is chain:
-            del tails[key]
-    return done
-
-
-class EarlierRecordFailedError(RuntimeError):
-    """A record of the same key before this one was not made durable: this one must not overtake it."""
-
-    def __init__(self, topic: str, partition: int, offset: int) -> None:
-        super().__init__(f"an earlier record of the key failed; not sent: {topic}/{partition}@{offset}")
 
 
 class Ingest:
@@ -196,43 +180,26 @@ class Ingest:
             guard.restart_at(tp, int(earliest[tp]))
             await self.runtime.delivery.seek(tp, guard.next[tp])
 
-    async def batch(self, events: list[Any], tails: dict[Any, asyncio.Future[None]] | None = None,
-                    topic_ids: dict[str, str] | None = None) -> None:
+    async def batch(self, events: list[Any]) -> None:
         """Make every record of the batch durable (as an invocation or a dead letter).
 
         Records of one key go in order, each after the previous one's ack (a
         send retried after a broker error must not land behind a later record
-        of its key); different keys go concurrently. ``tails``: each key's
-        chain of an earlier batch still in flight (``InFlight``), which this
-        batch's records of that key follow; a key whose earlier record failed
-        sends nothing more. ``topic_ids``: the incarnations the batch was
-        confirmed as (default: the ones known now).
+        of its key); different keys go concurrently.
         """
-        known = dict(self.topic_ids) if topic_ids is None else topic_ids
-        tails = {} if tails is None else tails
         chains: dict[tuple[str, bytes | None], list[Any]] = {}
         for event in events:
             msg = event.message
             service = self.routes.get(msg.topic, "").partition("/")[0]
             chains.setdefault((service, msg.key), []).append(msg)
-        sending = []
-        for key, msgs in chains.items():
-            chain = asyncio.ensure_future(self.chain(msgs, known, tails.get(key)))
-            tails[key] = chain
-            chain.add_done_callback(_untail(tails, key))
-            sending.append(chain)
-        await asyncio.gather(*sending)
+        await asyncio.gather(*(self.chain(msgs) for msgs in chains.values()))
 
-    async def chain(self, msgs: list[Any], topic_ids: dict[str, str],
-                    after: asyncio.Future[None] | None = None) -> None:
-        if after is not None:
-            await asyncio.wait([after])
-            if after.cancelled() or after.exception() is not None:
-                raise EarlierRecordFailedError(msgs[0].topic, msgs[0].partition, msgs[0].offset)
+    async def chain(self, msgs: list[Any]) -> None:
         for msg in msgs:
-            await self.one(msg, topic_ids[msg.topic])
+            await self.one(msg)
 
-    async def one(self, msg: Any, topic_id: str) -> None:
+    async def one(self, msg: Any) -> None:
+        topic_id = self.topic_ids[msg.topic]
         coords = {"topic": msg.topic, "topic_id": topic_id, "partition": msg.partition, "offset": msg.offset}
         target = self.routes.get(msg.topic, "")
         service, _, handler_name = target.partition("/")
@@ -297,78 +264,3 @@ class Ingest:
         payload = codec.loads(msg.value) if handler.input_type is not None or msg.value else None
         handler.decode_input(payload)
         return key, payload
-
-
-class InFlight:
-    """Source batches made durable concurrently, and handled (so committable) strictly in order.
-
-    The sources agent confirms and admits batch N+1 while batch N's invoke
-    commands await their acks (at most ``depth`` batches at once): one
-    batch's broker round trips no longer hold up the records that arrive
-    behind it. What keeps the commit protocol (``runtime/delivery.py``):
-
-    - records of one key still go one after the other, each after the
-      previous one's ack, across batches too (``Ingest.batch``'s tails); a
-      key whose record failed sends none of its later records;
-    - a batch is marked handled only once it and every batch launched
-      before it are durable, and Faust acks each batch only after the one
-      before it (``faust_readers.Batch.after``): no commit passes an
-      undurable record. A batch that is not handled has its partitions
-      forgotten by the offset guard, which reads them again from the commit;
-    - each batch's incarnations (topic ids) are the ones it was confirmed as.
-
-    The first failure is raised in the agent at its next batch, as a failed
-    batch was before: the agent restarts.
-    """
-
-    def __init__(self, ingest: Ingest, mark_handled: Callable[[Any], None], forget: Callable[[set[TP]], None],
-                 depth: int = DEPTH) -> None:
-        self.ingest = ingest
-        self.mark_handled = mark_handled
-        self.forget = forget
-        self.depth = depth
-        self.tails: dict[Any, asyncio.Future[None]] = {}
-        self.pending: set[asyncio.Future[bool]] = set()
-        self.last: asyncio.Future[bool] | None = None  # the newest batch: True once it and all before are handled
-        self.failure: BaseException | None = None
-
-    def check(self) -> None:
-        """Raise the first failure of a batch launched before (once)."""
-        if self.failure is not None:
-            failure, self.failure = self.failure, None
-            raise failure
-
-    async def room(self) -> None:
-        """Wait while ``depth`` batches are in flight."""
-        while len(self.pending) >= self.depth:
-            await asyncio.wait(set(self.pending), return_when=asyncio.FIRST_COMPLETED)
-
-    def launch(self, admitted: list[Any]) -> asyncio.Future[bool]:
-        """Start making ``admitted`` durable; the future tells whether it (and every batch before) is handled."""
-        task = asyncio.ensure_future(self.durable(admitted, self.last, dict(self.ingest.topic_ids)))
-        self.last = task
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
-        return task
-
-    async def durable(self, admitted: list[Any], before: asyncio.Future[bool] | None,
-                      topic_ids: dict[str, str]) -> bool:
-        handled = False
-        try:
-            await self.ingest.batch(admitted, self.tails, topic_ids)
-            if before is not None:
-                await asyncio.wait([before])
-            handled = before is None or (not before.cancelled() and before.exception() is None and before.result())
-        except Exception as exc:  # raised in the agent at its next batch
-            if self.failure is None:
-                self.failure = exc
-            if not isinstance(exc, EarlierRecordFailedError):
-                log.warning("Source batch not made durable; its partitions are read again from the commit "
-                            "records=%d error=%r", len(admitted), exc)
-        finally:
-            if handled:
-                for event in admitted:
-                    self.mark_handled(event.message)
-            else:  # read again from the commit, not taken for replays
-                self.forget({event.message.tp for event in admitted})
-        return handled
