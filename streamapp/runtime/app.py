@@ -294,8 +294,9 @@ class Runtime:
             await self.read_limits()  # no row is written before the size checks know the limits
             async for event in stream.events():
                 msg = event.message
-                if self.fenced():
-                    continue  # not handled: never committed, read again once the group says who owns it
+                if self.fenced():  # not handled: never committed, read again once the group says who owns it
+                    faust_readers.mark_done(msg)  # (not dropped: the guard is not to seek back meanwhile)
+                    continue
                 if await guard.admit(msg):
                     reason = self.apply_command(msg, event.value)
                     if reason is not None:
@@ -308,7 +309,8 @@ class Runtime:
         # Declared so that a missing source topic is created (1 partition, as
         # the seed's compose file does) instead of silently never assigned.
         sources = app.topic(*source_topics, partitions=1, internal=True, key_serializer="raw", value_serializer="raw")
-        self.delivery.gate([self.internal.get_topic_name(), *source_topics])
+        self.delivery.gate([self.internal.get_topic_name()], "invocations")
+        self.delivery.gate(source_topics, "sources")
 
         @app.agent(sources, name="sources")
         async def sources_agent(stream: Any) -> None:

@@ -79,23 +79,29 @@ class Delivery:
         }
         # Records the agents handled (or had handled before): only their acks count.
         self.handled: weakref.WeakSet[Any] = weakref.WeakSet()
-        self.gated_topics: set[str] = set()
+        self.gated_topics: dict[str, OffsetGuard] = {}  # topic -> the guard of the agent reading it
         self._admin: AIOKafkaAdminClient | None = None
         self._prober: AIOKafkaConsumer | None = None
         self._probing = asyncio.Lock()
 
     # -- the ack gate ------------------------------------------------------------------
-    def gate(self, topics: Iterable[str]) -> None:
-        """Acks of records of these topics count only once an agent handled them."""
-        self.gated_topics.update(topics)
+    def gate(self, topics: Iterable[str], agent: str) -> None:
+        """Acks of records of these topics (read by ``agent``) count only once the agent handled them."""
+        for topic in topics:
+            self.gated_topics[topic] = self.guards[agent]
 
     def ackable(self, message: Any) -> bool:
-        """Whether the consumer may count ``message`` as processed (``faust_adapter.Consumer.ack``)."""
-        if message.topic not in self.gated_topics:
+        """Whether the consumer may count ``message`` as processed (``faust_adapter.Consumer.ack``).
+
+        A refused record the agent never took is told to its guard (``OffsetGuard.dropped``).
+        """
+        guard = self.gated_topics.get(message.topic)
+        if guard is None:
             return True
         if message in self.handled:
             self.handled.discard(message)
             return True
+        guard.dropped(message.tp, message.offset)
         return False
 
     def mark_handled(self, message: Any) -> None:

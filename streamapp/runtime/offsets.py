@@ -32,6 +32,16 @@ short when the generation changes, a worker frozen and woken), so every jump
 is checked against the broker. On a topic with transaction markers that costs
 one probe per marker.
 
+A dropped record with nothing after it reveals no jump: Faust's stream
+skips records it delivers while a rebalance is under way or that were fetched
+under an older generation, and acks them; for a partition this worker keeps,
+nothing fetches them again. The ack gate tells the guard (``dropped``) of
+every record whose ack it refused although the agent never took it (at or
+past the offset expected next): that opens a hole, which ``tick`` seeks back
+to after ``RESEEK_AFTER`` unless the record arrives meanwhile. Without it,
+the records waited for a later record of their partition (a worker that
+joined while HTTP calls waited on their commands stalled them for 90 s).
+
 While a hole is open the guard seeks again every ``RESEEK_AFTER`` seconds:
 records already in Faust's pipeline when it sought can move Faust's read
 position past the range again (Faust then drops the re-read records as old).
@@ -73,6 +83,7 @@ class Hole:
     sought_at: float = 0.0
     sought: int = 0
     probed: bool = True  # whether the broker said where the log continues (else ask again on the next seek)
+    probe_first: bool = False  # ask the broker before the first seek too (``dropped``: records may lie between)
 
 
 class OffsetGuard:
@@ -130,6 +141,21 @@ class OffsetGuard:
         """
         self.next[tp] = offset
         self.holes[tp] = Hole(offset, offset - 1, probed=not probe)
+
+    def dropped(self, tp: TP, offset: int) -> None:
+        """A record of ``tp`` the agent did not take was done with (its ack refused): read it again if nothing will.
+
+        At or past the offset expected next, with no hole open, the record
+        never reached the agent (Faust's stream skipped it around a
+        rebalance). That opens a hole at the expected offset: ``tick`` seeks
+        back to it after ``RESEEK_AFTER`` seconds, unless it arrives first.
+        """
+        expected = self.next.get(tp)
+        if expected is None or offset < expected or tp in self.holes:
+            return
+        log.info("Record dropped before the agent took it agent=%s partition=%s offset=%d expected=%d: "
+                 "reading again from the expected offset unless it arrives", self.name, tp.partition, offset, expected)
+        self.holes[tp] = Hole(expected, offset, sought_at=time.monotonic(), probed=False, probe_first=True)
 
     async def admit(self, message: Any) -> bool:
         """Whether to process ``message`` now. Call once per record, in delivery order."""
@@ -211,7 +237,7 @@ class OffsetGuard:
                 self._on_close(tp, hole.expected, hole.last)
 
     async def _seek_back(self, tp: TP, hole: Hole) -> None:
-        if not hole.probed and hole.sought:
+        if not hole.probed and (hole.sought or hole.probe_first):
             hole.expected, hole.probed = await self._past_gap(tp, hole.expected)
         hole.sought_at = time.monotonic()
         hole.sought += 1

@@ -10,8 +10,10 @@ from typing import Any
 import faust
 import pytest
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 from streamapp.runtime import faust_adapter, faust_pacing
+from streamapp.runtime.delivery import Delivery
 
 
 @dataclass(eq=False)
@@ -131,3 +133,27 @@ async def test_recovery__a_changelog_partition_without_a_start_offset_is_read_fr
     offsets["c"] = None  # type: ignore[assignment]
     await recovery._seek_offsets(Consumer(), {"a", "b", "c", "d"}, offsets, "standby")
     assert sought == [{"a": 41, "b": 0, "c": 0, "d": 0}]  # -1, None and missing: from the start
+
+
+class _Message:
+    def __init__(self, topic: str, partition: int, offset: int) -> None:
+        self.topic, self.offset = topic, offset
+        self.tp = TP(topic, partition)
+
+
+def test_a_refused_ack_of_a_record_no_agent_took_is_told_to_that_agents_guard() -> None:
+    delivery = Delivery(SimpleNamespace(), {})
+    delivery.gate(["internal"], "invocations")
+    delivery.gate(["src"], "sources")
+    internal, src = TP("internal", 0), TP("src", 0)
+    delivery.guards["invocations"].next[internal] = 5
+    delivery.guards["sources"].next[src] = 5
+
+    handled = _Message("internal", 0, 5)
+    delivery.mark_handled(handled)
+    assert delivery.ackable(handled) and delivery.guards["invocations"].holes == {}
+    skipped = _Message("internal", 0, 6)  # Faust's stream skipped it
+    assert not delivery.ackable(skipped)
+    assert delivery.guards["invocations"].holes[internal].expected == 5
+    assert delivery.guards["sources"].holes == {}  # the other agent's guard is not concerned
+    assert delivery.ackable(_Message("changelog", 0, 1))  # not gated

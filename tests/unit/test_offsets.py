@@ -200,3 +200,49 @@ async def test_forget_makes_the_guard_ask_for_the_baseline_again() -> None:
     await h.deliver(TP1, 2)
     assert h.baseline_calls == [TP0, TP1, TP0, TP1]
     assert h.processed == [(0, 0), (0, 1), (1, 0), (0, 30), (1, 1), (1, 2)]
+
+
+async def test_a_dropped_record_with_nothing_after_it_is_read_again_by_tick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faust's stream skipped records 80-88 around a rebalance and no later record came: nothing revealed them."""
+    h = Harness({TP0: 78})
+    await h.deliver(TP0, 78, 79)
+    for offset in range(80, 89):
+        h.guard.dropped(TP0, offset)  # the ack gate refused their acks: no agent took them
+    await h.guard.tick()
+    assert h.seeks == []  # not at once: Faust may still deliver them (RESEEK_AFTER)
+    monkeypatch.setattr(offsets, "RESEEK_AFTER", -1.0)
+    await h.guard.tick()
+    assert h.probes == [(TP0, 80)] and h.seeks == [(TP0, 80)]  # the broker asked first: records may lie between
+    await h.deliver(TP0, *range(80, 89))
+    assert [o for _, o in h.processed] == list(range(78, 89))
+    assert TP0 not in h.guard.holes
+
+
+async def test_a_dropped_record_past_a_gap_is_sought_where_the_log_continues(monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness({TP0: 0}, missing={1, 2})  # say, transaction markers
+    await h.deliver(TP0, 0)
+    h.guard.dropped(TP0, 3)
+    monkeypatch.setattr(offsets, "RESEEK_AFTER", -1.0)
+    await h.guard.tick()
+    assert h.seeks == [(TP0, 3)]
+    await h.deliver(TP0, 3)
+    assert [o for _, o in h.processed] == [0, 3]
+
+
+async def test_a_dropped_record_that_arrives_after_all_closes_the_hole_without_a_seek(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness({TP0: 0})
+    await h.deliver(TP0, 0)
+    h.guard.dropped(TP0, 1)
+    await h.deliver(TP0, 1, 2)  # delivered again (a fetch Faust had under way)
+    monkeypatch.setattr(offsets, "RESEEK_AFTER", -1.0)
+    await h.guard.tick()
+    assert h.seeks == [] and [o for _, o in h.processed] == [0, 1, 2]
+
+
+async def test_a_dropped_record_the_agent_took_or_of_an_unknown_partition_opens_no_hole() -> None:
+    h = Harness({TP0: 0})
+    await h.deliver(TP0, 0, 1)
+    h.guard.dropped(TP0, 1)  # taken, then its ack refused (its batch not durable): read again from the commit
+    h.guard.dropped(TP1, 5)  # a partition the guard knows nothing of (moved away, forgotten)
+    assert h.guard.holes == {}
