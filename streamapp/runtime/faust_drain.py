@@ -50,6 +50,7 @@ class DrainingConsumer:
     sleep: Any
     commit: Any
     _add_gap: Any
+    handed_over: dict[Any, int]
 
     def never_blocks(self, message: Any) -> bool:
         """Whether delivering ``message`` completes without waiting (see the module's doc)."""
@@ -69,6 +70,7 @@ class DrainingConsumer:
         fetcher_should_stop = fetcher._stopped.is_set
         get_read_offset = self._read_offset.__getitem__
         set_read_offset = self._read_offset.__setitem__
+        handed = self.handed_over = {}  # tp -> offset of the last record handed to the streams (no seek moves it)
         set_flag, unset_flag = self.diag.set_flag, self.diag.unset_flag
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
@@ -101,6 +103,7 @@ class DrainingConsumer:
                     else:
                         await self.wait_first(callback(message), self.suspend_flow.wait())
                     set_read_offset(tp, offset)
+                    handed[tp] = offset
                 unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:

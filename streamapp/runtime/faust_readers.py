@@ -73,6 +73,15 @@ def keys(store: Any, partition: int, start: str | None = None) -> Iterator[str]:
             yield decode(raw_key)
 
 
+def read_offset(consumer: Any, tp: TP) -> int | None:
+    """The offset of the last record the consumer handed to the streams from ``tp`` (None: none yet).
+
+    Not Faust's ``_read_offset``: a seek sets that to the offset sought, before any record of it was read.
+    """
+    handed = getattr(consumer, "handed_over", None)
+    return None if handed is None else handed.get(tp)
+
+
 def get_raw(store: Any, partition: int, key: bytes) -> bytes | None:
     """The encoded row under the encoded ``key`` (a changelog record's) in one partition's RocksDB (None: no row)."""
     value = store._db_for_partition(partition).get(key)

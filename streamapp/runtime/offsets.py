@@ -38,9 +38,14 @@ under an older generation, and acks them; for a partition this worker keeps,
 nothing fetches them again. The ack gate tells the guard (``dropped``) of
 every record whose ack it refused although the agent never took it (at or
 past the offset expected next): that opens a hole, which ``tick`` seeks back
-to after ``RESEEK_AFTER`` unless the record arrives meanwhile. Without it,
-the records waited for a later record of their partition (a worker that
-joined while HTTP calls waited on their commands stalled them for 90 s).
+to after ``RESEEK_AFTER`` unless the record arrives meanwhile. Records can
+also vanish without an ack: Faust clears its stream queues when the flow
+resumes after a rebalance. For that, ``tick`` compares the offset the
+consumer has read up to (``read_offset``, set for the invocations agent)
+with the one the agent expects: read past it for ``STUCK_AFTER`` seconds,
+the records between were lost on the way, and the guard seeks back. Without
+these, the records waited for a later record of their partition (a worker
+that joined while HTTP calls waited on their commands stalled them for 90 s).
 
 While a hole is open the guard seeks again every ``RESEEK_AFTER`` seconds:
 records already in Faust's pipeline when it sought can move Faust's read
@@ -74,6 +79,7 @@ from streamapp.runtime import faust_readers
 log = logging.getLogger(__name__)
 
 RESEEK_AFTER = 1.0
+STUCK_AFTER = 2.0
 
 
 @dataclass
@@ -104,6 +110,11 @@ class OffsetGuard:
         self.real_holes = 0  # jumps the broker confirmed (nothing in between)
         self.taken = 0  # records applied from the writer's ack, before they were read back
         self._probing: set[TP] = set()  # partitions whose continuation the broker is being asked for
+        # The consumer's last read offset of a partition (set by the owner): past ``next`` for
+        # ``STUCK_AFTER`` seconds, the records between were dropped on their way to the agent.
+        self.read_offset: Callable[[TP], int | None] | None = None
+        self.paused: Callable[[], bool] | None = None  # while true, the agent leaves records aside on purpose
+        self._waiting: dict[TP, tuple[int, float]] = {}  # expected offset, since when the consumer read past it
 
     def take(self, tp: TP, offset: int) -> bool:
         """Whether the record at ``offset`` may be handled now, ahead of its delivery; if so, expect the next.
@@ -122,10 +133,12 @@ class OffsetGuard:
         if tps is None:
             self.next.clear()
             self.holes.clear()
+            self._waiting.clear()
             return
         for tp in tps:
             self.next.pop(tp, None)
             self.holes.pop(tp, None)
+            self._waiting.pop(tp, None)
 
     def restart_at(self, tp: TP, offset: int, *, probe: bool = False) -> None:
         """Read ``tp`` again from ``offset`` (a recreated topic): seek there until that record arrives.
@@ -190,10 +203,26 @@ class OffsetGuard:
         return False
 
     async def tick(self) -> None:
-        """Seek again for holes that stayed open (their records may never reach the agent)."""
+        """Seek again for holes that stayed open (their records may never reach the agent); find stuck partitions."""
         now = time.monotonic()
         for tp, hole in list(self.holes.items()):
             if now - hole.sought_at > RESEEK_AFTER:
+                await self._seek_back(tp, hole)
+        if self.read_offset is None or (self.paused is not None and self.paused()):
+            return
+        for tp, expected in list(self.next.items()):
+            read = self.read_offset(tp)
+            if read is None or read < expected or tp in self.holes or tp in self._probing:
+                self._waiting.pop(tp, None)
+                continue
+            since = self._waiting.get(tp)
+            if since is None or since[0] != expected:
+                self._waiting[tp] = (expected, now)
+            elif now - since[1] > STUCK_AFTER:
+                del self._waiting[tp]
+                log.warning("Records read but never delivered agent=%s partition=%s expected=%d read=%d: "
+                            "seeking back", self.name, tp.partition, expected, read)
+                hole = self.holes[tp] = Hole(expected, read, probed=False, probe_first=True)
                 await self._seek_back(tp, hole)
 
     async def _start_of(self, message: Any) -> int | None:

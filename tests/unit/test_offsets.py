@@ -246,3 +246,44 @@ async def test_a_dropped_record_the_agent_took_or_of_an_unknown_partition_opens_
     h.guard.dropped(TP0, 1)  # taken, then its ack refused (its batch not durable): read again from the commit
     h.guard.dropped(TP1, 5)  # a partition the guard knows nothing of (moved away, forgotten)
     assert h.guard.holes == {}
+
+
+async def test_records_read_by_the_consumer_but_never_delivered_are_sought_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Faust cleared its stream queue on resume after a rebalance: records 80-88 vanished without an ack."""
+    h = Harness({TP0: 78})
+    read: dict[TP, int] = {}
+    h.guard.read_offset = read.get
+    await h.deliver(TP0, 78, 79)
+    read[TP0] = 79
+    monkeypatch.setattr(offsets, "STUCK_AFTER", -1.0)
+    await h.guard.tick()
+    await h.guard.tick()
+    assert h.seeks == []  # everything the consumer read reached the agent
+    read[TP0] = 88  # read 80-88; none reached the agent
+    await h.guard.tick()
+    assert h.seeks == []  # first seen now: it may still be on its way
+    await h.guard.tick()
+    assert h.probes == [(TP0, 80)] and h.seeks == [(TP0, 80)]
+    await h.deliver(TP0, *range(80, 89))
+    assert [o for _, o in h.processed] == list(range(78, 89)) and h.guard.holes == {}
+
+
+async def test_a_partition_whose_agent_moves_on_or_is_paused_is_not_taken_for_stuck(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness({TP0: 0})
+    read = {TP0: 5}
+    h.guard.read_offset = read.get
+    monkeypatch.setattr(offsets, "STUCK_AFTER", -1.0)
+    await h.deliver(TP0, 0)
+    await h.guard.tick()  # expects 1, read up to 5: waiting
+    await h.deliver(TP0, 1, 2)  # the agent moved on meanwhile
+    await h.guard.tick()
+    assert h.seeks == []
+    paused = True
+    h.guard.paused = lambda: paused  # fenced: the agent leaves records aside on purpose
+    await h.guard.tick()
+    await h.guard.tick()
+    assert h.seeks == []
+    paused = False
+    await h.guard.tick()
+    assert h.seeks == [(TP0, 3)]
