@@ -248,7 +248,8 @@ async def test_a_dropped_record_the_agent_took_or_of_an_unknown_partition_opens_
     assert h.guard.holes == {}
 
 
-async def test_records_read_by_the_consumer_but_never_delivered_are_sought_back(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_records_read_by_the_consumer_but_never_delivered_are_sought_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """Faust cleared its stream queue on resume after a rebalance: records 80-88 vanished without an ack."""
     h = Harness({TP0: 78})
     read: dict[TP, int] = {}
