@@ -288,7 +288,7 @@ class Runtime:
             await self.ingest.on_assigned(assigned)  # source topic ids, before the records are fetched
 
         guard = self.delivery.guards["invocations"]
-        guard.read_offset = lambda tp: faust_readers.read_offset(app.consumer, tp)  # finds records lost on the way
+        guard.handed_over = lambda tp: faust_readers.handed_over(app.consumer, tp)  # finds records lost on the way
         guard.paused = self.fenced
 
         @app.agent(self.internal, name="invocations")

@@ -73,7 +73,7 @@ def keys(store: Any, partition: int, start: str | None = None) -> Iterator[str]:
             yield decode(raw_key)
 
 
-def read_offset(consumer: Any, tp: TP) -> int | None:
+def handed_over(consumer: Any, tp: TP) -> int | None:
     """The offset of the last record the consumer handed to the streams from ``tp`` (None: none yet).
 
     Not Faust's ``_read_offset``: a seek sets that to the offset sought, before any record of it was read.

@@ -41,7 +41,7 @@ past the offset expected next): that opens a hole, which ``tick`` seeks back
 to after ``RESEEK_AFTER`` unless the record arrives meanwhile. Records can
 also vanish without an ack: Faust clears its stream queues when the flow
 resumes after a rebalance. For that, ``tick`` compares the offset the
-consumer has read up to (``read_offset``, set for the invocations agent)
+consumer has handed over (``handed_over``, set for the invocations agent)
 with the one the agent expects: read past it for ``STUCK_AFTER`` seconds,
 the records between were lost on the way, and the guard seeks back. Without
 these, the records waited for a later record of their partition (a worker
@@ -112,7 +112,7 @@ class OffsetGuard:
         self._probing: set[TP] = set()  # partitions whose continuation the broker is being asked for
         # The consumer's last read offset of a partition (set by the owner): past ``next`` for
         # ``STUCK_AFTER`` seconds, the records between were dropped on their way to the agent.
-        self.read_offset: Callable[[TP], int | None] | None = None
+        self.handed_over: Callable[[TP], int | None] | None = None
         self.paused: Callable[[], bool] | None = None  # while true, the agent leaves records aside on purpose
         self._waiting: dict[TP, tuple[int, float]] = {}  # expected offset, since when the consumer read past it
 
@@ -208,10 +208,10 @@ class OffsetGuard:
         for tp, hole in list(self.holes.items()):
             if now - hole.sought_at > RESEEK_AFTER:
                 await self._seek_back(tp, hole)
-        if self.read_offset is None or (self.paused is not None and self.paused()):
+        if self.handed_over is None or (self.paused is not None and self.paused()):
             return
         for tp, expected in list(self.next.items()):
-            read = self.read_offset(tp)
+            read = self.handed_over(tp)
             if read is None or read < expected or tp in self.holes or tp in self._probing:
                 self._waiting.pop(tp, None)
                 continue

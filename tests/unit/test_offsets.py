@@ -253,7 +253,7 @@ async def test_records_read_by_the_consumer_but_never_delivered_are_sought_back(
     """Faust cleared its stream queue on resume after a rebalance: records 80-88 vanished without an ack."""
     h = Harness({TP0: 78})
     read: dict[TP, int] = {}
-    h.guard.read_offset = read.get
+    h.guard.handed_over = read.get
     await h.deliver(TP0, 78, 79)
     read[TP0] = 79
     monkeypatch.setattr(offsets, "STUCK_AFTER", -1.0)
@@ -273,7 +273,7 @@ async def test_a_partition_whose_agent_moves_on_or_is_paused_is_not_taken_for_st
         monkeypatch: pytest.MonkeyPatch) -> None:
     h = Harness({TP0: 0})
     read = {TP0: 5}
-    h.guard.read_offset = read.get
+    h.guard.handed_over = read.get
     monkeypatch.setattr(offsets, "STUCK_AFTER", -1.0)
     await h.deliver(TP0, 0)
     await h.guard.tick()  # expects 1, read up to 5: waiting
