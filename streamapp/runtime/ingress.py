@@ -10,8 +10,11 @@ can be served over any implementation (a fake in a test, another runtime).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING, Any, Protocol
+
+from faust.types import TP
 
 from streamapp.config import Settings
 from streamapp.durable.errors import StreamAppError
@@ -22,7 +25,11 @@ from streamapp.runtime.partition_state import SUMMARY
 if TYPE_CHECKING:
     from streamapp.runtime.app import Runtime
 
+log = logging.getLogger(__name__)
+
 Record = dict[str, Any]  # an invocation record as the tables hold it
+CATCH_UP_WAIT = 2.0  # how long a lookup waits for this worker to apply what its partitions' logs hold
+CATCH_UP_POLL = 0.01
 
 
 class NotDrivenError(StreamAppError):
@@ -49,8 +56,6 @@ class Ingress(Protocol):
         drives it yet (unowned, or assigned here and still starting)."""
     def peers(self) -> list[str]:
         """The other workers' base URLs."""
-    def driven(self) -> set[int]:
-        """The partitions this worker drives (their tables are complete here)."""
     async def invoke(self, target: dict[str, Any], source: Any) -> None:
         """Make an invocation durable in its key's inbox (MessageSizeTooLargeError when too large)."""
     def wait(self, inv_id: str, okey: str) -> asyncio.Future[Record]:
@@ -63,6 +68,9 @@ class Ingress(Protocol):
     def state(self, okey: str) -> dict[str, Any]: ...
     def lookup(self, inv_id: str) -> tuple[Record, bool] | None:
         """The invocation held here (unfinished or finished) and whether it runs now."""
+    async def caught_up(self) -> set[int]:
+        """The partitions driven here that applied every command written to them before the call (waiting up
+        to ``CATCH_UP_WAIT`` for those behind): only their tables can say an invocation is unknown."""
     def unfinished(self) -> list[tuple[Record, bool]]:
         """Every unfinished invocation held here, with whether it runs now: the fields a list shows
         (``partition_state.SUMMARY``; ``lookup`` reads the whole row)."""
@@ -118,9 +126,6 @@ class RuntimeIngress:
         urls = {str(url).rstrip("/") for url in self.rt.app.assignor.tables_metadata()}
         return sorted(urls - {self._me()})
 
-    def driven(self) -> set[int]:
-        return set(self.rt.engine.live_partitions())
-
     async def invoke(self, target: dict[str, Any], source: Any) -> None:
         await self.rt.outbox.invoke(target, source=source)
 
@@ -155,6 +160,33 @@ class RuntimeIngress:
                 not in self.rt.engine.live_partitions():
             return None
         return rec, self.rt.engine.is_running(inv_id)
+
+    async def caught_up(self) -> set[int]:
+        live = self.rt.engine.live_partitions()
+        if not live:
+            return set()
+        topic = self.rt.internal.get_topic_name()
+        try:  # where each partition's log ends now: the commands written before this call lie below
+            ends = await asyncio.wait_for(self.rt.app.consumer.highwaters(*(TP(topic, p) for p in live)),
+                                          CATCH_UP_WAIT)
+        except Exception as exc:  # the broker could not say: no partition is known to be caught up
+            log.warning("Could not read the internal topic's end offsets error=%r", exc)
+            return set()
+        end = {tp.partition: offset for tp, offset in ends.items()}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CATCH_UP_WAIT
+        while True:
+            behind = {p for p in live if self._done_below(topic, p) < end.get(p, 1 << 62)}
+            if not behind or loop.time() >= deadline:
+                return (live & self.rt.engine.live_partitions()) - behind
+            await asyncio.sleep(CATCH_UP_POLL)
+
+    def _done_below(self, topic: str, p: int) -> int:
+        """The offset below which partition ``p``'s records were all handled here (applied, or dead-lettered)."""
+        st = self.rt.engine.partitions.get(p)
+        applied = -1 if st is None else st.applied
+        expected = self.rt.delivery.guards["invocations"].next.get(TP(topic, p), 0)  # admitted (or taken) up to it
+        return max(applied + 1, expected)
 
     def unfinished(self) -> list[tuple[Record, bool]]:
         engine = self.rt.engine

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -71,14 +71,25 @@ def filters_of(query: Mapping[str, str]) -> dict[str, str]:
     return found
 
 
-def not_found(inv_id: str, silent: list[str], moving: list[int], live: set[int]) -> web.Response:
-    if silent:  # one of them may hold it: not a definite 404
-        return json_error(504, f"invocation {inv_id} not found here; {len(silent)} peer(s) did not answer in time",
-                          unreachable=silent)
-    if moving:  # a partition's tables are being restored, or it is between owners
-        return json_error(503, f"invocation {inv_id} not found; partitions {moving} are not driven by any worker "
-                          "that answered (moving or restoring); retry", moving=moving)
-    return json_error(404, f"unknown invocation {inv_id}", live_partitions=sorted(live))
+class Found(NamedTuple):
+    """What looking an invocation up found (``find``)."""
+
+    view: dict[str, Any] | None  # the invocation's view; None: not found
+    silent: list[str]  # peers that did not answer in time
+    moving: list[int]  # partitions no worker that answered covers
+    here: set[int]  # partitions this worker covers: driven, and caught up with their log
+
+
+def not_found(inv_id: str, found: Found) -> web.Response:
+    if found.silent:  # one of them may hold it: not a definite 404
+        return json_error(504, f"invocation {inv_id} not found here; {len(found.silent)} peer(s) did not answer "
+                          "in time", unreachable=found.silent)
+    if found.moving:  # a partition's tables are being restored, it is between owners, or it is catching up
+        return json_error(503, f"invocation {inv_id} not found; partitions {found.moving} are not driven by any "
+                          "worker that answered, or not caught up with their log (moving, restoring or catching "
+                          "up); retry", moving=found.moving)
+    # live_partitions: the partitions this answer covers (a peer's 404 tells the asking worker so)
+    return json_error(404, f"unknown invocation {inv_id}", live_partitions=sorted(found.here))
 
 
 def matches(row: dict[str, Any], filters: dict[str, str]) -> bool:
@@ -105,7 +116,7 @@ class OperatorViews:
     async def ask_peers(self, request: web.Request, path: str) -> tuple[list[tuple[int, Any]], list[str]]:
         raise NotImplementedError  # web.Views
 
-    async def find(self, request: web.Request, inv_id: str) -> tuple[dict[str, Any] | None, list[str], list[int]]:
+    async def find(self, request: web.Request, inv_id: str) -> Found:
         raise NotImplementedError  # web.Views
 
     async def unfinished(self, request: web.Request, filters: dict[str, str], sort: str = "created",
@@ -155,9 +166,10 @@ class OperatorViews:
 
     async def operate(self, request: web.Request, action: str) -> web.Response:
         inv_id = request.match_info["id"]
-        found, silent, moving = await self.find(request, inv_id)
+        lookup = await self.find(request, inv_id)
+        found = lookup.view
         if found is None:
-            return not_found(inv_id, silent, moving, self.rt.driven())
+            return not_found(inv_id, lookup)
         finished = found["status"] in FINISHED
         if action == "purge" and not finished:
             return json_error(409, f"invocation is {found['status']}, not finished: kill or cancel it first",

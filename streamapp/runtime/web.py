@@ -42,7 +42,7 @@ from streamapp.durable.context import SharedContext
 from streamapp.durable.errors import InvalidInputError
 from streamapp.runtime import commands, openapi, tracing
 from streamapp.runtime.ingress import Ingress, NotDrivenError, RuntimeIngress
-from streamapp.runtime.operator_views import OperatorViews, not_found, view
+from streamapp.runtime.operator_views import Found, OperatorViews, not_found, view
 from streamapp.runtime.routes import FORWARDED, INVOCATION_HEADER, ROUTES, Route
 from streamapp.runtime.web_probes import ProbeViews
 
@@ -238,34 +238,41 @@ class Views(OperatorViews, ProbeViews):
                 silent.append(tasks[task])
         return out, sorted(silent)
 
-    async def find(self, request: web.Request, inv_id: str) -> tuple[dict[str, Any] | None, list[str], list[int]]:
-        """The invocation's view (here or on a peer); else the peers that could not say, and the
-        partitions no worker that answered drives (being restored, or between owners).
+    async def find(self, request: web.Request, inv_id: str) -> Found:
+        """The invocation's view (here or on a peer); else the peers that could not say, the
+        partitions no worker that answered covers (being restored, between owners, catching
+        up), and those this worker covers.
 
-        Only the tables of a partition a worker drives are complete: "not found" is
-        definite when the workers that said so drive every partition between them
-        (each 404 names the partitions its worker drives).
+        Only the tables of a partition a worker drives, and only once it applied every
+        command written to it before the question, can tell that an invocation is
+        unknown (a send just accepted by another worker is in the log, not yet in the
+        tables): "not found" is definite when the workers that said so cover every
+        partition between them (each 404 names the partitions its worker covers).
         """
         held = self.rt.lookup(inv_id)
+        here: set[int] = set()
+        if held is None:
+            here = await self.rt.caught_up()
+            held = self.rt.lookup(inv_id)  # applied while this worker caught up
         if held is not None:
-            return view(held[0], running=held[1]), [], []
+            return Found(view(held[0], running=held[1]), [], [], here)
         if request.headers.get(FORWARDED):
-            return None, [], []
+            return Found(None, [], [], here)
         answers, silent = await self.ask_peers(request, f"/invocations/{inv_id}")
-        covered = self.rt.driven()
+        covered = set(here)
         for status, body in answers:
             if status == 200:
-                return body, [], []
+                return Found(body, [], [], here)
             if status == 404 and isinstance(body, dict) and isinstance(body.get("live_partitions"), list):
                 covered.update(p for p in body["live_partitions"] if isinstance(p, int))
-        return None, silent, sorted(set(range(self.rt.settings.partitions)) - covered)
+        return Found(None, silent, sorted(set(range(self.rt.settings.partitions)) - covered), here)
 
     async def invocation(self, request: web.Request) -> web.Response:
         inv_id = request.match_info["id"]
-        found, silent, moving = await self.find(request, inv_id)
-        if found is None:
-            return not_found(inv_id, silent, moving, self.rt.driven())
-        return web.json_response(found)
+        found = await self.find(request, inv_id)
+        if found.view is None:
+            return not_found(inv_id, found)
+        return web.json_response(found.view)
 
     def guard(self, view: View) -> View:
         """``view`` behind the operator token (``check_token``)."""

@@ -18,10 +18,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
+from faust.types import TP
 
 from streamapp.config import Settings
 from streamapp.durable import Registry
+from streamapp.runtime import ingress
 from streamapp.runtime import web as web_views
+from streamapp.runtime.commands import object_key, partition_for
+from streamapp.runtime.routes import FORWARDED
 from tests.support.services import services as test_services
 from tests.unit.engine_fakes import EngineRig
 
@@ -36,18 +40,32 @@ def registry() -> Registry:
     return reg
 
 
-def runtime(rig: EngineRig, invoke: Invoke, peers: list[str] | None = None) -> Any:
-    """What the views use of ``Runtime``; ``peers`` are the other workers' advertised URLs."""
+def runtime(rig: EngineRig, invoke: Invoke, peers: list[str] | None = None,
+            unapplied: dict[int, int] | Exception | None = None) -> Any:
+    """What the views use of ``Runtime``; ``peers`` are the other workers' advertised URLs.
+
+    ``unapplied``: per partition, records its log holds beyond those the rig applied (a send
+    another worker just made durable), or the error the broker answers when asked where the logs end.
+    """
     me = "http://127.0.0.1:1"
     metadata: dict[str, Any] = {me: {}, **{url: {} for url in peers or []}}
     changelog = "app-invocations-changelog"
     rig.tables.invocations.changelog_topic = SimpleNamespace(get_topic_name=lambda: changelog)  # type: ignore[attr-defined]
     owned = {me: {changelog: set(range(PARTITIONS))}}  # the group assigned every partition here
+    ends_at = unapplied if isinstance(unapplied, dict) else {}
+
+    async def highwaters(*tps: TP) -> dict[TP, int]:
+        if isinstance(unapplied, Exception):
+            raise unapplied
+        return {tp: rig.offsets.get(tp.partition, -1) + 1 + ends_at.get(tp.partition, 0) for tp in tps}
+
     return SimpleNamespace(
         settings=Settings(partitions=PARTITIONS), registry=registry(), tables=rig.tables, engine=rig.engine,
-        outbox=SimpleNamespace(invoke=invoke),
-        app=SimpleNamespace(conf=SimpleNamespace(canonical_url=me), assignor=SimpleNamespace(
-            tables_metadata=lambda: metadata, table_metadata=lambda topic: owned if topic == changelog else {})),
+        outbox=SimpleNamespace(invoke=invoke), internal=SimpleNamespace(get_topic_name=lambda: "app-internal"),
+        delivery=SimpleNamespace(guards={"invocations": SimpleNamespace(next={})}),
+        app=SimpleNamespace(conf=SimpleNamespace(canonical_url=me), consumer=SimpleNamespace(highwaters=highwaters),
+                            assignor=SimpleNamespace(tables_metadata=lambda: metadata,
+                                                     table_metadata=lambda topic: owned if topic == changelog else {})),
     )
 
 
@@ -57,6 +75,11 @@ async def serve(rt: Any) -> AsyncIterator[TestClient[web.Request, web.Applicatio
     web_views.install(app, rt)
     async with TestClient(TestServer(app)) as client:
         yield client
+
+
+def key_on(partition: int) -> str:
+    return next(k for k in (f"k{i}" for i in range(1000))
+                if partition_for(object_key("Test", k), PARTITIONS) == partition)
 
 
 def live_rig() -> EngineRig:
@@ -219,6 +242,54 @@ async def test_invocation_lookup__unknown_everywhere_while_a_partition_is_not_dr
             resp = await asyncio.wait_for(client.get("/invocations/inv_nowhere"), 60)
             body = await resp.json()
         assert resp.status == 404 and body["live_partitions"] == [0, 1], body
+
+
+async def test_invocation_lookup__sent_elsewhere_and_not_applied_here_yet__answered_once_applied_not_404() -> None:
+    # Another worker made the send durable and answered 202; this worker, the key's owner, has yet to
+    # read it: the lookup waits until what the log held when it was asked is applied.
+    rig = live_rig()
+    key = key_on(2)
+    async with serve(runtime(rig, nothing, unapplied={2: 1})) as client:
+        lookup = asyncio.ensure_future(client.get("/invocations/inv_sent"))
+        await asyncio.sleep(0.1)
+        assert not lookup.done()
+        rig.apply(2, {"op": "invoke", "id": "inv_sent", "service": "Test", "key": key, "handler": "Nap",
+                      "payload": None})
+        resp = await asyncio.wait_for(lookup, 60)
+        body = await resp.json()
+    assert resp.status == 200 and body["id"] == "inv_sent", body
+
+
+async def test_invocation_lookup__a_partition_still_behind_its_log__503_retry_and_not_counted_as_covered(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ingress, "CATCH_UP_WAIT", 0.2)
+    async with serve(runtime(live_rig(), nothing, unapplied={1: 3})) as client:
+        resp = await asyncio.wait_for(client.get("/invocations/inv_unknown"), 60)
+        body = await resp.json()
+        forwarded = await asyncio.wait_for(client.get("/invocations/inv_unknown", headers={FORWARDED: "1"}), 60)
+        peer_view = await forwarded.json()
+    assert resp.status == 503 and body["moving"] == [1], body
+    assert forwarded.status == 404 and peer_view["live_partitions"] == [0, 2, 3], peer_view
+
+
+async def test_invocation_lookup__last_record_dead_lettered_not_applied__still_caught_up_404(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The partition's last record held no valid command: the agent dead-lettered it, nothing applied.
+    monkeypatch.setattr(ingress, "CATCH_UP_WAIT", 0.2)
+    rig = live_rig()
+    rt = runtime(rig, nothing, unapplied={3: 1})
+    rt.delivery.guards["invocations"].next[TP("app-internal", 3)] = rig.offsets[3] + 2  # handled up to the end
+    async with serve(rt) as client:
+        resp = await asyncio.wait_for(client.get("/invocations/inv_unknown"), 60)
+        body = await resp.json()
+    assert resp.status == 404 and body["live_partitions"] == [0, 1, 2, 3], body
+
+
+async def test_invocation_lookup__end_offsets_unknown__503_not_404() -> None:
+    async with serve(runtime(live_rig(), nothing, unapplied=KafkaConnectionError("down"))) as client:
+        resp = await asyncio.wait_for(client.get("/invocations/inv_unknown"), 60)
+        body = await resp.json()
+    assert resp.status == 503 and body["moving"] == [0, 1, 2, 3], body
 
 
 def runtime_owned_by(owner: str) -> Any:

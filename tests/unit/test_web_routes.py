@@ -42,7 +42,7 @@ class MemoryIngress:
     def peers(self) -> list[str]:
         return []
 
-    def driven(self) -> set[int]:
+    async def caught_up(self) -> set[int]:
         return set(range(self.settings.partitions))
 
     async def invoke(self, target: dict[str, Any], source: Any) -> None:
