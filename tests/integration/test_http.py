@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from streamapp.runtime.commands import partition_for
 from tests import harness
 from tests.support.services import ledger
 
@@ -156,3 +157,20 @@ def test_retention__outcomes_restored_on_a_new_worker_expire_at_their_retention(
         time.sleep(0.2)
     assert "Expired finished invocations" in second.log()
     assert "Expired finished invocations" not in first.log()
+
+
+def test_send_to_one_worker__its_keys_owner_knows_the_invocation_at_once__never_404(workers):
+    """A send another worker accepted (202) is in the log, maybe not yet in the owner's tables: a lookup
+    waits for the owner to apply what the log held when asked, instead of calling the invocation unknown."""
+    a = workers.new("a")
+    b = workers.new("b")
+    harness.wait_for(lambda: sorted(p for w in (a, b) for p in w.get("/health")["live_partitions"]) == [0, 1, 2, 3],
+                     timeout=60, what="a and b to share the 4 partitions")
+    mine = set(a.get("/health")["live_partitions"])
+    keys = [k for k in (f"own{n}" for n in range(200)) if partition_for(f"Test/{k}", 4) in mine][:30]
+    answers = []
+    for n, key in enumerate(keys):
+        status, body = b.request("POST", f"/Test/{key}/Nap/send", {"tag": f"s{n}"})  # b makes it durable itself
+        assert status == 202, body
+        answers.append(a.request("GET", f"/invocations/{body['invocationId']}"))  # a owns the key
+    assert [status for status, _ in answers] == [200] * len(keys), answers
