@@ -49,10 +49,6 @@ class StreamApp(faust.App):
         """Consulted by the consumer before it counts an ack (``faust_adapter.Consumer.ack``)."""
         return self.runtime.delivery.ackable(message)
 
-    def records_fetched(self, handed: dict[Any, int]) -> None:
-        """Called by the consumer once a fetch's records were handed to the streams (``faust_drain``)."""
-        self.runtime.ingest.fetched(handed)
-
     def take_staged(self) -> list[StagedRows]:
         """Called by the producer as a flush begins (``faust_adapter.Producer.flush``): the rows it sends first."""
         return self.runtime.tables.take_staged()

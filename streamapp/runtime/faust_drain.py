@@ -19,11 +19,6 @@ except that a record none of these can hold up is delivered with a plain
 have); any other record goes through ``wait_first`` as before. The loop
 still yields to the event loop every ``YIELD_EVERY`` records and before
 each fetch, as Faust's does.
-
-It also keeps, per partition, the offset of the last record handed to the
-streams (``handed_over``, for the offset guard), and tells the app once a
-fetch's records were all handed over (``records_fetched``: the source
-topics' id lookup begins then, ``runtime/sources.py``).
 """
 
 from __future__ import annotations
@@ -80,7 +75,6 @@ class DrainingConsumer:
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
         never_blocks = self.never_blocks
-        fetched = getattr(self.app, "records_fetched", None)  # told after each fetch's records were handed over
         since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
@@ -110,8 +104,6 @@ class DrainingConsumer:
                         await self.wait_first(callback(message), self.suspend_flow.wait())
                     set_read_offset(tp, offset)
                     handed[tp] = offset
-                if fetched is not None:
-                    fetched(handed)
                 unset_flag(CONSUMER_FETCHING)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:

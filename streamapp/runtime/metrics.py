@@ -169,8 +169,6 @@ class RuntimeCollector(Collector):
              m.activations),
             ("stall_watchdog_trips", "Times the stall watchdog fenced this worker (frozen past its limit).",
              m.stalls),
-            ("source_batches_confirmed_early", "Source batches whose topic ids were asked for as their records "
-             "were fetched (not when the batch was formed).", rt.ingest.early_used),
         ))
 
     def _gauges(self) -> Iterator[Metric]:

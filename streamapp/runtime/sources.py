@@ -25,23 +25,13 @@ incarnation, so none of it is used; the topic's partitions are read again
 from the start of the new incarnation, whose records nobody attributed yet.
 A timer asks too (``watch``), for a recreated topic whose records all lie
 below the read position and so never reach a batch.
-
-The batch's question is asked early: once a fetch's source records were
-handed to the streams, the consumer says so (``fetched``) and the lookup
-begins at once, while the records travel to the agent. It was sent after
-those records were fetched, so its answer brackets them as well as one sent
-when the batch is formed; a batch holding records handed over after it
-began asks anew. The answer is compared with the known id as it arrives
-(answers of one client come in the order asked), and a batch is dropped when
-any comparison since its lookup began found its topic recreated.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
@@ -60,20 +50,6 @@ log = logging.getLogger(__name__)
 MAX_KEY_BYTES = 1024
 
 
-@dataclass
-class EarlyLookup:
-    """A topic-id lookup begun once a fetch's source records were handed over (``Ingest.fetched``)."""
-
-    covers: dict[TP, int]  # per source partition, the last record handed over before it began
-    before: dict[str, int]  # how often each topic had been found recreated when it began
-    task: asyncio.Task[bool]  # True once the broker named every topic and the names were compared
-
-    def brackets(self, events: list[Any]) -> bool:
-        """Whether every event's record was handed over before this lookup began."""
-        covers = self.covers
-        return all(event.message.offset <= covers.get(event.message.tp, -1) for event in events)
-
-
 class Ingest:
     def __init__(self, runtime: Runtime, lookup: Callable[[list[str]], Awaitable[dict[str, str]]] | None = None,
                  ) -> None:
@@ -83,34 +59,9 @@ class Ingest:
         self.lookup = lookup or self._topic_ids.lookup  # topic name -> topic id, asked of the broker now
         self.topic_ids: dict[str, str] = {}  # the incarnation each source topic is read as
         self.changes: dict[str, int] = {}  # how often each source topic was found recreated
-        self.early: EarlyLookup | None = None  # the lookup begun after the last fetch of source records
-        self.early_used = 0  # batches an early lookup confirmed (GET /metrics)
 
     async def close(self) -> None:
-        if self.early is not None:
-            self.early.task.cancel()
         await self._topic_ids.close()
-
-    def fetched(self, handed: Mapping[TP, int]) -> None:
-        """A fetch's records were handed to the streams: if source records were among them, begin their lookup."""
-        routes = self.routes
-        covers = {tp: offset for tp, offset in handed.items() if tp.topic in routes}
-        if not covers or (self.early is not None and self.early.covers == covers):
-            return
-        before = dict(self.changes)
-        task = asyncio.ensure_future(self._ask_early(sorted({tp.topic for tp in covers})))
-        task.add_done_callback(_quiet)
-        self.early = EarlyLookup(covers, before, task)
-
-    async def _ask_early(self, topics: list[str]) -> bool:
-        try:
-            found = await asyncio.wait_for(self.lookup(topics), timeout=10)
-        except Exception:  # no answer to rely on: the batch asks again (``_current``), and handles what it raises
-            return False
-        if set(topics) - set(found):
-            return False
-        await self._compare(found)
-        return True
 
     async def on_assigned(self, assigned: Iterable[TP]) -> None:
         """Ask for the topic ids of the assigned source topics before their records are fetched.
@@ -151,18 +102,13 @@ class Ingest:
         topics = sorted({event.message.topic for event in events})
         if not topics:
             return events
-        early = self.early
-        if early is not None and early.brackets(events) and await early.task:
-            self.early_used += 1
-            before = {topic: early.before.get(topic, 0) for topic in topics}
-        else:
-            before = {topic: self.changes.get(topic, 0) for topic in topics}
-            found = await self._current(topics, events)
-            if found is None:  # a rebalance overtook the batch: Faust delivers it again
-                for event in events:
-                    faust_readers.mark_done(event.message)
-                return []
-            await self._compare(found)
+        before = {topic: self.changes.get(topic, 0) for topic in topics}
+        found = await self._current(topics, events)
+        if found is None:  # a rebalance overtook the batch: Faust delivers it again
+            for event in events:
+                faust_readers.mark_done(event.message)
+            return []
+        await self._compare(found)
         # Changed now, or by ``watch`` while the lookup ran: either way the batch is of unknown incarnation.
         recreated = {topic for topic in topics if self.changes.get(topic, 0) != before[topic]}
         kept = []
@@ -318,9 +264,3 @@ class Ingest:
         payload = codec.loads(msg.value) if handler.input_type is not None or msg.value else None
         handler.decode_input(payload)
         return key, payload
-
-
-def _quiet(task: asyncio.Task[bool]) -> None:
-    """Retrieve an early lookup's error (a batch that needed it asked again), so asyncio does not log it."""
-    if not task.cancelled():
-        task.exception()

@@ -73,7 +73,7 @@ class FakeRuntime:
             answer = self.answers.pop(0)
         if isinstance(answer, Exception):
             raise answer
-        return {t: answer[t] for t in topics if t in answer}  # a topic it does not know is left out
+        return {t: answer[t] for t in topics}
 
     async def seek(self, tp: TP, offset: int) -> None:
         self.seeks.append((tp, offset))
@@ -222,79 +222,3 @@ async def test_confirm__recreation_found_by_watch_during_the_lookup__batch_dropp
     assert await ing.confirm(batch) == []
     assert batch[0].message.acked
     assert rt.seeks == [(SRC, 0)]
-
-
-# -- the lookup begun as the records are fetched (``Ingest.fetched``) -------------------------
-async def test_fetched__batch_of_records_handed_over_before_the_early_lookup__confirmed_by_it_alone() -> None:
-    rt = FakeRuntime(answers=[{"src": OLD}, {"src": OLD}])  # assignment, then the early lookup: no third
-    ing = ingest(rt)
-    await ing.on_assigned({SRC})
-    ing.fetched({SRC: 1, TP("internal", 0): 40})
-    ing.fetched({SRC: 1, TP("internal", 0): 41})  # no new source record: no second lookup
-    batch = [event(SRC, 0), event(SRC, 1)]
-    assert await ing.confirm(batch) == batch
-    assert ing.early_used == 1 and rt.answers == []
-
-
-async def test_fetched__no_source_record__no_lookup() -> None:
-    rt = FakeRuntime(answers=[{"src": OLD}])
-    ing = ingest(rt)
-    await ing.on_assigned({SRC})
-    ing.fetched({TP("internal", 0): 40})
-    assert ing.early is None
-
-
-async def test_fetched__batch_with_a_record_handed_over_later__asks_anew() -> None:
-    rt = FakeRuntime(answers=[{"src": OLD}, {"src": OLD}, {"src": NEW}])
-    ing = ingest(rt)
-    await ing.on_assigned({SRC})
-    ing.fetched({SRC: 1})
-    assert ing.early is not None
-    await ing.early.task
-    batch = [event(SRC, 1), event(SRC, 2)]  # offset 2 came after the early lookup was sent
-    assert await ing.confirm(batch) == []  # the batch's own lookup found the topic recreated
-    assert ing.early_used == 0 and rt.seeks == [(SRC, 0)]
-
-
-async def test_fetched__early_lookup_finds_the_topic_recreated__batch_dropped() -> None:
-    rt = FakeRuntime(answers=[{"src": OLD}, {"src": NEW}])
-    ing = ingest(rt)
-    await ing.on_assigned({SRC})
-    ing.fetched({SRC: 3})
-    batch = [event(SRC, 3)]
-    assert await ing.confirm(batch) == []
-    assert batch[0].message.acked and rt.seeks == [(SRC, 0)] and rt.answers == []
-
-
-async def test_fetched__early_lookup_failed__batch_asks_anew() -> None:
-    rt = FakeRuntime(answers=[{"src": OLD}, KafkaConnectionError("down"), {"src": OLD}])
-    ing = ingest(rt)
-    await ing.on_assigned({SRC})
-    ing.fetched({SRC: 0})
-    batch = [event(SRC, 0)]
-    assert await ing.confirm(batch) == batch
-    assert ing.early_used == 0 and rt.answers == []
-
-
-async def test_fetched__recreation_found_by_watch_after_the_early_lookup_began__batch_dropped() -> None:
-    # The early lookup answered OLD; ``watch``, asked later, saw NEW before the batch was confirmed.
-    rt = FakeRuntime(answers=[{"src": OLD}, {"src": OLD}, {"src": NEW, "other": "o1"}])
-    ing = ingest(rt)
-    await ing.on_assigned({SRC})
-    ing.fetched({SRC: 4})
-    assert ing.early is not None
-    await ing.early.task
-    await ing.watch()
-    batch = [event(SRC, 4)]
-    assert await ing.confirm(batch) == []
-    assert rt.seeks == [(SRC, 0)]
-
-
-async def test_fetched__early_lookup_without_one_of_the_topics__batch_asks_anew() -> None:
-    rt = FakeRuntime(answers=[{"src": OLD, "other": "o1"}, {"src": OLD}, {"src": OLD, "other": "o1"}])
-    ing = ingest(rt)
-    await ing.on_assigned({SRC, OTHER})
-    ing.fetched({SRC: 0, OTHER: 0})
-    batch = [event(SRC, 0), event(OTHER, 0)]
-    assert await ing.confirm(batch) == batch
-    assert ing.early_used == 0 and rt.answers == []
