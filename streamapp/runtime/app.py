@@ -8,8 +8,9 @@ Data flow:
                                           ▲
              actors (journal entries, outcomes), scheduler (fire), HTTP, operators
 
-The commit protocol (what makes a record's offset committable, in which
-order) is ``runtime/delivery.py``'s; Faust and aiokafka internals are reached
+The agents, tasks and timers are wired in ``runtime/agents.py``. The commit
+protocol (what makes a record's offset committable, in which order) is
+``runtime/delivery.py``'s; Faust and aiokafka internals are reached
 only in ``runtime/faust_adapter.py``. A worker that finds it was frozen past
 most of its session stops its actors and partitions until the group confirms
 what it owns (``watch_stall``).
@@ -27,15 +28,13 @@ from aiokafka.errors import KafkaError
 from faust.types import TP
 
 from streamapp.config import Settings
-from streamapp.durable import mute
 from streamapp.durable.service import Registry
-from streamapp.runtime import commands, connection, faust_adapter, faust_readers, faust_restore, limits, ops
+from streamapp.runtime import agents, commands, connection, faust_adapter, faust_restore, limits, ops
 from streamapp.runtime.ackapply import AckApply
 from streamapp.runtime.actors import ActorPool
 from streamapp.runtime.delivery import Delivery
 from streamapp.runtime.engine import Engine
-from streamapp.runtime.expiry import EXPIRE_EVERY
-from streamapp.runtime.faust_app import RebalanceSensor, StreamApp
+from streamapp.runtime.faust_app import StreamApp
 from streamapp.runtime.flow import FlowControl
 from streamapp.runtime.leadership import Leadership
 from streamapp.runtime.metrics import Metrics
@@ -124,7 +123,8 @@ class Runtime:
         self.outbox.on_durable = self.ack_apply.on_durable
         self.generation: int | None = None  # the consumer generation of the last assignment
         self._reading_limits = asyncio.Lock()
-        self._wire()
+        self.changelog_guard = limits.ChangelogGuard(self.changelog_topics)
+        agents.wire(self)  # the agents, tasks and timers (runtime/agents.py)
 
     async def read_limits(self) -> limits.Limits:
         """The broker's record limits for the internal topic and the changelogs, asked once."""
@@ -270,97 +270,6 @@ class Runtime:
         me = str(self.app.conf.canonical_url).rstrip("/")
         mine = {p for url, parts in given.items() if str(url).rstrip("/") == me for p in parts.get(changelog, ())}
         return (mine | self.assigned_partitions()) <= self.engine.live_partitions()
-
-    def _wire(self) -> None:
-        app = self.app
-        self.app.sensors.add(RebalanceSensor(self))
-        self.changelog_guard = limits.ChangelogGuard(self.changelog_topics)
-        self.app.sensors.add(self.changelog_guard)
-
-        @app.on_partitions_revoked.connect  # type: ignore[arg-type]
-        async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
-            if self.stalled:  # buffered writes sent after waking may have moved the offsets again
-                self.distrust_tables()
-
-        @app.on_partitions_assigned.connect  # type: ignore[arg-type]
-        async def on_assigned(sender: Any, assigned: set[TP], **kwargs: Any) -> None:
-            self.on_assignment(assigned)
-            await self.ingest.on_assigned(assigned)  # source topic ids, before the records are fetched
-
-        guard = self.delivery.guards["invocations"]
-        guard.handed_over = lambda tp: faust_readers.handed_over(app.consumer, tp)  # finds records lost on the way
-        guard.paused = self.fenced
-
-        @app.agent(self.internal, name="invocations")
-        async def invocations(stream: Any) -> None:
-            await self.read_limits()  # no row is written before the size checks know the limits
-            async for event in stream.events():
-                msg = event.message
-                if self.fenced():  # not handled: never committed, read again once the group says who owns it
-                    faust_readers.mark_done(msg)  # (not dropped: the guard is not to seek back meanwhile)
-                    continue
-                if await guard.admit(msg):
-                    reason = self.apply_command(msg, event.value)
-                    if reason is not None:
-                        await self.outbox.dead_letter_command(msg, reason)
-                elif msg.acked:
-                    continue  # dropped past a hole: read again after the seek
-                self.delivery.mark_handled(msg)  # applied now, or before this rebalance
-
-        source_topics = [topic for topic, _ in self.settings.subscriptions]
-        # Declared so that a missing source topic is created (1 partition, as
-        # the seed's compose file does) instead of silently never assigned.
-        sources = app.topic(*source_topics, partitions=1, internal=True, key_serializer="raw", value_serializer="raw")
-        self.delivery.gate([self.internal.get_topic_name()], "invocations")
-        self.delivery.gate(source_topics, "sources")
-
-        @app.agent(sources, name="sources")
-        async def sources_agent(stream: Any) -> None:
-            source_guard = self.delivery.guards["sources"]
-            queue = stream.channel.queue  # the stream buffer Faust delivers the source records to
-
-            def buffer_full() -> bool:
-                return bool(queue.full())
-
-            async for events in faust_readers.take_ready(stream, 500, gather=0.005):
-                await self.flow.admit(buffer_full)
-                events = await self.ingest.confirm(events)  # which topic incarnation the records are from
-                durable = False
-                admitted = []
-                try:
-                    for event in events:
-                        if await source_guard.admit(event.message):
-                            admitted.append(event)
-                        elif not event.message.acked:
-                            self.delivery.mark_handled(event.message)  # made durable before this rebalance
-                    await self.ingest.batch(admitted)
-                    durable = True
-                finally:
-                    if not durable:
-                        # Not durable (cancelled, failed): read these again from the commit, not as replays.
-                        source_guard.forget({event.message.tp for event in admitted})
-                for event in admitted:
-                    self.delivery.mark_handled(event.message)
-
-        @app.task
-        async def scheduler() -> None:
-            mute.install()  # after the worker configured logging
-            await self.dead_letters.maybe_declare()
-            await self.scheduler.run()
-
-        @app.timer(min(EXPIRE_EVERY, self.settings.results_retention / 4))
-        async def expire_results() -> None:
-            await self.expire_results()
-
-        @app.timer(2.0)
-        async def source_incarnations() -> None:
-            await self.ingest.watch()  # a recreated source topic, also when no record reveals it
-
-        @app.timer(0.25)
-        async def flow_control() -> None:
-            self.watch_stall()
-            self.flow.tick()
-            await self.delivery.tick()
 
     async def expire_results(self) -> None:
         """Ask each partition this worker drives to drop outcomes past the retention.
