@@ -43,9 +43,14 @@ def wire(rt: Runtime) -> None:
         rt.on_assignment(assigned)
         await rt.ingest.on_assigned(assigned)  # source topic ids, before the records are fetched
 
+    def paused() -> bool:  # the agents leave records aside on purpose: fenced, or a rebalance suspended the flow
+        return rt.fenced() or not app.flow_control.is_active()
+
     guard = rt.delivery.guards["invocations"]
-    guard.handed_over = lambda tp: faust_readers.handed_over(app.consumer, tp)  # finds records lost on the way
-    guard.paused = rt.fenced
+    source_guard = rt.delivery.guards["sources"]
+    for each in (guard, source_guard):  # finds records lost on the way to the agent
+        each.handed_over = lambda tp: faust_readers.handed_over(app.consumer, tp)
+        each.paused = paused
 
     @app.agent(rt.internal, name="invocations")
     async def invocations(stream: Any) -> None:
@@ -72,18 +77,18 @@ def wire(rt: Runtime) -> None:
 
     @app.agent(sources, name="sources")
     async def sources_agent(stream: Any) -> None:
-        source_guard = rt.delivery.guards["sources"]
         queue = stream.channel.queue  # the stream buffer Faust delivers the source records to
 
         def buffer_full() -> bool:
             return bool(queue.full())
 
         async for events in faust_readers.take_ready(stream, 500, gather=0.005):
-            await rt.flow.admit(buffer_full)
-            events = await rt.ingest.confirm(events)  # which topic incarnation the records are from
+            source_guard.busy = True  # the records behind this batch wait for it
             durable = False
             admitted = []
             try:
+                await rt.flow.admit(buffer_full)
+                events = await rt.ingest.confirm(events)  # which topic incarnation the records are from
                 for event in events:
                     if await source_guard.admit(event.message):
                         admitted.append(event)
@@ -92,6 +97,7 @@ def wire(rt: Runtime) -> None:
                 await rt.ingest.batch(admitted)
                 durable = True
             finally:
+                source_guard.busy = False
                 if not durable:
                     # Not durable (cancelled, failed): read these again from the commit, not as replays.
                     source_guard.forget({event.message.tp for event in admitted})

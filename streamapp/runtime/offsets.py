@@ -41,11 +41,14 @@ past the offset expected next): that opens a hole, which ``tick`` seeks back
 to after ``RESEEK_AFTER`` unless the record arrives meanwhile. Records can
 also vanish without an ack: Faust clears its stream queues when the flow
 resumes after a rebalance. For that, ``tick`` compares the offset the
-consumer has handed over (``handed_over``, set for the invocations agent)
-with the one the agent expects: read past it for ``STUCK_AFTER`` seconds,
-the records between were lost on the way, and the guard seeks back. Without
-these, the records waited for a later record of their partition (a worker
-that joined while HTTP calls waited on their commands stalled them for 90 s).
+consumer has handed over (``handed_over``) with the one the agent expects:
+read past it for ``STUCK_AFTER`` seconds while the agent was neither
+``busy`` (a sources batch awaiting its acks holds the records behind it) nor
+``paused`` (fenced, or Faust's flow suspended by a rebalance), the records
+between were lost on the way, and the guard seeks back. Without these, the
+records waited for a later record of their partition (a worker that joined
+while HTTP calls waited on their commands stalled them for 90 s; a source
+record lost so waited for the next event of its partition).
 
 While a hole is open the guard seeks again every ``RESEEK_AFTER`` seconds:
 records already in Faust's pipeline when it sought can move Faust's read
@@ -114,6 +117,7 @@ class OffsetGuard:
         # ``STUCK_AFTER`` seconds, the records between were dropped on their way to the agent.
         self.handed_over: Callable[[TP], int | None] | None = None
         self.paused: Callable[[], bool] | None = None  # while true, the agent leaves records aside on purpose
+        self.busy = False  # set by the agent while it works on records it took (they may hold later ones up)
         self._waiting: dict[TP, tuple[int, float]] = {}  # expected offset, since when the consumer read past it
 
     def take(self, tp: TP, offset: int) -> bool:
@@ -208,7 +212,10 @@ class OffsetGuard:
         for tp, hole in list(self.holes.items()):
             if now - hole.sought_at > RESEEK_AFTER:
                 await self._seek_back(tp, hole)
-        if self.handed_over is None or (self.paused is not None and self.paused()):
+        if self.handed_over is None:
+            return
+        if self.busy or (self.paused is not None and self.paused()):
+            self._waiting.clear()  # records may wait on purpose now: idleness is counted afresh
             return
         for tp, expected in list(self.next.items()):
             read = self.handed_over(tp)

@@ -287,4 +287,24 @@ async def test_a_partition_whose_agent_moves_on_or_is_paused_is_not_taken_for_st
     assert h.seeks == []
     paused = False
     await h.guard.tick()
+    assert h.seeks == []  # idle again: counted afresh from now
+    await h.guard.tick()
     assert h.seeks == [(TP0, 3)]
+
+
+async def test_records_held_up_behind_a_busy_agent_are_not_taken_for_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sources batch awaiting its acks holds up the records read after it; idle again, they are counted afresh."""
+    h = Harness({TP0: 0})
+    read = {TP0: 9}
+    h.guard.handed_over = read.get
+    monkeypatch.setattr(offsets, "STUCK_AFTER", -1.0)
+    await h.deliver(TP0, 0)
+    h.guard.busy = True
+    for _ in range(3):
+        await h.guard.tick()
+    assert h.seeks == []
+    h.guard.busy = False
+    await h.guard.tick()
+    assert h.seeks == []
+    await h.guard.tick()
+    assert h.probes == [(TP0, 1)] and h.seeks == [(TP0, 1)]
