@@ -106,8 +106,8 @@ REFUSED = {
 }
 INV_ID = param("id", "path", "An invocation id (inv_...).", {"type": "string", "minLength": 1, "pattern": KEY_PATTERN})
 UNREACHABLE = error("Not held by this worker, and a peer did not answer in time; retry.")
-RESTORING = error("Not found on the workers that answered, and a partition is between owners or its tables are "
-                  "being restored: retry.")
+RESTORING = error("Not found on the workers that answered, and a partition is between owners, its tables are "
+                  "being restored, or its owner has not applied what its log held when asked: retry.")
 
 
 def _operate(action: str, summary: str) -> Route:
