@@ -250,15 +250,21 @@ class Views(OperatorViews, ProbeViews):
         partition between them (each 404 names the partitions its worker covers).
         """
         held = self.rt.lookup(inv_id)
-        here: set[int] = set()
-        if held is None:
+        if held is not None:
+            return Found(view(held[0], running=held[1]), [], [], set())
+        answers: list[tuple[int, Any]] = []
+        silent: list[str] = []
+        forwarded = bool(request.headers.get(FORWARDED))
+        if forwarded:
             here = await self.rt.caught_up()
-            held = self.rt.lookup(inv_id)  # applied while this worker caught up
+        else:  # the peers are asked while this worker catches up
+            here, (answers, silent) = await asyncio.gather(
+                self.rt.caught_up(), self.ask_peers(request, f"/invocations/{inv_id}"))
+        held = self.rt.lookup(inv_id)  # applied while this worker caught up
         if held is not None:
             return Found(view(held[0], running=held[1]), [], [], here)
-        if request.headers.get(FORWARDED):
-            return Found(None, [], [], here)
-        answers, silent = await self.ask_peers(request, f"/invocations/{inv_id}")
+        if forwarded:
+            return Found(None, [], [], here)  # the asking worker weighs this answer with the others
         covered = set(here)
         for status, body in answers:
             if status == 200:
