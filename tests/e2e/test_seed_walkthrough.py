@@ -115,12 +115,15 @@ def test_event_transactions__kill_9_while_posts_wait_for_moderation__each_post_i
 
     def pending_and_quiet(log: str) -> bool:
         # Each created post was polled (a poll follows the create-post step's journal
-        # entry, so the recovery cannot create it again), no feed update is between its
-        # step and the invocation's completion, and a post still waits for moderation.
+        # entry, so the recovery cannot create it again), each post found moderated has
+        # its feed update (which follows that poll's journal entry: a kill between the
+        # two would run the poll again), no feed update is between its step and the
+        # invocation's completion, and a post still waits for moderation.
         created = [p for p, _, _ in created_re.findall(log)]
         updates = log.count("Updating the user feed for user")
         completed = log.count("Invocation completed successfully method=UserFeed/ProcessPost")
         return all(f"Content moderation for post {p} is " in log for p in created) and updates == completed \
+            and all(f" with post {p}" in log for p in created if done(log, p)) \
             and any(not done(log, p) for p in created)
 
     first_life = kill_when_frozen_log_shows(worker, pending_and_quiet, timeout=90,
