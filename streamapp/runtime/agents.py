@@ -35,6 +35,7 @@ def wire(rt: Runtime) -> None:
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: set[TP], **kwargs: Any) -> None:
+        rt.ingest.fetched.forget(revoked)
         if rt.stalled:  # buffered writes sent after waking may have moved the offsets again
             rt.distrust_tables()
 

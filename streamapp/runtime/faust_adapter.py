@@ -1,6 +1,6 @@
 """Faust and aiokafka internals, reached through Faust's transport registry (with ``faust_fence``,
-``faust_readers``, ``faust_pacing``, ``faust_restore`` and ``faust_drain``: the six ``faust_*`` modules hold
-every use of them, checked against ``TESTED``).
+``faust_readers``, ``faust_pacing``, ``faust_restore``, ``faust_drain`` and ``faust_fetch_ids``: the seven
+``faust_*`` modules hold every use of them, checked against ``TESTED``).
 
 Faust picks its transport by the scheme of the broker URL, from a plugin
 registry (``faust.transport.drivers.TRANSPORTS``: ``kafka`` is its aiokafka
@@ -35,6 +35,11 @@ wrapped on the instance): short while a fetch brought records within
 ``IDLE_AFTER`` seconds, ``IDLE_FETCH_WAIT_MS`` after. An idle worker's fetch
 holds every partition (none has records left over), so the broker answers
 it as soon as a record arrives: the long wait costs no latency.
+
+``ConsumerThread`` — topic ids with the fetches: the consumer's client writes
+a Metadata request behind each fetch of source partitions, so the sources
+agent learns which topic incarnation the records are from without a round
+trip of its own (``faust_fetch_ids``).
 
 ``ConsumerThread.request_rejoin`` — a worker frozen past its session may have
 been expelled without knowing it; this makes the group coordinator (on the
@@ -214,6 +219,9 @@ class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by AIOKafkaConsumer.start() to build its Fetcher
         _patient_client(consumer._client)
+        fetched = getattr(self.app, "fetched_ids", None)
+        if fetched is not None:
+            fetched.install(consumer._client)  # topic ids confirmed with each fetch (faust_fetch_ids)
         return consumer
 
     async def on_start(self) -> None:

@@ -31,6 +31,7 @@ from streamapp.runtime.startup import (
 if TYPE_CHECKING:
     from streamapp.runtime.app import Runtime
     from streamapp.runtime.changelog import StagedRows
+    from streamapp.runtime.faust_fetch_ids import FetchedIds
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,11 @@ class StreamApp(faust.App):
     def ack_gate(self, message: Any) -> bool:
         """Consulted by the consumer before it counts an ack (``faust_adapter.Consumer.ack``)."""
         return self.runtime.delivery.ackable(message)
+
+    @property
+    def fetched_ids(self) -> FetchedIds:
+        """Installed on the consumer's client (``faust_adapter.ConsumerThread``); read by the sources agent."""
+        return self.runtime.ingest.fetched
 
     def take_staged(self) -> list[StagedRows]:
         """Called by the producer as a flush begins (``faust_adapter.Producer.flush``): the rows it sends first."""

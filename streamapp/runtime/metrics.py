@@ -162,6 +162,9 @@ class RuntimeCollector(Collector):
                         "partition", rt.engine.applied_total)
         yield _labelled(counter, "records_written", "Records handed to the Kafka producer, by topic.",
                         "topic", getattr(rt.app.producer, "sent", {}))
+        yield _labelled(counter, "source_batches_confirmed", "Source batches whose topic incarnation was confirmed, "
+                        "by how: with the fetch that brought them, or asked of the broker.", "how",
+                        rt.ingest.confirmed)
         yield from _scalars(CounterMetricFamily, (
             ("flow_control_pauses", "Times the sources were paused because too much work was pending.", rt.flow.pauses),
             ("rebalances", "Partition assignments received from the consumer group.", m.rebalances),

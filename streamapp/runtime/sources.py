@@ -25,6 +25,12 @@ incarnation, so none of it is used; the topic's partitions are read again
 from the start of the new incarnation, whose records nobody attributed yet.
 A timer asks too (``watch``), for a recreated topic whose records all lie
 below the read position and so never reach a batch.
+
+The batch's answer usually comes with the fetch: the consumer writes a
+Metadata request behind each fetch of source partitions, on the fetch's
+connection, and keeps what the two answers around that fetch confirm
+(``runtime/faust_fetch_ids.py``). A batch whose every record a fetch
+confirmed as the known incarnation is kept without asking; any other asks.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from faust.types import TP
 from streamapp.durable import codec, ids
 from streamapp.durable.errors import InvalidInputError
 from streamapp.runtime import faust_readers, tracing
+from streamapp.runtime.faust_fetch_ids import FetchedIds
 from streamapp.runtime.topic_ids import TopicIds
 
 if TYPE_CHECKING:
@@ -59,6 +66,8 @@ class Ingest:
         self.lookup = lookup or self._topic_ids.lookup  # topic name -> topic id, asked of the broker now
         self.topic_ids: dict[str, str] = {}  # the incarnation each source topic is read as
         self.changes: dict[str, int] = {}  # how often each source topic was found recreated
+        self.fetched = FetchedIds(self.routes)  # what the consumer's fetches confirmed (installed by the consumer)
+        self.confirmed: dict[str, int] = {"fetch": 0, "asked": 0}  # batches, by where their topic ids came from
 
     async def close(self) -> None:
         await self._topic_ids.close()
@@ -102,6 +111,10 @@ class Ingest:
         topics = sorted({event.message.topic for event in events})
         if not topics:
             return events
+        if self.fetch_confirms(events):
+            self.confirmed["fetch"] += 1
+            return events
+        self.confirmed["asked"] += 1
         before = {topic: self.changes.get(topic, 0) for topic in topics}
         found = await self._current(topics, events)
         if found is None:  # a rebalance overtook the batch: Faust delivers it again
@@ -118,6 +131,16 @@ class Ingest:
             else:
                 kept.append(event)
         return kept
+
+    def fetch_confirms(self, events: list[Any]) -> bool:
+        """Whether the fetch that brought each record confirmed it as the incarnation known here."""
+        id_of = self.fetched.id_of
+        for event in events:
+            msg = event.message
+            known = self.topic_ids.get(msg.topic)
+            if known is None or id_of(msg.topic, msg.partition, msg.offset) != known:
+                return False
+        return True
 
     async def watch(self) -> None:
         """Look for assigned source topics recreated meanwhile, also when no record arrives.

@@ -103,6 +103,10 @@ def test_metrics__a_known_workload_is_counted_and_timed(workers, app_env):
     assert value(m, "streamapp_rebalances_total") >= 1
     assert value(m, "streamapp_ready") == 1 and value(m, "streamapp_fenced") == 0
     assert value(m, "streamapp_stall_watchdog_trips_total") == 0
+    # The records' topic incarnation came with the fetches that brought them (only the first fetch after
+    # the assignment has no answer from before it on its connection, and may need a lookup).
+    confirmed = {how: value(m, "streamapp_source_batches_confirmed_total", how=how) for how in ("fetch", "asked")}
+    assert confirmed["fetch"] >= 1 and confirmed["asked"] <= 1, confirmed
     # The same workload's keys are not labels anywhere.
     assert not any("user0" in str(labels) for samples in m.values() for labels in samples)
     # What the README lists and the Grafana dashboard queries is what the worker exports.

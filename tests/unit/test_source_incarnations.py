@@ -222,3 +222,43 @@ async def test_confirm__recreation_found_by_watch_during_the_lookup__batch_dropp
     assert await ing.confirm(batch) == []
     assert batch[0].message.acked
     assert rt.seeks == [(SRC, 0)]
+
+
+def confirm_by_fetch(ing: Ingest, tp: TP, first: int, end: int, topic_id: str) -> None:
+    """As the consumer's client does once the answers around a fetch agree (``faust_fetch_ids``)."""
+    request = SimpleNamespace(topics=[(tp.topic, [(tp.partition, first, 1 << 20)])])
+    response = SimpleNamespace(topics=[(tp.topic, [(tp.partition, 0, end)])])
+    ing.fetched.record(request, response, {tp.topic: topic_id}, {tp.topic: topic_id})
+
+
+async def test_confirm__records_the_fetch_confirmed_as_the_known_incarnation_are_kept_without_asking() -> None:
+    rt = FakeRuntime(answers=[{"src": OLD}])  # the assignment's lookup only: a batch lookup would find none
+    ing = ingest(rt)
+    await ing.on_assigned({SRC})
+    confirm_by_fetch(ing, SRC, 0, 2, OLD)
+    batch = [event(SRC, 0), event(SRC, 1)]
+    assert await ing.confirm(batch) == batch
+    assert ing.confirmed == {"fetch": 1, "asked": 0}
+    await ing.batch(batch)
+    assert [inv["id"] for inv in rt.invoked] == [ids.for_record("app", "src", OLD, 0, 0),
+                                                 ids.for_record("app", "src", OLD, 0, 1)]
+
+
+async def test_confirm__a_record_no_fetch_confirmed_makes_the_batch_ask() -> None:
+    rt = FakeRuntime(answers=[{"src": OLD}, {"src": OLD}])
+    ing = ingest(rt)
+    await ing.on_assigned({SRC})
+    confirm_by_fetch(ing, SRC, 0, 1, OLD)
+    batch = [event(SRC, 0), event(SRC, 1)]  # offset 1 came with a fetch that confirmed nothing
+    assert await ing.confirm(batch) == batch
+    assert ing.confirmed == {"fetch": 0, "asked": 1} and rt.answers == []
+
+
+async def test_confirm__fetch_confirmed_another_incarnation__asks_and_reads_the_new_topic_from_its_start() -> None:
+    rt = FakeRuntime(answers=[{"src": OLD}, {"src": NEW}])
+    ing = ingest(rt)
+    await ing.on_assigned({SRC})
+    confirm_by_fetch(ing, SRC, 0, 1, NEW)  # the topic was recreated before this fetch
+    assert await ing.confirm([event(SRC, 0)]) == []
+    assert ing.confirmed == {"fetch": 0, "asked": 1}
+    assert rt.seeks == [(SRC, 0)] and ing.topic_ids["src"] == NEW
