@@ -146,6 +146,33 @@ class PositionedTable(faust.Table[str, Any]):
     # partition -> key -> (encoded value or DELETED, command offset, headers)
     staged: dict[int, dict[Any, tuple[Any, int | None, list[tuple[str, bytes]]]]]
 
+    def get(self, key: Any, default: Any = None) -> Any:
+        """Faust's ``Table.get``, with one store read (``faust_readers.read_row``) instead of two.
+
+        The same answers: the row's value; for a key without a row, what
+        ``__missing__`` gives (the table's ``default()`` when it has one),
+        else ``default``, as ``Mapping.get`` turns the ``KeyError`` of
+        ``table[key]`` into ``default``. A table without ``default`` (and
+        Faust's own ``__missing__``) answers a missing key without raising
+        that ``KeyError`` first.
+        """
+        try:
+            self.on_key_get(key)
+            value = faust_readers.read_row(self.data, key)
+            if value is not faust_readers.MISSING:
+                return value
+            if self.default is None and type(self).__missing__ is faust.Table.__missing__:
+                return default
+            return self.__missing__(key)
+        except KeyError:
+            return default
+
+    def __getitem__(self, key: Any) -> Any:
+        """``table[key]`` as Faust answers it (``__missing__`` for a key without a row), with one store read."""
+        self.on_key_get(key)
+        value = faust_readers.read_row(self.data, key)
+        return self.__missing__(key) if value is faust_readers.MISSING else value
+
     def __setitem__(self, key: Any, value: Any) -> None:
         self.put(key, value)
 
