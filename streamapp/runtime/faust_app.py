@@ -79,6 +79,8 @@ class StreamApp(faust.App):
 
     async def on_first_start(self) -> None:
         logformat.plain_when_not_a_terminal()  # the worker configured logging before starting the app
+        if off := logformat.lighter_records():  # two lines per invocation: skip what none prints
+            log.debug("Log records skip fields no handler prints switches=%s", ",".join(off))
         settings = self.runtime.settings
         prepare_table_dir(settings.table_dir)
         self.runtime.tables.positions.load(settings.table_dir)  # after a clean stop only: else dropped above
