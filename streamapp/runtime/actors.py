@@ -142,7 +142,14 @@ class ActorPool:
     def track(self, fut: asyncio.Future[None]) -> None:
         """A journal entry (or the outcome glued to it) on its way: a stopping worker lets it land."""
         self.sending.add(fut)
-        fut.add_done_callback(self.sending.discard)
+        fut.add_done_callback(self._landed)
+
+    def _landed(self, fut: asyncio.Future[None]) -> None:
+        self.sending.discard(fut)
+        if not fut.cancelled():
+            # Its error is the waiting actor's to handle; an actor that stopped waiting (the entry its
+            # outcome was glued to failed first, or the actor was stopped) must not leave it unretrieved.
+            fut.exception()
 
     async def _outcome(self, sink: StepSink, p: int, okey: str, cmd: dict[str, Any]) -> None:
         """Send the attempt's outcome: glued behind its last entry while that is still queued."""

@@ -8,6 +8,7 @@ the test says so, as the invocations agent would decide them.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from typing import Any
 
@@ -140,3 +141,19 @@ async def test_an_entry_refused_as_too_large_takes_its_glued_outcome_with_it() -
     assert rig.dead and rig.dead[0].startswith("TooLargeError"), rig.dead
     ops = rig.records()
     assert ops == [["fail"]], "the complete glued to the refused entry must not be sent on its own"
+
+
+async def test_a_glued_outcome_failing_with_its_entry_leaves_no_unretrieved_error() -> None:
+    """The actor stops waiting at the entry's error; the outcome's same error is not "never retrieved"."""
+    loop = asyncio.get_running_loop()
+    unretrieved: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: unretrieved.append(context))
+    try:
+        rig = Rig(service([]), refuse_over=3000)
+        rig.box.limits = Limits()
+        await rig.run(record("Big"))
+        assert rig.dead
+        gc.collect()  # a future with an error nobody retrieved reports it when collected
+    finally:
+        loop.set_exception_handler(None)
+    assert [c.get("message") for c in unretrieved] == []
