@@ -137,6 +137,8 @@ class FetchedIds:
                   for topic, partitions in request.topics if topic in self.topics
                   for partition, offset, *_ in partitions}
         for topic, partitions in response.topics:
+            if topic not in self.topics:  # the internal topic and the changelogs: nothing to confirm
+                continue
             topic_id = after.get(topic)
             sure = topic_id if topic_id is not None and before.get(topic) == topic_id else None
             for partition, error_code, highwater, *_ in partitions:
